@@ -1,0 +1,98 @@
+"""The exception tree of dualcache.
+
+Every error the library raises on purpose is a :class:`DualCacheError`::
+
+    DualCacheError
+    ├── ConfigError (ValueError)            bad stack config, outputs file or constructor argument
+    ├── InvalidInputError (ValueError)      bad call input, raised before any I/O
+    ├── BackendError                        a backend (KV, gateway, provider) failed
+    │   ├── BackendUnavailableError         connection refused, timeout, 5xx after retries
+    │   ├── RateLimitedError                429 after retries; ``retry_after`` in seconds when known
+    │   ├── AuthenticationError             401/403: a missing or wrong token
+    │   └── BadResponseError                an answer that does not have the documented shape
+    └── UsageError (RuntimeError)           programmer mistakes (use after ``aclose()``, ...)
+
+Foreign exceptions (httpx, pydantic) are mapped at one boundary with ``raise ... from exc``.
+A missing KV key is ``None``, never an exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "BadResponseError",
+    "ConfigError",
+    "DualCacheError",
+    "InvalidInputError",
+    "RateLimitedError",
+    "UsageError",
+]
+
+
+class DualCacheError(Exception):
+    """Root of every error dualcache raises on purpose."""
+
+
+class ConfigError(DualCacheError, ValueError):
+    """Configuration is invalid: stack config, an outputs file, or a constructor argument.
+
+    The message names the offending key and value and says what would be valid.
+    """
+
+
+class InvalidInputError(DualCacheError, ValueError):
+    """A call's input is invalid (empty text, oversized key, unknown operation, ...).
+
+    Always raised before any request is sent.
+    """
+
+
+class BackendError(DualCacheError):
+    """A backend (KV, AI Gateway or AI provider) failed.
+
+    Attributes:
+        backend: Which backend failed, for example ``"kv"``, ``"gateway"`` or ``"workers-ai"``.
+        status_code: The HTTP status when there was a response, else ``None``.
+    """
+
+    def __init__(self, message: str, *, backend: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.status_code = status_code
+
+
+class BackendUnavailableError(BackendError):
+    """The backend could not be reached, timed out, or kept answering 5xx."""
+
+
+class RateLimitedError(BackendError):
+    """The backend answered 429 (after any retries).
+
+    Attributes:
+        retry_after: Seconds the backend asked us to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str,
+        status_code: int | None = 429,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, backend=backend, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class AuthenticationError(BackendError):
+    """The backend refused our credentials (401/403)."""
+
+
+class BadResponseError(BackendError):
+    """The backend answered, but not in the documented shape."""
+
+
+class UsageError(DualCacheError, RuntimeError):
+    """The library was used wrongly (for example a call after ``aclose()``)."""

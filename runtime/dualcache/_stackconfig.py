@@ -1,0 +1,272 @@
+"""A stack's settings (``Pulumi.<stack>.yaml``) as one frozen, validated model.
+
+infra reads the values through ``pulumi.Config`` (infra/config.py is the only place that does) and
+validates them here; the emulator and ``dualcache wrangler`` read the same stack file without Pulumi
+through :func:`load_stack_config`. One model, so the plan and the emulator cannot disagree.
+
+Secret values (``secure:`` entries) are never decrypted here: only *whether* a secret is set is known.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from dualcache._exceptions import ConfigError
+from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Policies
+
+__all__ = [
+    "DEFAULT_PROJECT",
+    "SECRET_KEYS",
+    "CustomDomainSettings",
+    "GatewaySettings",
+    "NamespaceSettings",
+    "RateLimitSettings",
+    "RouteSettings",
+    "StackConfig",
+    "WorkerSettings",
+    "load_stack_config",
+]
+
+DEFAULT_PROJECT = "jobmatch-ai"
+SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken"})
+"""Config keys that may only be set as Pulumi secrets (``pulumi config set --secret``)."""
+
+_HEX32 = r"^[0-9a-f]{32}$"
+# Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
+# 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
+_WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
+# Gateway ids are 1-64 characters (cloudflare-facts §2.1) and a path segment of the gateway URL.
+_GATEWAY_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+
+Hex32 = Annotated[str, Field(pattern=_HEX32)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class RateLimitSettings(_Settings):
+    """The gateway's rate limit: ``limit`` requests per ``interval`` seconds; 0 and 0 means off."""
+
+    limit: int = Field(default=0, ge=0)
+    interval: int = Field(default=0, ge=0)
+    technique: Literal["fixed", "sliding"] = "fixed"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a limit is set."""
+        return self.limit > 0 and self.interval > 0
+
+
+class GatewaySettings(_Settings):
+    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
+
+    id: str | None = Field(default=None, pattern=_GATEWAY_ID)
+    cache_ttl: int = 0
+    cache_invalidate_on_update: bool = True
+    collect_logs: bool = True
+    authentication: bool = False
+    rate_limiting: RateLimitSettings = RateLimitSettings()
+    log_management: int | None = Field(default=None, ge=10_000, le=10_000_000)
+    log_management_strategy: Literal["STOP_INSERTING", "DELETE_OLDEST"] | None = None
+
+    @field_validator("cache_ttl")
+    @classmethod
+    def _check_cache_ttl(cls, value: int) -> int:
+        if value != 0 and not GATEWAY_MIN_TTL <= value <= GATEWAY_MAX_TTL:
+            raise ValueError(f"must be 0 (cache off) or {GATEWAY_MIN_TTL}..{GATEWAY_MAX_TTL} seconds")
+        return value
+
+
+class NamespaceSettings(_Settings):
+    """KV namespace settings: protection, and existing namespaces to adopt (Pulumi ``import_``)."""
+
+    protect: bool = False
+    adopt: dict[Namespace, Hex32] = Field(default_factory=dict)
+
+
+class RouteSettings(_Settings):
+    """A Workers route (``cloudflare.WorkersRoute``)."""
+
+    pattern: str = Field(min_length=1)
+    zone_id: Hex32
+
+
+class CustomDomainSettings(_Settings):
+    """A Workers custom domain (``cloudflare.WorkersCustomDomain``)."""
+
+    hostname: str = Field(min_length=1)
+    zone_id: Hex32 | None = None
+
+
+class WorkerSettings(_Settings):
+    """The API Worker: name, code bundle and where it is reachable."""
+
+    name: str | None = None
+    compatibility_date: str = Field(default="2025-03-11", pattern=_DATE)
+    bundle: str | None = None
+    """Path (relative to the project directory) of the app's ES module bundle; None = the health Worker."""
+    main_module: str = "worker.js"
+    route: RouteSettings | None = None
+    custom_domain: CustomDomainSettings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (not _WORKER_NAME.match(value) or value.endswith("-")):
+            raise ValueError(
+                "must be 1..63 characters of lowercase letters, digits, '_' and '-', not starting or ending with '-'"
+            )
+        return value
+
+
+class StackConfig(_Settings):
+    """Everything a stack file says, validated. The names derived from it live here too.
+
+    Attributes:
+        project: The Pulumi project name (``Pulumi.yaml`` ``name``).
+        stack: The stack name.
+        account_id: The Cloudflare account id.
+        gateway: AI Gateway settings.
+        namespaces: KV namespace settings.
+        worker: Worker settings.
+        policies: Per-operation cache policies (defaults with the stack's overrides applied).
+        secrets_set: Which of :data:`SECRET_KEYS` are set (as secrets); values are never held here.
+    """
+
+    project: str = DEFAULT_PROJECT
+    stack: str = Field(min_length=1)
+    account_id: Hex32
+    gateway: GatewaySettings = GatewaySettings()
+    namespaces: NamespaceSettings = NamespaceSettings()
+    worker: WorkerSettings = WorkerSettings()
+    policies: Policies = Policies()
+    secrets_set: frozenset[str] = frozenset()
+
+    @property
+    def gateway_id(self) -> str:
+        """The gateway id: the configured one, else ``<project>-<stack>``."""
+        return self.gateway.id or f"{self.project}-{self.stack}"
+
+    @property
+    def worker_name(self) -> str:
+        """The Worker's script name: the configured one, else ``<project>-api-<stack>``."""
+        return self.worker.name or f"{self.project}-api-{self.stack}"
+
+    def namespace_title(self, binding: Namespace) -> str:
+        """The title of a namespace: ``<project>-<stack>-<BINDING>``."""
+        return f"{self.project}-{self.stack}-{binding.value}"
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        project: str,
+        stack: str,
+        secrets_set: frozenset[str] = frozenset(),
+        source: str = "stack config",
+    ) -> StackConfig:
+        """Validate the project's config values (keys without the ``<project>:`` prefix).
+
+        Raises:
+            ConfigError: an unknown key, a missing ``accountId`` or a value out of bounds; the message
+                names ``<project>:<key>``, the bad value and what is allowed.
+        """
+        allowed = {"accountId", "gateway", "namespaces", "worker", "policies"} | SECRET_KEYS
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(f'{project}:{k}' for k in unknown)}; "
+                f"valid keys: {', '.join(f'{project}:{k}' for k in sorted(allowed))}"
+            )
+        data = {k: v for k, v in values.items() if k not in SECRET_KEYS}
+        overrides = data.pop("policies", None)
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ConfigError(f"{source}: {project}:policies = {overrides!r}: expected a mapping of operation names")
+        try:
+            policies = Policies.with_overrides(overrides)
+        except ConfigError as exc:  # the message starts with policies.<operation>
+            raise ConfigError(f"{source}: {project}:{exc}") from None
+        data.update(project=project, stack=stack, secretsSet=frozenset(secrets_set), policies=policies)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, project=project, source=source)) from None
+
+
+def _describe(exc: ValidationError, *, project: str, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = f"{project}:{'.'.join(loc)}" if loc else project
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "missing":
+            lines.append(f"{key} is required")
+        else:
+            lines.append(f"{key} = {err.get('input')!r}: {msg}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
+    """Read ``Pulumi.yaml`` and ``Pulumi.<stack>.yaml`` from ``project_dir`` without Pulumi.
+
+    Keys of other namespaces (``cloudflare:...``) are ignored; secret values are not decrypted.
+
+    Raises:
+        ConfigError: a file is missing or not YAML, a secret key is set in plain text, or a value is
+            invalid (see :meth:`StackConfig.from_values`).
+    """
+    root = Path(project_dir)
+    project_file = root / "Pulumi.yaml"
+    stack_file = root / f"Pulumi.{stack}.yaml"
+    project_doc = _read_yaml(project_file)
+    project = str(project_doc.get("name") or DEFAULT_PROJECT)
+    if not stack_file.exists():
+        existing = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
+        raise ConfigError(f"no stack file {str(stack_file)!r} for stack {stack!r}; stacks here: {', '.join(existing)}")
+    config = _read_yaml(stack_file).get("config") or {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{stack_file}: 'config' must be a mapping")
+    values: dict[str, Any] = {}
+    secrets: set[str] = set()
+    prefix = f"{project}:"
+    for full_key, value in config.items():
+        if not str(full_key).startswith(prefix):
+            continue
+        key = str(full_key).removeprefix(prefix)
+        is_secure = isinstance(value, Mapping) and set(value) == {"secure"}
+        if key in SECRET_KEYS:
+            if not is_secure:
+                raise ConfigError(
+                    f"{stack_file}: {full_key} is in plain text; set it with "
+                    f"`pulumi config set --secret {key} ... -s {stack}`"
+                )
+            secrets.add(key)
+        else:
+            values[key] = value
+    return StackConfig.from_values(
+        values, project=project, stack=stack, secrets_set=frozenset(secrets), source=str(stack_file)
+    )
+
+
+def _read_yaml(path: Path) -> Mapping[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{path} must hold a YAML mapping")
+    return doc

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import dualcache
+
+
+def test_exported_members_all_public_names_are_listed() -> None:
+    exported = set(dualcache.__all__)
+    public = {name for name in vars(dualcache) if not name.startswith("_") or name == "__version__"}
+    # Submodule objects (dualcache.local, ...) appear in vars() once imported; they are not API names.
+    public = {name for name in public if not isinstance(getattr(dualcache, name), type(dualcache))}
+    public -= {"annotations"}
+    assert exported == public
+
+
+def test_exported_members_resolve() -> None:
+    for name in dualcache.__all__:
+        assert getattr(dualcache, name) is not None, name
