@@ -9,6 +9,7 @@ Secret values (``secure:`` entries) are never decrypted here: only *whether* a s
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -164,6 +165,17 @@ class StackConfig(_Settings):
     def namespace_title(self, binding: Namespace) -> str:
         """The title of a namespace: ``<project>-<stack>-<BINDING>``."""
         return f"{self.project}-{self.stack}-{binding.value}"
+
+    def offline_namespace_id(self, binding: Namespace) -> str:
+        """The namespace id used where Cloudflare does not assign one (the offline plan, the emulator).
+
+        An adopted namespace keeps its real id; any other gets a stable id derived from the account and
+        title, so the plan and the emulator agree without talking to each other.
+        """
+        adopted = self.namespaces.adopt.get(binding)
+        if adopted is not None:
+            return adopted
+        return hashlib.sha256(f"{self.account_id}/{self.namespace_title(binding)}".encode()).hexdigest()[:32]
 
     @classmethod
     def from_values(
