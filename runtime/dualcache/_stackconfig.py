@@ -115,9 +115,12 @@ class WorkerSettings(_Settings):
     compatibility_date: str = Field(default="2025-03-11", pattern=_DATE)
     bundle: str | None = None
     """Path (relative to the project directory) of the app's ES module bundle; None = the health Worker."""
-    main_module: str = "worker.js"
+    main_module: str = Field(default="worker.js", pattern=r"^[A-Za-z0-9_.-]+\.m?js$")
+    """Module name the code is uploaded as (ES module syntax), for example ``worker.js``."""
     route: RouteSettings | None = None
     custom_domain: CustomDomainSettings | None = None
+    workers_dev: bool | None = None
+    """Whether the Worker answers on its ``workers.dev`` subdomain; None leaves the account's setting alone."""
 
     @field_validator("name")
     @classmethod
@@ -210,9 +213,26 @@ class StackConfig(_Settings):
             raise ConfigError(f"{source}: {project}:{exc}") from None
         data.update(project=project, stack=stack, secretsSet=frozenset(secrets_set), policies=policies)
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, project=project, source=source)) from None
+        config._check_derived_names(source)
+        return config
+
+    def _check_derived_names(self, source: str) -> None:
+        # The defaults are built from the project and stack names, which are not validated here: a stack
+        # named "Prod_EU" would yield an invalid script name. Say which key to set instead.
+        if self.worker.name is None and (not _WORKER_NAME.match(self.worker_name) or self.worker_name.endswith("-")):
+            raise ConfigError(
+                f"{source}: the default {self.project}:worker.name {self.worker_name!r} (from the project and stack "
+                f"names) is not a valid Worker name; set {self.project}:worker.name to 1..63 characters of lowercase "
+                "letters, digits, '_' and '-'"
+            )
+        if self.gateway.id is None and not re.match(_GATEWAY_ID, self.gateway_id):
+            raise ConfigError(
+                f"{source}: the default {self.project}:gateway.id {self.gateway_id!r} (from the project and stack "
+                f"names) is not a valid gateway id; set {self.project}:gateway.id to 1..64 letters, digits, '_' and '-'"
+            )
 
 
 def _describe(exc: ValidationError, *, project: str, source: str) -> str:

@@ -1,0 +1,126 @@
+"""The only reader of ``pulumi.Config``: the stack's config, read once, validated, frozen.
+
+Values of the project's namespace (``jobmatch-ai:*``) are gathered from the Pulumi runtime, including
+keys this program does not know (so a typo fails loudly instead of being ignored), and validated with
+:meth:`dualcache.StackConfig.from_values` — the same model the emulator and ``dualcache wrangler`` use.
+Secrets are read with ``get_secret`` and stay :class:`pulumi.Output` secrets; only whether they are set
+enters the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.runtime
+from pulumi.runtime import config as runtime_config
+from pydantic import BaseModel, ConfigDict
+
+from dualcache import ConfigError, StackConfig
+from dualcache._stackconfig import SECRET_KEYS
+
+__all__ = ["InfraConfig", "read_config"]
+
+OBJECT_KEYS = frozenset({"gateway", "namespaces", "worker", "policies"})
+"""Keys whose values are structured (YAML mappings, which Pulumi hands over as JSON)."""
+
+
+class InfraConfig(BaseModel):
+    """What the program needs: the validated stack settings and the secret values as Pulumi secrets.
+
+    Attributes:
+        stack: The validated settings of the stack.
+        project_dir: The directory holding ``Pulumi.yaml`` (bundles are resolved against it).
+        openai_api_key: ``<project>:openaiApiKey`` as a secret output, when set.
+        gateway_token: ``<project>:gatewayToken`` (sent as ``cf-aig-authorization``) as a secret output, when set.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    stack: StackConfig
+    project_dir: Path
+    openai_api_key: pulumi.Output[str] | None = None
+    gateway_token: pulumi.Output[str] | None = None
+
+    def bundle_path(self) -> Path | None:
+        """The app bundle named by ``worker.bundle``, resolved against the project directory; None = none named."""
+        if self.stack.worker.bundle is None:
+            return None
+        return (self.project_dir / self.stack.worker.bundle).resolve()
+
+
+def _project_values(project: str) -> dict[str, str]:
+    """Every raw config value of ``project``'s namespace, keyed without the ``<project>:`` prefix.
+
+    ``pulumi.Config`` can only look keys up, so the full set comes from the runtime: the language host
+    passes all config in ``PULUMI_CONFIG`` and installs it with ``set_all_config`` (tests and the offline
+    plan call ``set_all_config`` directly). Both are read; explicitly set values win.
+    """
+    merged: dict[str, Any] = dict(runtime_config.get_config_env())
+    merged.update(runtime_config.CONFIG.get())
+    prefix = f"{project}:"
+    return {key.removeprefix(prefix): str(value) for key, value in merged.items() if key.startswith(prefix)}
+
+
+def _is_secret(full_key: str) -> bool:
+    return pulumi.runtime.is_config_secret(full_key) or full_key in runtime_config.get_config_secret_keys_env()
+
+
+def read_config(project_dir: Path) -> InfraConfig:
+    """Read and validate the current stack's config.
+
+    Args:
+        project_dir: The directory holding ``Pulumi.yaml``.
+
+    Raises:
+        ConfigError: an unknown key, a value out of bounds, a secret set in plain text, or a bundle file
+            that does not exist. The message names ``<project>:<key>``, the bad value and what is allowed.
+    """
+    project = pulumi.get_project()
+    stack = pulumi.get_stack()
+    source = f"stack {stack!r}"
+    raw = _project_values(project)
+    config = pulumi.Config(project)
+
+    values: dict[str, Any] = {}
+    secrets_set: set[str] = set()
+    for key, text in sorted(raw.items()):
+        if key in SECRET_KEYS:
+            if not _is_secret(f"{project}:{key}"):
+                raise ConfigError(
+                    f"{source}: {project}:{key} is in plain text; set it with "
+                    f"`pulumi config set --secret {key} ... -s {stack}`"
+                )
+            secrets_set.add(key)
+        elif key in OBJECT_KEYS:
+            values[key] = _parse_object(project, key, text, source)
+        else:  # accountId, and unknown keys, which from_values rejects with the list of valid keys
+            values[key] = config.get(key)
+
+    settings = StackConfig.from_values(
+        values, project=project, stack=stack, secrets_set=frozenset(secrets_set), source=source
+    )
+    result = InfraConfig(
+        stack=settings,
+        project_dir=project_dir,
+        openai_api_key=config.get_secret("openaiApiKey") if "openaiApiKey" in secrets_set else None,
+        gateway_token=config.get_secret("gatewayToken") if "gatewayToken" in secrets_set else None,
+    )
+    bundle = result.bundle_path()
+    if bundle is not None and not bundle.is_file():
+        raise ConfigError(
+            f"{source}: {project}:worker.bundle = {settings.worker.bundle!r}: no such file {str(bundle)!r}; "
+            "name the app's built ES module bundle relative to the project directory, or drop the key to deploy "
+            "the bundled health Worker"
+        )
+    return result
+
+
+def _parse_object(project: str, key: str, text: str, source: str) -> Any:
+    # Pulumi hands structured values over as JSON text; a plain string here means the YAML held a scalar.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{source}: {project}:{key} = {text!r}: expected a mapping") from None

@@ -1,0 +1,76 @@
+"""The program: read config, declare the components, export the ``dualcache`` outputs contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+
+from dualcache import Namespace, StackOutputs
+from dualcache._outputs import OUTPUT_NAME
+from infra.components import ApiWorker, ApiWorkerArgs, Gateway, GatewayArgs, KvNamespaces, KvNamespacesArgs
+from infra.config import InfraConfig, read_config
+
+__all__ = ["HEALTH_WORKER", "PROJECT_DIR", "main", "worker_source"]
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""The directory holding ``Pulumi.yaml`` when the program runs from this checkout."""
+HEALTH_WORKER = Path(__file__).resolve().parent / "worker" / "health.js"
+"""The bundled health Worker, deployed when no app bundle is configured."""
+
+
+def worker_source(cfg: InfraConfig) -> str:
+    """The Worker's ES module source: the configured bundle, else the bundled health Worker."""
+    bundle = cfg.bundle_path()
+    return (bundle or HEALTH_WORKER).read_text(encoding="utf-8")
+
+
+def main(project_dir: Path | None = None) -> None:
+    """Declare the stack's resources and export the ``dualcache`` output.
+
+    Args:
+        project_dir: The directory holding ``Pulumi.yaml`` and the stack files; default: this checkout.
+
+    Raises:
+        ConfigError: the stack's config is invalid (see :func:`infra.config.read_config`).
+    """
+    cfg = read_config(project_dir or PROJECT_DIR)
+    stack = cfg.stack
+
+    gateway = Gateway(
+        "ai", GatewayArgs(account_id=stack.account_id, gateway_id=stack.gateway_id, settings=stack.gateway)
+    )
+    kv = KvNamespaces("kv", KvNamespacesArgs(stack=stack))
+    worker = ApiWorker(
+        "api",
+        ApiWorkerArgs(
+            account_id=stack.account_id,
+            script_name=stack.worker_name,
+            settings=stack.worker,
+            content=worker_source(cfg),
+            namespace_ids=kv.ids,
+            gateway_id=gateway.gateway_id,
+            openai_api_key=cfg.openai_api_key,
+            gateway_token=cfg.gateway_token,
+        ),
+    )
+
+    bindings = list(Namespace)
+
+    def contract(args: list[str]) -> dict[str, object]:
+        gateway_id, worker_name, *ids = args
+        outputs = StackOutputs(
+            stack=stack.stack,
+            account_id=stack.account_id,
+            gateway_id=gateway_id,
+            namespaces=dict(zip(bindings, ids, strict=True)),
+            worker_name=worker_name,
+            policies=stack.policies,
+        )
+        return outputs.model_dump(mode="json")
+
+    # Built only from non-secret values, so the output is never a secret (a test checks this).
+    pulumi.export(
+        OUTPUT_NAME,
+        pulumi.Output.all(gateway.gateway_id, worker.script_name, *(kv.ids[b] for b in bindings)).apply(contract),
+    )

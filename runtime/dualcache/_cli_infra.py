@@ -1,0 +1,322 @@
+"""``dualcache plan | outputs | wrangler``: the provisioning commands.
+
+Cheap to import: ``pulumi`` is only imported inside ``plan`` (and ``wrangler`` without ``--outputs``),
+from the project's ``infra/`` package, which is put on ``sys.path`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from dualcache._cli import add_project_dir_argument, find_project_dir
+from dualcache._exceptions import ConfigError
+from dualcache._outputs import OUTPUT_NAME, OUTPUTS_ENV_VAR, StackOutputs
+from dualcache._policy import Namespace
+from dualcache._stackconfig import SECRET_KEYS, StackConfig, load_stack_config
+
+__all__ = ["PULUMI_INSTALL_HINT", "plan_manifest", "register", "render_plan_text", "render_wrangler_toml"]
+
+PULUMI_INSTALL_HINT = (
+    "install the Pulumi CLI: `curl -fsSL https://get.pulumi.com | sh` (Linux, macOS), "
+    "`brew install pulumi/tap/pulumi` (macOS) or `choco install pulumi` (Windows); "
+    "see https://www.pulumi.com/docs/install/"
+)
+_SECRET_BINDINGS = {"openaiApiKey": "OPENAI_API_KEY", "gatewayToken": "CF_AIG_TOKEN"}
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan``, ``outputs`` and ``wrangler`` subcommands."""
+    plan = subparsers.add_parser(
+        "plan",
+        help="show the resources a stack declares, offline (Pulumi mock engine; no CLI, token or network)",
+        description="Run the Pulumi program under Pulumi's mock engine with Pulumi.<stack>.yaml and print the "
+        "resources (type, name, inputs, protect, import) and the outputs.",
+    )
+    plan.add_argument("--stack", "-s", required=True, help="stack name (a Pulumi.<stack>.yaml must exist)")
+    add_project_dir_argument(plan)
+    mode = plan.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 with a unified diff when infra/snapshots/<stack>.json is stale"
+    )
+    mode.add_argument("--write", action="store_true", help="update infra/snapshots/<stack>.json")
+    mode.add_argument("--diff", type=Path, metavar="BASE_JSON", help="review the changes from a base manifest")
+    mode.add_argument("--against", metavar="GIT_REF", help="review the changes from the snapshot at a git ref")
+    plan.set_defaults(func=_cmd_plan)
+
+    outputs = subparsers.add_parser(
+        "outputs",
+        help="write a stack's `dualcache` output (from `pulumi stack output`) to the file services load",
+        description=f"Run `pulumi stack output {OUTPUT_NAME} --json`, validate it as StackOutputs and write it.",
+    )
+    outputs.add_argument("--stack", "-s", required=True, help="stack name")
+    outputs.add_argument("--out", type=Path, default=None, help="file to write (default: outputs.<stack>.json)")
+    add_project_dir_argument(outputs)
+    outputs.set_defaults(func=_cmd_outputs)
+
+    wrangler = subparsers.add_parser(
+        "wrangler",
+        help="print the [env.<stack>] wrangler.toml section with the stack's bindings",
+        description="Print the wrangler.toml [env.<stack>] section with the same bindings as the Pulumi program, "
+        "for teams that deploy Worker code with wrangler. Namespace ids come from --outputs when given, else from "
+        "the offline plan (stand-ins until the stack is deployed).",
+    )
+    wrangler.add_argument("--stack", "-s", required=True, help="stack name")
+    wrangler.add_argument(
+        "--outputs", type=Path, default=None, help="an outputs file written by `dualcache outputs` (real ids)"
+    )
+    add_project_dir_argument(wrangler)
+    wrangler.set_defaults(func=_cmd_wrangler)
+
+
+def _project_dir(args: argparse.Namespace) -> Path:
+    given: Path | None = args.project_dir
+    if given is None:
+        return find_project_dir()
+    if not (given / "Pulumi.yaml").is_file():
+        raise ConfigError(f"--project-dir {str(given)!r} holds no Pulumi.yaml")
+    return given.resolve()
+
+
+def _import_infra(project_dir: Path) -> Any:
+    """Import ``infra.plan`` from ``project_dir`` (the Pulumi program lives there, not in the package)."""
+    if "infra.plan" not in sys.modules:
+        if not (project_dir / "infra" / "plan.py").is_file():
+            raise ConfigError(f"{str(project_dir)!r} has no infra/plan.py; run inside the dualcache project")
+        if str(project_dir) not in sys.path:
+            sys.path.insert(0, str(project_dir))
+    try:
+        import infra.plan
+    except ImportError as exc:
+        raise ImportError(
+            f"the offline plan needs the 'infra' extra (pulumi, pulumi-cloudflare): pip install 'dualcache[infra]' "
+            f"({exc})"
+        ) from exc
+    return infra.plan
+
+
+def plan_manifest(stack: str, project_dir: Path) -> dict[str, Any]:
+    """Run the offline plan of ``stack`` and return its manifest.
+
+    The manifest is ``{"stack", "resources": [{"type", "name", "inputs", "protect", "import"}], "outputs"}``
+    with secrets as ``"[secret]"``; ``outputs["dualcache"]`` is a serialized :class:`StackOutputs`.
+
+    Raises:
+        ConfigError: no such stack file, or its config is invalid.
+        ImportError: the ``infra`` extra is not installed.
+    """
+    plan = _import_infra(Path(project_dir))
+    manifest: dict[str, Any] = plan.plan_manifest(stack, Path(project_dir))
+    return manifest
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def render_plan_text(manifest: dict[str, Any]) -> str:
+    """A human-readable rendering of a manifest (what ``dualcache plan`` prints)."""
+    lines = [
+        f"Plan of stack {manifest['stack']!r} — offline, Pulumi mock engine: namespace ids are stand-ins "
+        "(the local emulator uses the same ones); secrets show as [secret].",
+        "",
+        f"Resources ({len(manifest['resources'])}):",
+    ]
+    for res in manifest["resources"]:
+        flags = []
+        if res.get("protect"):
+            flags.append("protect")
+        if res.get("import"):
+            flags.append(f"import {res['import']}")
+        suffix = f"  [{', '.join(flags)}]" if flags else ""
+        lines.append(f"  + {res['name']}  ({res['type']}){suffix}")
+        inputs: dict[str, Any] = res.get("inputs", {})
+        for key in sorted(inputs):
+            value = inputs[key]
+            if key == "content" and isinstance(value, str):
+                digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+                lines.append(f"      {key}: {len(value.encode())} bytes, sha256 {digest}…")
+            elif key == "bindings" and isinstance(value, list):
+                lines.append(f"      {key}:")
+                for binding in value:
+                    detail = binding.get("namespaceId", binding.get("text", ""))
+                    lines.append(
+                        f"        {binding.get('name', '?'):<22} {binding.get('type', '?'):<13} {_short(detail)}"
+                    )
+            else:
+                lines.append(f"      {key}: {_short(value)}")
+    lines.append("")
+    lines.append("Outputs:")
+    for name, value in sorted(manifest.get("outputs", {}).items()):
+        if name == OUTPUT_NAME and isinstance(value, dict):
+            lines += _render_contract(value)
+        else:
+            text = json.dumps(value, indent=2, sort_keys=True)
+            lines.append(f"  {name}: " + text.replace("\n", "\n  "))
+    return "\n".join(lines) + "\n"
+
+
+def _render_contract(value: dict[str, Any]) -> list[str]:
+    lines = [f"  {OUTPUT_NAME} (StackOutputs):"]
+    for key in ("stack", "account_id", "gateway_id", "worker_name", "api_base_url", "gateway_base_url"):
+        lines.append(f"      {key}: {_short(value.get(key))}")
+    lines.append("      namespaces:")
+    for binding, ns_id in value.get("namespaces", {}).items():
+        lines.append(f"        {binding:<22} {ns_id}")
+    lines.append("      policies:")
+    for operation, policy in value.get("policies", {}).items():
+        kv = f"kv {policy.get('kv_ttl')}s in {policy.get('kv_namespace')}" if policy.get("kv") else "kv off"
+        gateway = policy.get("gateway")
+        if gateway == "cache":
+            gateway = f"cache {policy.get('gateway_ttl')}s"
+        lines.append(f"        {operation:<22} {kv}; gateway {gateway}")
+    return lines
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    project_dir = _project_dir(args)
+    if args.diff is not None or args.against is not None:
+        _import_infra(project_dir)
+        # The review diff lives next to the plan, in the project's infra package.
+        plandiff = importlib.import_module("infra.plandiff")
+        status: int = plandiff.run_diff(args, project_dir)
+        return status
+    plan = _import_infra(project_dir)
+    manifest = plan.plan_manifest(args.stack, project_dir)
+    text: str = plan.manifest_json(manifest)
+    snapshot: Path = plan.snapshot_path(project_dir, args.stack)
+    if args.json:
+        sys.stdout.write(text)
+        return 0
+    if args.write:
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.write_text(text, encoding="utf-8")
+        print(f"wrote {snapshot}")
+        return 0
+    if args.check:
+        return _check_snapshot(snapshot, text, args.stack)
+    sys.stdout.write(render_plan_text(manifest))
+    return 0
+
+
+def _check_snapshot(snapshot: Path, text: str, stack: str) -> int:
+    try:
+        committed = snapshot.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        print(f"no snapshot {snapshot}; create it with `dualcache plan --stack {stack} --write`", file=sys.stderr)
+        return 1
+    if committed == text:
+        print(f"{snapshot} is up to date")
+        return 0
+    diff = difflib.unified_diff(
+        committed.splitlines(keepends=True),
+        text.splitlines(keepends=True),
+        fromfile=f"{snapshot} (committed)",
+        tofile=f"plan of stack {stack!r}",
+    )
+    sys.stdout.writelines(diff)
+    print(
+        f"{snapshot} is stale; review the diff above and run `dualcache plan --stack {stack} --write`", file=sys.stderr
+    )
+    return 1
+
+
+def _cmd_outputs(args: argparse.Namespace) -> int:
+    project_dir = _project_dir(args)
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        raise ConfigError(f"the Pulumi CLI (`pulumi`) is not on PATH; {PULUMI_INSTALL_HINT}")
+    command = [pulumi, "stack", "output", OUTPUT_NAME, "--json", "--stack", args.stack]
+    try:
+        proc = subprocess.run(command, cwd=project_dir, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"could not run `pulumi stack output`: {exc}") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip() or "(no message)"
+        raise ConfigError(
+            f"`pulumi stack output {OUTPUT_NAME} --json --stack {args.stack}` failed with exit status "
+            f"{proc.returncode}: {detail}; is the stack deployed (`pulumi up -s {args.stack}`) and are you logged in "
+            "(`pulumi login`)?"
+        )
+    outputs = StackOutputs.from_json(proc.stdout, source=f"`pulumi stack output {OUTPUT_NAME}` of stack {args.stack!r}")
+    if outputs.stack != args.stack:
+        raise ConfigError(f"the {OUTPUT_NAME} output says stack {outputs.stack!r}, but --stack is {args.stack!r}")
+    out: Path = args.out or project_dir / f"outputs.{args.stack}.json"
+    outputs.dump(out)
+    print(f"wrote {out}; services load it with StackOutputs.load() or {OUTPUTS_ENV_VAR}={out}")
+    return 0
+
+
+def _toml(value: str) -> str:
+    # A JSON string (ASCII-only, \uXXXX escapes) is a valid TOML basic string.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def render_wrangler_toml(config: StackConfig, outputs: StackOutputs, *, ids_source: str) -> str:
+    """The ``[env.<stack>]`` section of a wrangler.toml with the program's bindings.
+
+    Args:
+        config: The stack's settings (compatibility date, route, custom domain, secrets set).
+        outputs: Where the ids come from (real outputs, or the offline plan's).
+        ids_source: A phrase saying where the ids come from, written as a comment.
+    """
+    env = f"env.{outputs.stack}"
+    lines = [
+        f"# [env.{outputs.stack}] for wrangler, generated by `dualcache wrangler --stack {outputs.stack}`.",
+        f"# Namespace ids: {ids_source}.",
+        "# Top-level keys (name, main) stay yours; deploy with `wrangler deploy --env " + outputs.stack + "`.",
+        f"[{env}]",
+        f"name = {_toml(outputs.worker_name)}",
+        f"account_id = {_toml(outputs.account_id)}",
+        f"compatibility_date = {_toml(config.worker.compatibility_date)}",
+    ]
+    if config.worker.workers_dev is not None:
+        lines.append(f"workers_dev = {'true' if config.worker.workers_dev else 'false'}")
+    routes = []
+    if config.worker.route is not None:
+        routes.append(
+            f"{{ pattern = {_toml(config.worker.route.pattern)}, zone_id = {_toml(config.worker.route.zone_id)} }}"
+        )
+    if config.worker.custom_domain is not None:
+        routes.append(f"{{ pattern = {_toml(config.worker.custom_domain.hostname)}, custom_domain = true }}")
+    if routes:
+        lines.append(f"routes = [{', '.join(routes)}]")
+    for binding in Namespace:
+        lines += ["", f"[[{env}.kv_namespaces]]", f"binding = {_toml(binding.value)}"]
+        lines.append(f"id = {_toml(outputs.namespace_id(binding))}")
+    lines += ["", f"[{env}.ai]", 'binding = "AI"', "", f"[{env}.vars]"]
+    lines.append(f"AI_GATEWAY_SLUG = {_toml(outputs.gateway_id)}")
+    lines.append(f"CLOUDFLARE_ACCOUNT_ID = {_toml(outputs.account_id)}")
+    lines += ["", "# Secrets never go in this file. Set them per environment:"]
+    for key in sorted(SECRET_KEYS):
+        state = "set in this stack" if key in config.secrets_set else "not set in this stack"
+        lines.append(f"#   wrangler secret put {_SECRET_BINDINGS[key]} --env {outputs.stack}   ({key}: {state})")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_wrangler(args: argparse.Namespace) -> int:
+    project_dir = _project_dir(args)
+    config = load_stack_config(project_dir, args.stack)
+    if args.outputs is not None:
+        outputs = StackOutputs.load(args.outputs)
+        if outputs.stack != args.stack:
+            raise ConfigError(f"{args.outputs} holds the outputs of stack {outputs.stack!r}, not {args.stack!r}")
+        source = f"from {args.outputs}"
+    else:
+        manifest = plan_manifest(args.stack, project_dir)
+        outputs = StackOutputs.from_data(manifest["outputs"][OUTPUT_NAME], source="the offline plan")
+        source = (
+            "from the offline plan, stand-ins until the stack is deployed; "
+            f"for the real ids run `dualcache outputs --stack {args.stack}` and pass --outputs"
+        )
+    sys.stdout.write(render_wrangler_toml(config, outputs, ids_source=source))
+    return 0

@@ -1,0 +1,158 @@
+"""infra/config.py under the Pulumi runtime: every validation rule fails with a message naming the key."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from _infra_support import ACCOUNT, StackWriter, base_config
+
+from dualcache import ConfigError
+from infra.plan import run_plan
+
+_ADOPT = "jobmatch-ai:namespaces"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            {"jobmatch-ai:gateway": {"cacheTtl": 59}},
+            r"jobmatch-ai:gateway\.cacheTtl = 59: must be 0 \(cache off\) or 60\.\.2592000",
+            id="gateway-cache-ttl-below-60",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"cacheTtl": 2_592_001}},
+            r"jobmatch-ai:gateway\.cacheTtl = 2592001",
+            id="gateway-cache-ttl-above-a-month",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"rateLimiting": {"technique": "token"}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.technique = 'token'.*'fixed' or 'sliding'",
+            id="rate-limit-technique",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"rateLimiting": {"interval": -1}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.interval = -1: .*greater than or equal to 0",
+            id="rate-limit-interval-negative",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"rateLimiting": {"limit": -5}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.limit = -5",
+            id="rate-limit-limit-negative",
+        ),
+        pytest.param(
+            {"jobmatch-ai:policies": {"embeddings": {"kv_ttl": 59}}},
+            r"jobmatch-ai:policies\.embeddings: kv_ttl=59: .*>= 60",
+            id="kv-ttl-below-60",
+        ),
+        pytest.param(
+            {"jobmatch-ai:worker": {"name": "Jobs_API"}},
+            r"jobmatch-ai:worker\.name = 'Jobs_API': must be 1\.\.63 characters of lowercase",
+            id="worker-name-uppercase",
+        ),
+        pytest.param(
+            {"jobmatch-ai:worker": {"name": "jobs-"}},
+            r"jobmatch-ai:worker\.name = 'jobs-'",
+            id="worker-name-trailing-dash",
+        ),
+        pytest.param(
+            {"jobmatch-ai:worker": {"name": "a" * 64}},
+            r"jobmatch-ai:worker\.name = 'a{64}'",
+            id="worker-name-too-long",
+        ),
+        pytest.param(
+            {_ADOPT: {"adopt": {"JOB_ANALYSIS_CACHE": "FEDCBA9876543210FEDCBA9876543210"}}},
+            r"jobmatch-ai:namespaces\.adopt\.JOB_ANALYSIS_CACHE = 'FEDCBA98.*'",
+            id="adopt-id-not-lowercase-hex",
+        ),
+        pytest.param(
+            {_ADOPT: {"adopt": {"JOB_ANALYSIS_CACHE": "fedcba98"}}},
+            r"jobmatch-ai:namespaces\.adopt\.JOB_ANALYSIS_CACHE = 'fedcba98'",
+            id="adopt-id-too-short",
+        ),
+        pytest.param(
+            {_ADOPT: {"adopt": {"JOBS": "fedcba9876543210fedcba9876543210"}}},
+            r"jobmatch-ai:namespaces\.adopt\.JOBS",
+            id="adopt-unknown-binding",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gatway": {"cacheTtl": 60}},
+            r"unknown key\(s\) jobmatch-ai:gatway; valid keys: .*jobmatch-ai:gateway",
+            id="unknown-top-level-key",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"cacheTTL": 60}},
+            r"jobmatch-ai:gateway\.cacheTTL = 60: Extra inputs are not permitted",
+            id="unknown-nested-key",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": "fast"},
+            r"jobmatch-ai:gateway = 'fast': expected a mapping",
+            id="gateway-not-a-mapping",
+        ),
+        pytest.param(
+            {"jobmatch-ai:accountId": "not-an-account"},
+            r"jobmatch-ai:accountId = 'not-an-account'",
+            id="account-id-not-hex",
+        ),
+        pytest.param(
+            {"jobmatch-ai:openaiApiKey": "sk-plain"},
+            r"jobmatch-ai:openaiApiKey is in plain text; set it with `pulumi config set --secret openaiApiKey",
+            id="secret-in-plain-text",
+        ),
+        pytest.param(
+            {"jobmatch-ai:worker": {"bundle": "dist/missing.js"}},
+            r"jobmatch-ai:worker\.bundle = 'dist/missing\.js': no such file",
+            id="bundle-missing",
+        ),
+    ],
+)
+def test_config_rejects_invalid_values_naming_the_key(
+    write_stack: StackWriter, change: dict[str, Any], message: str
+) -> None:
+    project = write_stack(base_config() | change)
+    with pytest.raises(ConfigError, match=message) as info:
+        run_plan("test", project)
+    assert "stack 'test'" in str(info.value)  # raised by infra/config.py inside the program
+
+
+def test_config_requires_the_account_id(write_stack: StackWriter) -> None:
+    config = base_config()
+    del config["jobmatch-ai:accountId"]
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:accountId is required"):
+        run_plan("test", write_stack(config))
+
+
+def test_config_rejects_a_default_worker_name_the_stack_name_makes_invalid(write_stack: StackWriter) -> None:
+    project = write_stack(base_config(), stack="Prod_EU")
+    with pytest.raises(ConfigError, match=r"default jobmatch-ai:worker\.name 'jobmatch-ai-api-Prod_EU'.*set jobmatch"):
+        run_plan("Prod_EU", project)
+
+
+@pytest.mark.parametrize(
+    "ttl", [pytest.param(0, id="off"), pytest.param(60, id="min"), pytest.param(2_592_000, id="max")]
+)
+def test_config_accepts_gateway_cache_ttl_bounds(write_stack: StackWriter, ttl: int) -> None:
+    plan = run_plan("test", write_stack(base_config() | {"jobmatch-ai:gateway": {"cacheTtl": ttl}}))
+    (gateway,) = plan.find(":AiGateway")
+    assert gateway.inputs["cacheTtl"] == ttl
+
+
+def test_config_ignores_other_namespaces_and_applies_policy_overrides(write_stack: StackWriter) -> None:
+    config = base_config() | {
+        "cloudflare:baseUrl": "https://api.cloudflare.com/client/v4",
+        "jobmatch-ai:policies": {"spam_detection": {"gateway_ttl": 7200}},
+    }
+    plan = run_plan("test", write_stack(config))
+    exported = plan.outputs["dualcache"]
+    assert exported["account_id"] == ACCOUNT
+    assert exported["policies"]["spam_detection"]["gateway_ttl"] == 7200
+    assert exported["policies"]["embeddings"]["gateway_ttl"] == 3600  # default untouched
+
+
+def test_config_reports_a_missing_stack_file_with_the_stacks_that_exist(write_stack: StackWriter) -> None:
+    project = write_stack(base_config(), stack="dev")
+    with pytest.raises(ConfigError, match=re.escape("no stack file") + r".*stacks here: dev"):
+        run_plan("qa", project)

@@ -1,0 +1,77 @@
+"""infra/__main__.py run the way the Pulumi CLI's Python host runs it (config from PULUMI_CONFIG, runpy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _infra_support import ACCOUNT, REPO
+
+# What pulumi-language-python-exec does: config from the environment, then run_in_stack(runpy.run_path(dir)),
+# here with the mock monitor instead of the engine. Runs in a subprocess from another directory, so that
+# neither the cwd nor this test's sys.path can make the imports work by accident.
+_HOST = """
+import asyncio, json, runpy, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+import pulumi, pulumi.runtime
+from pulumi.runtime import mocks
+
+class Mocks(mocks.Mocks):
+    def new_resource(self, args):
+        return args.name + "-id", dict(args.inputs)
+    def call(self, args):
+        return {}, None
+
+program = sys.argv[1]
+sys.path[0] = program
+pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+monitor = mocks.MockMonitor(Mocks())
+mocks.set_mocks(monitor.mocks, project="jobmatch-ai", stack="dev", preview=False, monitor=monitor)
+try:
+    loop.run_until_complete(pulumi.runtime.stack.run_pulumi_func(lambda: runpy.run_path(program, run_name="__main__")))
+except pulumi.RunError as exc:
+    print("RUNERROR", exc)
+    sys.exit(3)
+out = pulumi.runtime.get_root_resource().outputs["dualcache"]
+print(json.dumps({
+    "types": sorted(r.urn.split("::")[2] for r in monitor.resources.values()),
+    "dualcache": loop.run_until_complete(out.future()),
+}))
+"""
+
+
+def _run_host(tmp_path: Path, config: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    env |= {"PULUMI_CONFIG": json.dumps(config), "PULUMI_CONFIG_SECRET_KEYS": "[]", "PYTHONPATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", _HOST, str(REPO / "infra")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_entrypoint_runs_the_program_from_the_language_host(tmp_path: Path) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 600})}
+    proc = _run_host(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["dualcache"]["gateway_id"] == "jobmatch-ai-dev"
+    assert result["dualcache"]["account_id"] == ACCOUNT
+    assert (
+        result["types"].count("dualcache:infra:KvNamespaces$cloudflare:index/workersKvNamespace:WorkersKvNamespace")
+        == 6
+    )
+
+
+def test_entrypoint_reports_bad_config_as_a_run_error(tmp_path: Path) -> None:
+    proc = _run_host(tmp_path, {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 5})})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "RUNERROR stack 'dev': jobmatch-ai:gateway.cacheTtl = 5" in proc.stdout

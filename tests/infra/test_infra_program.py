@@ -1,0 +1,212 @@
+"""The Pulumi program under the mock engine: what each stack declares, and what it exports."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from _infra_support import ACCOUNT, REPO, STACKS, StackWriter, base_config
+
+from dualcache import Namespace, StackOutputs, load_stack_config
+from infra.plan import SECRET, PlanResult, run_plan
+
+GATEWAY = ":AiGateway"
+NAMESPACE = ":WorkersKvNamespace"
+SCRIPT = ":WorkersScript"
+
+
+def _bindings(plan: PlanResult) -> dict[str, dict[str, Any]]:
+    (script,) = plan.find(SCRIPT)
+    return {b["name"]: b for b in script.inputs["bindings"]}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_declares_one_gateway_with_the_stacks_settings(plans: dict[str, PlanResult], stack: str) -> None:
+    cfg = load_stack_config(REPO, stack)
+    (gateway,) = plans[stack].find(GATEWAY)
+    assert gateway.type == "cloudflare:index/aiGateway:AiGateway"
+    s = cfg.gateway
+    expected = {
+        "accountId": cfg.account_id,
+        "aiGatewayId": f"jobmatch-ai-{stack}",
+        "cacheTtl": s.cache_ttl,
+        "cacheInvalidateOnUpdate": s.cache_invalidate_on_update,
+        "collectLogs": s.collect_logs,
+        "authentication": s.authentication,
+        "rateLimitingLimit": s.rate_limiting.limit,
+        "rateLimitingInterval": s.rate_limiting.interval,
+        "rateLimitingTechnique": s.rate_limiting.technique,
+    }
+    if s.log_management is not None:
+        expected |= {"logManagement": s.log_management, "logManagementStrategy": s.log_management_strategy}
+    assert gateway.inputs == expected, gateway.name
+
+
+def test_program_stacks_differ_where_environments_should(plans: dict[str, PlanResult]) -> None:
+    dev, prod = plans["dev"].find(GATEWAY)[0].inputs, plans["prod"].find(GATEWAY)[0].inputs
+    assert (dev["authentication"], prod["authentication"]) == (False, True)
+    assert dev["rateLimitingLimit"] == 0 and prod["rateLimitingLimit"] > 0
+    assert "logManagement" not in dev and prod["logManagementStrategy"] == "DELETE_OLDEST"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_declares_six_namespaces_with_stack_titles(plans: dict[str, PlanResult], stack: str) -> None:
+    namespaces = plans[stack].find(NAMESPACE)
+    assert {ns.type for ns in namespaces} == {"cloudflare:index/workersKvNamespace:WorkersKvNamespace"}
+    assert sorted(ns.inputs["title"] for ns in namespaces) == sorted(
+        f"jobmatch-ai-{stack}-{b.value}" for b in Namespace
+    )
+    assert all(ns.inputs["accountId"] == ACCOUNT for ns in namespaces)
+
+
+def test_program_protects_and_retains_prod_namespaces_only(plans: dict[str, PlanResult]) -> None:
+    for ns in plans["prod"].find(NAMESPACE):
+        assert (ns.protect, ns.retain_on_delete) == (True, True), ns.name
+    for stack in ("dev", "staging"):
+        for ns in plans[stack].find(NAMESPACE):
+            assert (ns.protect, ns.retain_on_delete) == (False, False), f"{stack}/{ns.name}"
+
+
+def test_program_prod_adopts_the_existing_job_analysis_namespace(plans: dict[str, PlanResult]) -> None:
+    adopted = {ns.inputs["title"]: ns for ns in plans["prod"].find(NAMESPACE) if ns.import_id}
+    assert list(adopted) == ["jobmatch-ai-prod-JOB_ANALYSIS_CACHE"]
+    ns = adopted["jobmatch-ai-prod-JOB_ANALYSIS_CACHE"]
+    assert ns.import_id == f"{ACCOUNT}/fedcba9876543210fedcba9876543210"
+    assert ns.ignore_changes == ("title",)
+    assert plans["prod"].outputs["dualcache"]["namespaces"]["JOB_ANALYSIS_CACHE"] == "fedcba9876543210fedcba9876543210"
+
+
+def test_program_adopts_any_namespace_named_in_a_stack_file(write_stack: StackWriter) -> None:
+    sessions_id = "abcdefabcdefabcdefabcdefabcdef01"
+    config = base_config() | {"jobmatch-ai:namespaces": {"adopt": {"SESSIONS": sessions_id}}}
+    plan = run_plan("test", write_stack(config))
+    imports = {ns.name: ns.import_id for ns in plan.find(NAMESPACE)}
+    assert imports.pop("kv-sessions") == f"{ACCOUNT}/{sessions_id}"
+    assert set(imports.values()) == {None}
+    assert _bindings(plan)["SESSIONS"]["namespaceId"] == sessions_id
+    assert StackOutputs.from_data(plan.outputs["dualcache"]).namespace_id("SESSIONS") == sessions_id
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_binds_namespaces_ai_and_plain_vars(plans: dict[str, PlanResult], stack: str) -> None:
+    plan = plans[stack]
+    bindings = _bindings(plan)
+    ids = plan.outputs["dualcache"]["namespaces"]
+    for binding in Namespace:
+        assert bindings[binding.value] == {
+            "name": binding.value,
+            "type": "kv_namespace",
+            "namespaceId": ids[binding.value],
+        }
+    assert bindings["AI"] == {"name": "AI", "type": "ai"}
+    assert bindings["AI_GATEWAY_SLUG"] == {
+        "name": "AI_GATEWAY_SLUG",
+        "type": "plain_text",
+        "text": f"jobmatch-ai-{stack}",
+    }
+    assert bindings["CLOUDFLARE_ACCOUNT_ID"]["text"] == ACCOUNT
+    # The committed stack files set no secrets, so no secret_text binding is declared.
+    assert len(bindings) == 9 and all(b["type"] != "secret_text" for b in bindings.values())
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_worker_is_an_es_module_with_the_health_worker(plans: dict[str, PlanResult], stack: str) -> None:
+    (script,) = plans[stack].find(SCRIPT)
+    assert script.type == "cloudflare:index/workersScript:WorkersScript"
+    assert script.inputs["scriptName"] == f"jobmatch-ai-api-{stack}"
+    assert script.inputs["mainModule"] == "worker.js"
+    assert script.inputs["compatibilityDate"] == "2025-03-11"
+    assert script.inputs["content"] == (REPO / "infra" / "worker" / "health.js").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("secrets", "expected"),
+    [
+        pytest.param({"openaiApiKey"}, {"OPENAI_API_KEY"}, id="openai-only"),
+        pytest.param({"gatewayToken"}, {"CF_AIG_TOKEN"}, id="gateway-token-only"),
+        pytest.param({"openaiApiKey", "gatewayToken"}, {"OPENAI_API_KEY", "CF_AIG_TOKEN"}, id="both"),
+    ],
+)
+def test_program_binds_secret_text_only_when_the_secret_is_set(
+    write_stack: StackWriter, secrets: set[str], expected: set[str]
+) -> None:
+    config = base_config() | {f"jobmatch-ai:{key}": {"secure": "v1:bm90LWRlY3J5cHRlZA=="} for key in secrets}
+    plan = run_plan("test", write_stack(config))
+    bindings = _bindings(plan)
+    secret_bindings = {name for name, b in bindings.items() if b["type"] == "secret_text"}
+    assert secret_bindings == expected
+    for name in secret_bindings:
+        assert bindings[name]["text"] == SECRET, name
+    text = json.dumps(plan.manifest())
+    assert "offline-plan-placeholder" not in text
+    assert "v1:bm90" not in text
+    assert all(b["text"] != SECRET for b in bindings.values() if b["type"] == "plain_text")
+    assert plan.outputs["dualcache"] != SECRET
+
+
+def test_program_uses_the_configured_bundle_route_and_domain(write_stack: StackWriter) -> None:
+    zone = "11111111111111111111111111111111"
+    config = base_config() | {
+        "jobmatch-ai:worker": {
+            "name": "jobs-api",
+            "bundle": "dist/app.js",
+            "mainModule": "app.js",
+            "compatibilityDate": "2025-06-01",
+            "route": {"pattern": "api.example.com/*", "zoneId": zone},
+            "customDomain": {"hostname": "jobs.example.com", "zoneId": zone},
+        }
+    }
+    project = write_stack(config)
+    (project / "dist").mkdir()
+    (project / "dist" / "app.js").write_text("export default { fetch() { return new Response('app'); } };\n")
+    plan = run_plan("test", project)
+    (script,) = plan.find(SCRIPT)
+    assert (script.inputs["scriptName"], script.inputs["mainModule"]) == ("jobs-api", "app.js")
+    assert script.inputs["content"].startswith("export default { fetch()")
+    assert script.inputs["compatibilityDate"] == "2025-06-01"
+    (route,) = plan.find(":WorkersRoute")
+    assert route.inputs == {"pattern": "api.example.com/*", "script": "jobs-api", "zoneId": zone}
+    (domain,) = plan.find(":WorkersCustomDomain")
+    assert domain.inputs == {
+        "accountId": ACCOUNT,
+        "hostname": "jobs.example.com",
+        "service": "jobs-api",
+        "zoneId": zone,
+    }
+    assert plan.outputs["dualcache"]["worker_name"] == "jobs-api"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_exports_the_contract_as_stack_outputs(plans: dict[str, PlanResult], stack: str) -> None:
+    cfg = load_stack_config(REPO, stack)
+    exported = plans[stack].outputs
+    assert list(exported) == ["dualcache"]
+    outputs = StackOutputs.from_data(exported["dualcache"])
+    assert outputs.stack == stack
+    assert (outputs.account_id, outputs.gateway_id, outputs.worker_name) == (
+        ACCOUNT,
+        f"jobmatch-ai-{stack}",
+        f"jobmatch-ai-api-{stack}",
+    )
+    assert outputs.namespaces == {b: cfg.offline_namespace_id(b) for b in Namespace}
+    assert outputs.policies == cfg.policies
+    assert set(exported["dualcache"]) == set(StackOutputs.model_fields)
+
+
+def test_program_plans_of_one_stack_are_identical_when_repeated(plans: dict[str, PlanResult]) -> None:
+    again = run_plan("staging", REPO)
+    assert again.manifest() == plans["staging"].manifest()
+
+
+@pytest.mark.parametrize(("stack", "enabled"), [("dev", True), ("staging", True), ("prod", False)])
+def test_program_sets_the_workers_dev_subdomain_per_stack(
+    plans: dict[str, PlanResult], stack: str, enabled: bool
+) -> None:
+    (subdomain,) = plans[stack].find(":WorkersScriptSubdomain")
+    assert subdomain.type == "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain"
+    assert subdomain.inputs == {"accountId": ACCOUNT, "enabled": enabled, "scriptName": f"jobmatch-ai-api-{stack}"}
+
+
+def test_program_leaves_workers_dev_alone_when_not_configured(write_stack: StackWriter) -> None:
+    assert run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain") == []

@@ -1,0 +1,159 @@
+"""StackConfig: the validated model of Pulumi.<stack>.yaml, read without Pulumi."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dualcache import ConfigError, Namespace, StackConfig, load_stack_config
+
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+
+
+def _validate(**values: Any) -> StackConfig:
+    return StackConfig.from_values({"accountId": ACCOUNT, **values}, project="jobmatch-ai", stack="dev")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"gateway": {"cacheTtl": 59}}, r"jobmatch-ai:gateway\.cacheTtl = 59: must be 0", id="cache-ttl-low"
+        ),
+        pytest.param(
+            {"gateway": {"cacheTtl": 2_592_001}}, r"jobmatch-ai:gateway\.cacheTtl = 2592001", id="cache-ttl-high"
+        ),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"technique": "leaky"}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.technique = 'leaky'",
+            id="technique",
+        ),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"interval": -1}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.interval = -1",
+            id="interval",
+        ),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"limit": -1}}}, r"jobmatch-ai:gateway\.rateLimiting\.limit = -1", id="limit"
+        ),
+        pytest.param({"gateway": {"logManagement": 5}}, r"jobmatch-ai:gateway\.logManagement = 5", id="log-management"),
+        pytest.param({"gateway": {"id": "a b"}}, r"jobmatch-ai:gateway\.id = 'a b'", id="gateway-id"),
+        pytest.param(
+            {"policies": {"job_analysis": {"kv_ttl": 30}}},
+            r"jobmatch-ai:policies\.job_analysis: kv_ttl=30",
+            id="kv-ttl",
+        ),
+        pytest.param({"worker": {"name": "-api"}}, r"jobmatch-ai:worker\.name = '-api'", id="worker-name-leading-dash"),
+        pytest.param({"worker": {"name": "API"}}, r"jobmatch-ai:worker\.name = 'API'", id="worker-name-uppercase"),
+        pytest.param(
+            {"worker": {"compatibilityDate": "March 2025"}}, r"jobmatch-ai:worker\.compatibilityDate", id="compat-date"
+        ),
+        pytest.param(
+            {"namespaces": {"adopt": {"SESSIONS": "xyz"}}},
+            r"jobmatch-ai:namespaces\.adopt\.SESSIONS = 'xyz'",
+            id="adopt-id",
+        ),
+        pytest.param(
+            {"worker": {"route": {"pattern": "a/*", "zoneId": "zone"}}},
+            r"jobmatch-ai:worker\.route\.zoneId = 'zone'",
+            id="route-zone-id",
+        ),
+        pytest.param(
+            {"worker": {"mainModule": "worker.py"}}, r"jobmatch-ai:worker\.mainModule = 'worker\.py'", id="main-module"
+        ),
+        pytest.param(
+            {"worker": {"workersDev": "maybe"}}, r"jobmatch-ai:worker\.workersDev = 'maybe'", id="workers-dev"
+        ),
+        pytest.param({"gateways": {}}, r"unknown key\(s\) jobmatch-ai:gateways", id="unknown-key"),
+        pytest.param(
+            {"policies": ["embeddings"]}, r"jobmatch-ai:policies = \['embeddings'\]", id="policies-not-mapping"
+        ),
+    ],
+)
+def test_stackconfig_rejects_each_invalid_value_naming_the_key(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _validate(**values)
+
+
+def test_stackconfig_requires_account_id() -> None:
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:accountId is required"):
+        StackConfig.from_values({}, project="jobmatch-ai", stack="dev")
+
+
+def test_stackconfig_derives_names_from_project_and_stack() -> None:
+    cfg = _validate()
+    assert (cfg.gateway_id, cfg.worker_name) == ("jobmatch-ai-dev", "jobmatch-ai-api-dev")
+    assert cfg.namespace_title(Namespace.API_CACHE) == "jobmatch-ai-dev-API_CACHE"
+    named = _validate(gateway={"id": "shared-gw"}, worker={"name": "api"})
+    assert (named.gateway_id, named.worker_name) == ("shared-gw", "api")
+
+
+def test_stackconfig_rejects_an_invalid_default_worker_name() -> None:
+    with pytest.raises(ConfigError, match=r"default jobmatch-ai:worker\.name 'jobmatch-ai-api-Prod'"):
+        StackConfig.from_values({"accountId": ACCOUNT}, project="jobmatch-ai", stack="Prod")
+    ok = StackConfig.from_values(
+        {"accountId": ACCOUNT, "worker": {"name": "api-prod"}}, project="jobmatch-ai", stack="Prod"
+    )
+    assert ok.worker_name == "api-prod"
+
+
+def test_stackconfig_offline_namespace_ids_are_stable_distinct_and_keep_adopted_ids() -> None:
+    adopted = "fedcba9876543210fedcba9876543210"
+    cfg = _validate(namespaces={"adopt": {"JOB_ANALYSIS_CACHE": adopted}})
+    ids = {b: cfg.offline_namespace_id(b) for b in Namespace}
+    assert ids[Namespace.JOB_ANALYSIS_CACHE] == adopted
+    assert len(set(ids.values())) == 6
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids.values())
+    assert ids == {
+        b: _validate(namespaces={"adopt": {"JOB_ANALYSIS_CACHE": adopted}}).offline_namespace_id(b) for b in Namespace
+    }
+    other_stack = StackConfig.from_values({"accountId": ACCOUNT}, project="jobmatch-ai", stack="staging")
+    assert other_stack.offline_namespace_id(Namespace.SESSIONS) != ids[Namespace.SESSIONS]
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_load_stack_config_reads_the_committed_stack_files(stack: str) -> None:
+    cfg = load_stack_config(REPO, stack)
+    assert (cfg.project, cfg.stack, cfg.account_id) == ("jobmatch-ai", stack, ACCOUNT)
+    assert cfg.namespaces.protect is (stack == "prod")
+    assert cfg.gateway.authentication is (stack != "dev")
+
+
+def _project(tmp_path: Path, config: dict[str, Any], stack: str = "qa") -> Path:
+    (tmp_path / "Pulumi.yaml").write_text("name: jobmatch-ai\nruntime: python\n")
+    (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}))
+    return tmp_path
+
+
+def test_load_stack_config_knows_set_secrets_without_decrypting_them(tmp_path: Path) -> None:
+    config = {
+        "jobmatch-ai:accountId": ACCOUNT,
+        "jobmatch-ai:openaiApiKey": {"secure": "v1:AAAA"},
+        "cloudflare:apiToken": {"secure": "v1:BBBB"},
+    }
+    cfg = load_stack_config(_project(tmp_path, config), "qa")
+    assert cfg.secrets_set == frozenset({"openaiApiKey"})
+    assert "v1:AAAA" not in cfg.model_dump_json()
+
+
+def test_load_stack_config_rejects_a_secret_in_plain_text(tmp_path: Path) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gatewayToken": "plain"}
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:gatewayToken is in plain text; set it with `pulumi config set"):
+        load_stack_config(_project(tmp_path, config), "qa")
+
+
+def test_load_stack_config_names_the_stacks_that_exist(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"jobmatch-ai:accountId": ACCOUNT})
+    with pytest.raises(ConfigError, match=r"no stack file .*Pulumi\.prod\.yaml.*stacks here: qa"):
+        load_stack_config(project, "prod")
+
+
+def test_load_stack_config_reports_invalid_yaml_with_the_file(tmp_path: Path) -> None:
+    project = _project(tmp_path, {})
+    (project / "Pulumi.qa.yaml").write_text("config: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"Pulumi\.qa\.yaml is not valid YAML"):
+        load_stack_config(project, "qa")
