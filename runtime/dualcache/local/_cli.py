@@ -1,0 +1,119 @@
+"""``dualcache dev``: run the local emulator for one stack until interrupted.
+
+Cheap to import: starlette and uvicorn are imported inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from dualcache._cli import add_project_dir_argument, find_project_dir
+from dualcache._exceptions import ConfigError
+
+__all__ = ["register", "run_dev"]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``dev`` subcommand."""
+    parser = subparsers.add_parser(
+        "dev",
+        help="run the local Cloudflare emulator (KV, AI Gateway, Workers AI) for a stack",
+        description=(
+            "Serve the Workers KV REST API, the AI Gateway (management and proxy) and Workers AI on loopback, "
+            "with local deterministic models, for the stack's namespaces and gateway. Writes DIR/outputs.STACK.json "
+            "(StackOutputs pointing at the emulator) and serves until interrupted (Ctrl-C)."
+        ),
+    )
+    parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback)")
+    parser.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787; 0 = a free port)")
+    parser.add_argument("--data", type=Path, default=Path(".dualcache"), help="state folder (default: .dualcache)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DUALCACHE_DEV_TOKEN") or None,
+        help="API token every request must carry as 'Authorization: Bearer <token>' "
+        "(default: $DUALCACHE_DEV_TOKEN, else no authentication)",
+    )
+    parser.add_argument(
+        "--openai-upstream",
+        default=None,
+        metavar="URL",
+        help="forward openai/* to this OpenAI-compatible base URL (e.g. http://127.0.0.1:11434/v1) "
+        "instead of the local models",
+    )
+    add_project_dir_argument(parser)
+    parser.set_defaults(func=run_dev)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Run the emulator in the foreground; return 0 after Ctrl-C / SIGTERM."""
+    from dualcache.local import require_local_extra
+
+    require_local_extra()
+    import uvicorn
+
+    from dualcache._stackconfig import load_stack_config
+    from dualcache.local._app import EmulatorState, create_app
+    from dualcache.local._server import bind_socket, provision, stack_outputs
+    from dualcache.local._store import Store
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a port number (0..65535)")
+    if args.openai_upstream and not str(args.openai_upstream).startswith(("http://", "https://")):
+        raise ConfigError(f"--openai-upstream {args.openai_upstream!r} is not an http(s) URL")
+    project_dir = args.project_dir if args.project_dir is not None else find_project_dir()
+    config = load_stack_config(project_dir, args.stack)
+
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{port}"
+
+    store = Store(args.data)
+    try:
+        state = EmulatorState(store, token=args.token, openai_upstream=args.openai_upstream)
+        provision(store, config, state.clock.now())
+        outputs = stack_outputs(config, url)
+        outputs_path = Path(args.data) / f"outputs.{config.stack}.json"
+        outputs.dump(outputs_path)
+        print(f"dualcache dev: stack {config.stack!r} emulated at {url}", flush=True)
+        print(f"  Cloudflare API base  {outputs.api_base_url}", flush=True)
+        print(f"  AI Gateway base      {outputs.gateway_base_url}/{config.account_id}/{config.gateway_id}", flush=True)
+        print(f"  outputs              {outputs_path}  (DUALCACHE_OUTPUTS={outputs_path})", flush=True)
+        print(f"  state                {store.path}", flush=True)
+        print(f"  authentication       {'Bearer token required' if args.token else 'off'}", flush=True)
+        if args.openai_upstream:
+            print(f"  openai/* forwarded to {args.openai_upstream}", flush=True)
+        print("  models are local, deterministic stand-ins; press Ctrl-C to stop", flush=True)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(state), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+            )
+        )
+        # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown) in the main thread, then re-raises the
+        # signal once it has stopped: SIGINT becomes KeyboardInterrupt, and SIGTERM is routed there too.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            state.stopping.set()
+    finally:
+        store.close()
+        sock.close()
+    print("dualcache dev: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,199 @@
+"""Local, deterministic stand-ins for the AI models the project calls. They are NOT the real models.
+
+* Embeddings (``@cf/baai/bge-base-en-v1.5`` 768 dims, OpenAI ``text-embedding-3-small`` 1536 dims):
+  feature hashing of lower-cased word unigrams and bigrams and character trigrams, L2-normalized, so
+  texts sharing words are closer (higher cosine) than unrelated texts. Same text, same vector, always.
+* Text generation (``@cf/meta/llama-3.1-8b-instruct``, ``@cf/meta/llama-3.3-70b-instruct-fp8-fast``,
+  OpenAI ``gpt-4o-mini`` / ``gpt-4o``): an answer derived from a hash of the input. When JSON is asked
+  (a JSON response format, or a prompt that mentions JSON) the answer is valid JSON; with a JSON Schema
+  it is an instance of that schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "EMBEDDING_MODELS",
+    "OPENAI_CHAT_MODELS",
+    "OPENAI_EMBEDDING_MODELS",
+    "TEXT_MODELS",
+    "WORKERS_AI_EMBEDDING_MODELS",
+    "embed",
+    "generate",
+    "instance_of_schema",
+    "messages_text",
+    "token_count",
+]
+
+WORKERS_AI_EMBEDDING_MODELS: dict[str, int] = {"@cf/baai/bge-base-en-v1.5": 768}
+OPENAI_EMBEDDING_MODELS: dict[str, int] = {"text-embedding-3-small": 1536}
+EMBEDDING_MODELS: dict[str, int] = {**WORKERS_AI_EMBEDDING_MODELS, **OPENAI_EMBEDDING_MODELS}
+TEXT_MODELS = frozenset({"@cf/meta/llama-3.1-8b-instruct", "@cf/meta/llama-3.3-70b-instruct-fp8-fast"})
+OPENAI_CHAT_MODELS = frozenset({"gpt-4o-mini", "gpt-4o"})
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_WORDS = (
+    "alpha amber brisk calm cedar coral delta ember fable fern glade harbor iris jade kite lumen maple "
+    "nova onyx opal pearl quartz river sage slate spruce tidal umber vivid willow zephyr"
+).split()
+
+
+def _digest(*parts: str) -> bytes:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.digest()
+
+
+def token_count(text: str) -> int:
+    """A rough token count (words and punctuation runs), for ``usage`` fields."""
+    return max(1, len(re.findall(r"\w+|[^\w\s]", text)))
+
+
+def embed(text: str, dims: int) -> list[float]:
+    """Return the deterministic, L2-normalized ``dims``-dimensional vector of ``text``."""
+    lowered = text.lower()
+    words = _WORD.findall(lowered)
+    features: list[tuple[str, float]] = [(f"w:{w}", 1.0) for w in words]
+    features += [(f"b:{a} {b}", 0.5) for a, b in zip(words, words[1:], strict=False)]
+    squeezed = " ".join(words) or lowered
+    features += [(f"c:{squeezed[i : i + 3]}", 0.25) for i in range(max(0, len(squeezed) - 2))]
+    if not features:
+        features = [(f"t:{text}", 1.0)]
+    vector = [0.0] * dims
+    for feature, weight in features:
+        d = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
+        index = int.from_bytes(d[:4], "little") % dims
+        sign = 1.0 if d[4] & 1 else -1.0
+        vector[index] += sign * weight
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0.0:  # every feature cancelled out: fall back to one hashed coordinate
+        vector[int.from_bytes(_digest(text)[:4], "little") % dims] = 1.0
+        return vector
+    return [v / norm for v in vector]
+
+
+def _phrase(seed: bytes, n: int) -> str:
+    return " ".join(_WORDS[seed[i % len(seed)] % len(_WORDS)] for i in range(n))
+
+
+def _schema_type(schema: Mapping[str, Any]) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if isinstance(kind, str):
+        return kind
+    if "properties" in schema:
+        return "object"
+    if "items" in schema:
+        return "array"
+    return "string"
+
+
+def instance_of_schema(schema: Mapping[str, Any], seed: bytes, path: str = "$") -> Any:
+    """Return a deterministic value that satisfies the common JSON Schema keywords of ``schema``.
+
+    Handles ``type`` (object, array, string, integer, number, boolean, null), ``properties``,
+    ``required``, ``items``, ``enum``, ``const``, ``minimum``/``maximum``, ``minItems``/``maxItems``,
+    ``minLength``/``maxLength`` and ``anyOf``/``oneOf`` (first branch).
+    """
+    h = _digest(seed.hex(), path)
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[h[0] % len(enum)]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        branches = schema.get(combinator)
+        if isinstance(branches, list) and branches and isinstance(branches[0], Mapping):
+            return instance_of_schema(branches[0], seed, path)
+    kind = _schema_type(schema)
+    if kind == "object":
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        return {
+            name: instance_of_schema(sub if isinstance(sub, Mapping) else {}, seed, f"{path}.{name}")
+            for name, sub in props.items()
+        }
+    if kind == "array":
+        items = schema.get("items")
+        items = items if isinstance(items, Mapping) else {"type": "string"}
+        low = int(schema.get("minItems", 1))
+        high = int(schema.get("maxItems", max(low, 3)))
+        count = low + h[1] % (high - low + 1) if high >= low else low
+        return [instance_of_schema(items, seed, f"{path}[{i}]") for i in range(count)]
+    if kind in ("integer", "number"):
+        low_n = float(schema.get("minimum", 0))
+        high_n = float(schema.get("maximum", 100 if low_n <= 100 else low_n + 100))
+        fraction = int.from_bytes(h[:4], "little") / 0xFFFFFFFF
+        value = low_n + (high_n - low_n) * fraction
+        return int(math.floor(value)) if kind == "integer" else round(value, 4)
+    if kind == "boolean":
+        return bool(h[2] & 1)
+    if kind == "null":
+        return None
+    text = f"local {_phrase(h, 3)}"
+    min_len = int(schema.get("minLength", 0))
+    max_len = int(schema.get("maxLength", 10_000))
+    text = (text + " x" * min_len)[: max(min_len, len(text))]
+    return text[:max_len]
+
+
+def _wants_json(prompt_text: str) -> bool:
+    return "json" in prompt_text.lower()
+
+
+def generate(model: str, prompt_text: str, response_format: Mapping[str, Any] | None) -> tuple[Any, bool]:
+    """Answer ``prompt_text`` deterministically.
+
+    Args:
+        model: The model id (part of the hash, so two models answer differently).
+        prompt_text: Every message's role and content, joined.
+        response_format: The request's ``response_format`` (``json_object`` or ``json_schema``), if any.
+
+    Returns:
+        ``(answer, is_json)``: a JSON-compatible object when JSON was asked, else a string.
+    """
+    seed = _digest(model, prompt_text)
+    schema: Mapping[str, Any] | None = None
+    kind = response_format.get("type") if response_format else None
+    if kind == "json_schema":
+        raw = response_format.get("json_schema") if response_format else None
+        if isinstance(raw, Mapping):
+            # OpenAI nests the schema under "schema"; Workers AI puts the schema itself there.
+            inner = raw.get("schema")
+            schema = inner if isinstance(inner, Mapping) else raw
+    if schema is not None:
+        return instance_of_schema(schema, seed), True
+    last_line = prompt_text.strip().splitlines()[-1] if prompt_text.strip() else ""
+    excerpt = last_line[:80]
+    if kind == "json_object" or _wants_json(prompt_text):
+        return {
+            "answer": f"local answer {_phrase(seed, 4)}",
+            "score": seed[0] % 101,
+            "model": model,
+            "local_model": True,
+            "input_excerpt": excerpt,
+        }, True
+    return f"[local {model}] {_phrase(seed, 6)}. You wrote: {excerpt}", False
+
+
+def messages_text(messages: Sequence[Any]) -> str:
+    """Join chat messages as ``role: content`` lines (content parts of type text included)."""
+    lines = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(
+                str(part.get("text", "")) for part in content if isinstance(part, Mapping) and "text" in part
+            )
+        lines.append(f"{message.get('role', 'user')}: {content if content is not None else ''}")
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""Running the emulator: provisioning a stack into it, the in-process :class:`Emulator`, the control client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import uvicorn
+
+from dualcache._exceptions import ConfigError, UsageError
+from dualcache._outputs import StackOutputs
+from dualcache._policy import Namespace
+from dualcache._stackconfig import StackConfig, load_stack_config
+from dualcache.local._app import EmulatorState, create_app
+from dualcache.local._clock import Clock
+from dualcache.local._store import Store
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "Emulator",
+    "bind_socket",
+    "EmulatorControl",
+    "gateway_settings",
+    "provision",
+    "stack_outputs",
+]
+
+DEFAULT_DATA_DIR = Path(".dualcache")
+_START_TIMEOUT = 15.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0 = a free port), for uvicorn to listen on.
+
+    The protocol is given explicitly (``IPPROTO_TCP``): asyncio sets ``TCP_NODELAY`` on accepted
+    connections only when the listening socket says it is TCP, and without it every keep-alive response
+    waits ~40 ms for a delayed ACK (Nagle).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def gateway_settings(config: StackConfig) -> dict[str, Any]:
+    """The management-API body (facts §2.7) of the stack's gateway."""
+    gw = config.gateway
+    settings: dict[str, Any] = {
+        "id": config.gateway_id,
+        "cache_invalidate_on_update": gw.cache_invalidate_on_update,
+        "cache_ttl": gw.cache_ttl,
+        "collect_logs": gw.collect_logs,
+        "rate_limiting_interval": gw.rate_limiting.interval,
+        "rate_limiting_limit": gw.rate_limiting.limit,
+        "rate_limiting_technique": gw.rate_limiting.technique,
+        "authentication": gw.authentication,
+    }
+    if gw.log_management is not None:
+        settings["log_management"] = gw.log_management
+    if gw.log_management_strategy is not None:
+        settings["log_management_strategy"] = gw.log_management_strategy
+    return settings
+
+
+def provision(store: Store, config: StackConfig, now: float) -> None:
+    """Create or reopen the stack's six namespaces and its gateway in ``store``.
+
+    Namespaces get the plan's titles and ids (:meth:`StackConfig.namespace_title`,
+    :meth:`StackConfig.offline_namespace_id`). The gateway takes the stack's settings (the stack file is
+    the source of truth, as ``pulumi up`` would make it); its cache is kept unless the settings changed
+    and ``cache_invalidate_on_update`` is on.
+    """
+    from dualcache.local._app import _iso
+
+    account = config.account_id
+    for binding in Namespace:
+        store.create_namespace(account, config.offline_namespace_id(binding), config.namespace_title(binding))
+    wanted = gateway_settings(config)
+    current = store.gateway(account, config.gateway_id)
+    if current is None:
+        stamp = _iso(now)
+        store.put_gateway(account, {**wanted, "created_at": stamp, "modified_at": stamp})
+        return
+    stored = {k: v for k, v in current.items() if k not in ("created_at", "modified_at")}
+    if stored != wanted:
+        store.put_gateway(account, {**wanted, "created_at": current["created_at"], "modified_at": _iso(now)})
+        if wanted["cache_invalidate_on_update"]:
+            store.clear_gateway_cache(account, config.gateway_id)
+
+
+def stack_outputs(config: StackConfig, base_url: str) -> StackOutputs:
+    """The :class:`StackOutputs` of ``config`` with both base URLs pointing at an emulator at ``base_url``."""
+    base = base_url.rstrip("/")
+    return StackOutputs(
+        stack=config.stack,
+        account_id=config.account_id,
+        gateway_id=config.gateway_id,
+        api_base_url=f"{base}/client/v4",
+        gateway_base_url=f"{base}/v1",
+        namespaces={b: config.offline_namespace_id(b) for b in Namespace},
+        worker_name=config.worker_name,
+        policies=config.policies,
+    )
+
+
+class EmulatorControl:
+    """Synchronous client of the control endpoints (``/__emulator/...``).
+
+    Args:
+        base_url: The emulator's root URL, for example ``http://127.0.0.1:8787``.
+        timeout: Seconds per control request.
+    """
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/__emulator/", timeout=timeout)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = self._client.request(method, path, json=body)
+        if response.status_code != 200:
+            raise ConfigError(f"emulator control {method} {path} failed ({response.status_code}): {response.text}")
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``kv`` operations by kind, ``gateway`` hits/misses/skips/rate_limited/refused,
+        ``upstream`` and ``direct`` model calls by model, injected ``faults``, total ``requests``."""
+        result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Requests served since the last reset, oldest first: ``{"method", "path", "query", "headers"}``."""
+        result: list[dict[str, Any]] = self._call("GET", "requests")
+        return result
+
+    def reset(self) -> None:
+        """Clear the counters, the request log and the rate-limit windows (stored data stays)."""
+        self._call("POST", "reset")
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the emulator's clock forward; return its new time (unix seconds)."""
+        result = self._call("POST", "clock", {"advance": seconds})
+        return float(result["now"])
+
+    def now(self) -> float:
+        """The emulator's current time (unix seconds)."""
+        return float(self._call("GET", "clock")["now"])
+
+    def set_faults(self, faults: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Replace the faults: per target ``kv``/``gateway``/``upstream`` a dict of ``error_rate``,
+        ``status``, ``latency_ms``, ``timeout``, ``seed``. ``{}`` clears them all.
+
+        Raises:
+            ConfigError: the emulator rejected the spec (the message says why).
+        """
+        result: dict[str, Any] = self._call("POST", "faults", faults)
+        return result
+
+    def clear_faults(self) -> None:
+        """Remove every fault."""
+        self._call("POST", "faults", {})
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+
+class Emulator:
+    """The emulator in-process: uvicorn on ``host`` and a free port, in a background thread.
+
+    Use it as a context manager; entering provisions the stack and returns once the server answers,
+    leaving stops the server and closes SQLite. Data in ``data_dir`` survives; a new Emulator on the same
+    directory sees it.
+
+    Args:
+        stack: The stack whose settings (``Pulumi.<stack>.yaml``) are used.
+        project_dir: Directory holding ``Pulumi.yaml`` (needed unless ``config`` is given).
+        data_dir: Where the SQLite state lives (default ``.dualcache``).
+        token: API token the emulator requires (``None`` = none).
+        config: A :class:`StackConfig` to use instead of reading the stack file.
+        openai_upstream: Forward ``openai/*`` to this OpenAI-compatible base URL.
+        host: Interface to bind (loopback by default).
+        port: Port to bind; 0 picks a free one.
+        clock: The clock to use (default: wall clock plus an offset moved by the control endpoint).
+
+    Attributes:
+        url: ``http://HOST:PORT`` once started.
+        outputs: The :class:`StackOutputs` pointing at this emulator.
+        config: The :class:`StackConfig` in use.
+        token: The API token (``None`` = no authentication).
+        control: An :class:`EmulatorControl` for the control endpoints.
+        state: The live :class:`EmulatorState` (counters, faults, store).
+    """
+
+    def __init__(
+        self,
+        stack: str = "dev",
+        project_dir: str | Path | None = None,
+        data_dir: str | Path = DEFAULT_DATA_DIR,
+        token: str | None = None,
+        config: StackConfig | None = None,
+        openai_upstream: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Clock | None = None,
+    ) -> None:
+        if config is None:
+            if project_dir is None:
+                raise ConfigError("Emulator needs project_dir (the directory holding Pulumi.yaml) or config")
+            config = load_stack_config(project_dir, stack)
+        self.config = config
+        self.token = token or None
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self._port = port
+        self._clock = clock
+        self._openai_upstream = openai_upstream
+        self._server: uvicorn.Server | None = None
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._state: EmulatorState | None = None
+        self._control: EmulatorControl | None = None
+        self._outputs: StackOutputs | None = None
+        self.url = ""
+
+    @property
+    def state(self) -> EmulatorState:
+        """The live state (raises :class:`UsageError` when not started)."""
+        if self._state is None:
+            raise UsageError("the Emulator is not running; use it as a context manager")
+        return self._state
+
+    @property
+    def outputs(self) -> StackOutputs:
+        """The stack outputs pointing at this emulator."""
+        if self._outputs is None:
+            raise UsageError("the Emulator is not running; use it as a context manager")
+        return self._outputs
+
+    @property
+    def control(self) -> EmulatorControl:
+        """The control-endpoint client."""
+        if self._control is None:
+            raise UsageError("the Emulator is not running; use it as a context manager")
+        return self._control
+
+    def start(self) -> Emulator:
+        """Provision the stack, start serving and wait until ready. Returns ``self``."""
+        if self._thread is not None:
+            raise UsageError("the Emulator is already running")
+        store = Store(self.data_dir)
+        state = EmulatorState(store, clock=self._clock, token=self.token, openai_upstream=self._openai_upstream)
+        provision(store, self.config, state.clock.now())
+        try:
+            sock = bind_socket(self.host, self._port)
+        except OSError:
+            store.close()
+            raise
+        port = sock.getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{port}"
+        app = create_app(state)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dualcache-emulator", daemon=True)
+        self._state, self._server, self._thread, self._sock = state, server, thread, sock
+        thread.start()
+        started = threading.Event()
+        deadline = _START_TIMEOUT
+        while deadline > 0 and thread.is_alive():
+            if server.started:
+                started.set()
+                break
+            started.wait(0.01)
+            deadline -= 0.01
+        if not server.started:
+            self.stop()
+            raise UsageError(f"the emulator did not start on {self.url} within {_START_TIMEOUT:.0f} s")
+        self._outputs = stack_outputs(self.config, self.url)
+        self._control = EmulatorControl(self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (in-flight ``timeout`` faults return early) and close SQLite (idempotent)."""
+        if self._state is not None:
+            self._state.stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        if self._control is not None:
+            self._control.close()
+        if self._state is not None:
+            self._state.store.close()
+        if self._sock is not None:
+            self._sock.close()  # uvicorn closed its server; this releases our reference
+        self._server = self._thread = self._control = self._state = self._sock = None
+        self._outputs = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,203 @@
+"""The in-process Emulator: outputs, persistence across restarts, API-token auth, the ASGI app, forwarding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dualcache import Namespace, StackConfig, UsageError
+from dualcache.local import Emulator, EmulatorState, Store, create_app, provision
+
+BGE = "@cf/baai/bge-base-en-v1.5"
+
+
+def test_emulator_outputs_point_at_the_emulator(shared_emulator: Emulator, dev_config: StackConfig) -> None:
+    o = shared_emulator.outputs
+    assert shared_emulator.url.startswith("http://127.0.0.1:")
+    assert o.api_base_url == shared_emulator.url + "/client/v4"
+    assert o.gateway_base_url == shared_emulator.url + "/v1"
+    assert (o.stack, o.account_id, o.gateway_id) == ("dev", dev_config.account_id, dev_config.gateway_id)
+    assert o.worker_name == dev_config.worker_name
+    assert o.policies == dev_config.policies
+    assert o.namespaces == {b: dev_config.offline_namespace_id(b) for b in Namespace}
+    assert shared_emulator.token is None
+
+
+def test_emulator_requires_project_dir_or_config(tmp_path: Path) -> None:
+    from dualcache import ConfigError
+
+    with pytest.raises(ConfigError, match="project_dir"):
+        Emulator(data_dir=tmp_path)
+
+
+def test_emulator_outputs_before_start_is_a_usage_error(project_dir: Path, tmp_path: Path) -> None:
+    emu = Emulator(project_dir=project_dir, data_dir=tmp_path)
+    with pytest.raises(UsageError):
+        _ = emu.outputs
+    with pytest.raises(UsageError):
+        _ = emu.control
+
+
+def test_emulator_data_survives_a_restart(project_dir: Path, tmp_path: Path) -> None:
+    with Emulator(project_dir=project_dir, data_dir=tmp_path) as first:
+        o = first.outputs
+        ns = o.namespace_id(Namespace.EMBEDDINGS_CACHE)
+        kv_url = f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces/{ns}/values/embed%3Aabc"
+        gw_url = f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/workers-ai/{BGE}"
+        assert httpx.put(kv_url, content=b"vector").status_code == 200
+        assert httpx.post(gw_url, json={"text": "persist"}).headers["cf-aig-cache-status"] == "MISS"
+        first_port = first.url
+    with Emulator(project_dir=project_dir, data_dir=tmp_path) as second:
+        o2 = second.outputs
+        assert o2.namespaces == o.namespaces
+        kv_url2 = kv_url.replace(first_port, second.url)
+        gw_url2 = gw_url.replace(first_port, second.url)
+        assert httpx.get(kv_url2).content == b"vector"
+        assert httpx.post(gw_url2, json={"text": "persist"}).headers["cf-aig-cache-status"] == "HIT"
+        namespaces = httpx.get(f"{o2.api_base_url}/accounts/{o2.account_id}/storage/kv/namespaces").json()
+        assert namespaces["result_info"]["total_count"] == 6
+
+
+def test_emulator_restart_applies_changed_gateway_settings(
+    project_dir: Path, tmp_path: Path, dev_config: StackConfig
+) -> None:
+    with Emulator(project_dir=project_dir, data_dir=tmp_path):
+        pass
+    changed = dev_config.model_copy(update={"gateway": dev_config.gateway.model_copy(update={"cache_ttl": 7200})})
+    with Emulator(config=changed, data_dir=tmp_path) as emu:
+        o = emu.outputs
+        gw = httpx.get(f"{o.api_base_url}/accounts/{o.account_id}/ai-gateway/gateways/{o.gateway_id}").json()
+        assert gw["result"]["cache_ttl"] == 7200
+
+
+def test_emulator_config_override_turns_on_gateway_authentication(tmp_path: Path, dev_config: StackConfig) -> None:
+    config = dev_config.model_copy(update={"gateway": dev_config.gateway.model_copy(update={"authentication": True})})
+    with Emulator(config=config, data_dir=tmp_path, token="emu-token") as emu:
+        o = emu.outputs
+        url = f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/workers-ai/{BGE}"
+        provider = {"authorization": "Bearer emu-token"}
+        assert httpx.post(url, json={"text": "x"}, headers=provider).status_code == 401
+        wrong = {**provider, "cf-aig-authorization": "Bearer other"}
+        assert httpx.post(url, json={"text": "x"}, headers=wrong).status_code == 401
+        right = {**provider, "cf-aig-authorization": "Bearer emu-token"}
+        assert httpx.post(url, json={"text": "x"}, headers=right).status_code == 200
+        assert emu.control.stats()["gateway"]["refused"] == 2
+
+
+@pytest.fixture(scope="module")
+def token_emulator(tmp_path_factory: pytest.TempPathFactory, dev_config: StackConfig) -> Iterator[Emulator]:
+    with Emulator(config=dev_config, data_dir=tmp_path_factory.mktemp("token"), token="emu-token") as emu:
+        yield emu
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 401, id="missing"),
+        pytest.param({"authorization": "Bearer wrong"}, 403, id="wrong"),
+        pytest.param({"authorization": "emu-token"}, 403, id="not-bearer"),
+        pytest.param({"authorization": "Bearer emu-token"}, 200, id="right"),
+    ],
+)
+def test_emulator_token_guards_every_api_request(
+    token_emulator: Emulator, headers: dict[str, str], status: int
+) -> None:
+    emu = token_emulator
+    emu.control.reset()
+    o = emu.outputs
+    ns = o.namespace_id(Namespace.SESSIONS)
+    with httpx.Client(headers=headers) as client:
+        urls = [
+            f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces",
+            f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces/{ns}/keys",
+            f"{o.api_base_url}/accounts/{o.account_id}/ai-gateway/gateways",
+        ]
+        for url in urls:
+            r = client.get(url)
+            assert r.status_code == status, url
+            if status != 200:
+                assert r.json()["errors"][0]["code"] == 10000
+        run = client.post(f"{o.api_base_url}/accounts/{o.account_id}/ai/run/{BGE}", json={"text": "x"})
+        assert run.status_code == status
+        via_gateway = client.post(
+            f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/workers-ai/{BGE}", json={"text": "x"}
+        )
+        assert (via_gateway.status_code == 200) == (status == 200)
+    assert emu.control.stats()["api"]["unauthorized"] == (0 if status == 200 else 5)
+
+
+async def test_create_app_serves_over_asgi_transport(tmp_path: Path, dev_config: StackConfig) -> None:
+    store = Store(tmp_path)
+    try:
+        state = EmulatorState(store)
+        provision(store, dev_config, state.clock.now())
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as client:
+            ns = dev_config.offline_namespace_id(Namespace.API_CACHE)
+            base = f"/client/v4/accounts/{dev_config.account_id}/storage/kv/namespaces/{ns}/values"
+            assert (await client.put(f"{base}/spam%3A1", content=b"no")).status_code == 200
+            assert (await client.get(f"{base}/spam%3A1")).content == b"no"
+        assert state.snapshot()["kv"]["put"] == 1
+    finally:
+        store.close()
+
+
+def test_emulator_forwards_openai_to_an_upstream(project_dir: Path, tmp_path: Path) -> None:
+    with Emulator(project_dir=project_dir, data_dir=tmp_path / "upstream") as upstream:
+        u = upstream.outputs
+        upstream_base = f"{u.gateway_base_url}/{u.account_id}/{u.gateway_id}/openai"
+        with Emulator(project_dir=project_dir, data_dir=tmp_path / "front", openai_upstream=upstream_base) as front:
+            f = front.outputs
+            url = f"{f.gateway_base_url}/{f.account_id}/{f.gateway_id}/openai/chat/completions"
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "forward me"}]}
+            headers = {"authorization": "Bearer sk-upstream", "cf-aig-cache-ttl": "300"}
+            first = httpx.post(url, json=body, headers=headers)
+            second = httpx.post(url, json=body, headers=headers)
+            assert first.status_code == 200
+            assert "x-dualcache-local-model" not in first.headers
+            assert (first.headers["cf-aig-cache-status"], second.headers["cf-aig-cache-status"]) == ("MISS", "HIT")
+            assert second.json() == first.json()
+            assert front.control.stats()["upstream"] == {"gpt-4o-mini": 1}
+            assert upstream.control.stats()["upstream"] == {"gpt-4o-mini": 1}
+            forwarded = upstream.control.requests()[0]
+            assert forwarded["headers"]["authorization"] == "Bearer <redacted>"
+            missing = httpx.post(url, json={"model": "gpt-nope", "messages": body["messages"]}, headers=headers)
+            assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_emulator_forwarding_to_an_unreachable_upstream_is_502(project_dir: Path, tmp_path: Path) -> None:
+    from tests.local.helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with Emulator(project_dir=project_dir, data_dir=tmp_path, openai_upstream=dead) as emu:
+        o = emu.outputs
+        r = httpx.post(
+            f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/openai/embeddings",
+            json={"model": "text-embedding-3-small", "input": "x"},
+            headers={"authorization": "Bearer sk"},
+        )
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "upstream_unreachable"
+
+
+def test_require_local_extra_names_the_extra_when_starlette_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dualcache.local import require_local_extra
+
+    require_local_extra()
+    monkeypatch.setitem(sys.modules, "starlette", None)
+    with pytest.raises(ImportError, match=r"pip install 'dualcache\[local\]'") as info:
+        require_local_extra()
+    assert info.value.name == "starlette"
+
+
+def test_local_package_rejects_unknown_attributes() -> None:
+    import dualcache.local
+
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        _ = dualcache.local.NoSuchThing  # type: ignore[attr-defined]
+    assert "Emulator" in dir(dualcache.local)
