@@ -5,6 +5,7 @@ The public surface is exactly ``__all__``; everything else lives in private modu
 
 from __future__ import annotations
 
+from dualcache._cache import DualCache, KVBackendFactory, Models
 from dualcache._exceptions import (
     AuthenticationError,
     BackendError,
@@ -16,9 +17,21 @@ from dualcache._exceptions import (
     RateLimitedError,
     UsageError,
 )
+from dualcache._gateway import RetryPolicy
+from dualcache._kv import (
+    CloudflareKVBackend,
+    KVBackend,
+    KVEntry,
+    KVKey,
+    KVPage,
+    KVStore,
+    MemoryKVBackend,
+    SQLiteKVBackend,
+)
 from dualcache._outputs import StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
 from dualcache._stackconfig import StackConfig, load_stack_config
+from dualcache._stats import Outcome, PriceTable, Stats
 
 __version__ = "0.1.0"
 
@@ -27,17 +40,32 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BadResponseError",
+    "CloudflareKVBackend",
     "ConfigError",
+    "DualCache",
     "DualCacheError",
     "GatewayMode",
     "InvalidInputError",
+    "KVBackend",
+    "KVBackendFactory",
+    "KVEntry",
+    "KVKey",
+    "KVPage",
+    "KVStore",
+    "MemoryKVBackend",
+    "Models",
     "Namespace",
     "Operation",
     "OperationPolicy",
+    "Outcome",
     "Policies",
+    "PriceTable",
     "RateLimitedError",
+    "RetryPolicy",
+    "SQLiteKVBackend",
     "StackConfig",
     "StackOutputs",
+    "Stats",
     "UsageError",
     "__version__",
     "load_stack_config",

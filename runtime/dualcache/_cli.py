@@ -20,6 +20,7 @@ __all__ = ["add_project_dir_argument", "find_project_dir", "main"]
 _COMMAND_MODULES = (
     "dualcache._cli_infra",  # plan, outputs, wrangler
     "dualcache.local._cli",  # dev
+    "dualcache._demo",  # demo
 )
 
 

@@ -1,0 +1,496 @@
+"""Calls to the AI providers, through the AI Gateway or direct.
+
+Pure decisions first (policy -> ``cf-aig-*`` headers, which route to take, whether to retry and how
+long to wait), then one thin async client that sends requests and follows those decisions.
+
+Routes (cloudflare-facts §2.1):
+
+* Workers AI through the gateway: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}``;
+  direct: ``{api_base_url}/accounts/{account}/ai/run/{model}``. Both with ``Authorization: Bearer
+  <Cloudflare API token>``.
+* OpenAI through the gateway: ``{gateway_base_url}/{account}/{gateway}/openai/{path}``; direct:
+  ``{openai_base_url}/{path}`` (``https://api.openai.com/v1``). Both with the OpenAI key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, assert_never
+
+import httpx
+from pydantic import SecretStr
+
+from dualcache._exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    BadResponseError,
+    ConfigError,
+)
+from dualcache._keys import escape_part
+from dualcache._kv import parse_retry_after, raise_for_status
+from dualcache._policy import GatewayMode, Operation, OperationPolicy
+
+__all__ = [
+    "DEFAULT_OPENAI_BASE_URL",
+    "CallRecord",
+    "Provider",
+    "RetryAction",
+    "RetryPolicy",
+    "Route",
+    "UpstreamClient",
+    "UpstreamResult",
+    "choose_routes",
+    "decide_retry",
+    "gateway_headers",
+    "parse_json_object",
+    "should_fall_back",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class Provider(StrEnum):
+    """An AI provider, named as in gateway URLs."""
+
+    WORKERS_AI = "workers-ai"
+    OPENAI = "openai"
+
+
+class Route(Enum):
+    """Which way a request goes."""
+
+    GATEWAY = "gateway"
+    DIRECT = "direct"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def gateway_headers(
+    policy: OperationPolicy,
+    operation: Operation,
+    *,
+    gateway_token: SecretStr | None = None,
+    user_id: str | None = None,
+    cache_key: str | None = None,
+) -> dict[str, str]:
+    """Return the ``cf-aig-*`` headers a gateway request of ``operation`` carries under ``policy``.
+
+    * gateway ``cache``: ``cf-aig-cache-ttl`` (and ``cf-aig-cache-key`` when ``cache_key`` is given);
+      gateway ``skip``: ``cf-aig-skip-cache: true``;
+    * ``cf-aig-authorization`` when a gateway token is given;
+    * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
+      when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
+    * ``cf-aig-collect-log`` when the policy sets it.
+    """
+    headers: dict[str, str] = {}
+    match policy.gateway:
+        case GatewayMode.CACHE:
+            headers["cf-aig-cache-ttl"] = str(policy.gateway_ttl)
+            if cache_key:
+                headers["cf-aig-cache-key"] = cache_key
+        case GatewayMode.SKIP:
+            headers["cf-aig-skip-cache"] = "true"
+        case _ as unreachable:
+            assert_never(unreachable)
+    if gateway_token is not None and gateway_token.get_secret_value():
+        headers["cf-aig-authorization"] = f"Bearer {gateway_token.get_secret_value()}"
+    metadata: dict[str, str] = {"operation": operation.value}
+    if user_id:
+        metadata["user_id"] = escape_part(user_id)
+    headers["cf-aig-metadata"] = json.dumps(metadata, separators=(",", ":"))
+    if policy.collect_log is not None:
+        headers["cf-aig-collect-log"] = "true" if policy.collect_log else "false"
+    return headers
+
+
+def choose_routes(*, gateway_configured: bool, direct_configured: bool, policy: OperationPolicy) -> list[Route]:
+    """Return the routes to try, in order: the gateway when configured, then direct when allowed.
+
+    With no gateway configured, the direct provider endpoint is the only route (as the seed does).
+    """
+    if not gateway_configured:
+        return [Route.DIRECT] if direct_configured else []
+    if policy.direct_fallback and direct_configured:
+        return [Route.GATEWAY, Route.DIRECT]
+    return [Route.GATEWAY]
+
+
+def should_fall_back(error: BackendError) -> bool:
+    """Whether a failed gateway call may be retried on the next route.
+
+    Only unavailability (connection failures, timeouts, 5xx after retries) falls back. A 429 does not:
+    the gateway's rate limit is a limit the operator set, and going around it would defeat it. A 401/403
+    is a credentials problem, and a malformed answer would not be fixed by another route.
+    """
+    return isinstance(error, BackendUnavailableError)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds of the retries on 429/5xx and transport errors.
+
+    Attributes:
+        max_attempts: Attempts per route, the first one included (>= 1).
+        base_delay: First backoff in seconds; doubled after each attempt.
+        max_delay: Cap of one backoff, and of a ``Retry-After`` we are willing to honour.
+        total_timeout: Seconds all attempts on one route may take, waits included.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+    total_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts={self.max_attempts!r}: must be >= 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.total_timeout <= 0:
+            raise ConfigError(
+                f"RetryPolicy delays must be >= 0 and total_timeout > 0, got base_delay={self.base_delay!r}, "
+                f"max_delay={self.max_delay!r}, total_timeout={self.total_timeout!r}"
+            )
+
+
+class RetryAction(Enum):
+    """What to do after one attempt."""
+
+    DONE = "done"
+    """Success, or an error no retry can fix: return or raise now."""
+    RETRY = "retry"
+    """Wait the given delay, then try again."""
+    GIVE_UP = "give_up"
+    """Retryable, but attempts or time are exhausted (or the server asks for a longer wait)."""
+
+
+def decide_retry(
+    policy: RetryPolicy, *, attempt: int, status: int | None, retry_after: float | None, elapsed: float
+) -> tuple[RetryAction, float]:
+    """Decide what follows attempt number ``attempt`` (1-based).
+
+    Args:
+        policy: The bounds.
+        attempt: How many attempts were made so far.
+        status: The HTTP status, or ``None`` for a transport error or timeout.
+        retry_after: Seconds asked by a ``Retry-After`` header, if any.
+        elapsed: Seconds spent on this route so far.
+
+    Returns:
+        The action and, for :attr:`RetryAction.RETRY`, the delay in seconds.
+    """
+    if status is not None and status not in _RETRY_STATUSES:
+        return RetryAction.DONE, 0.0
+    if attempt >= policy.max_attempts:
+        return RetryAction.GIVE_UP, 0.0
+    if retry_after is not None:
+        if retry_after > policy.max_delay:
+            return RetryAction.GIVE_UP, 0.0
+        delay = retry_after
+    else:
+        delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+    if elapsed + delay >= policy.total_timeout:
+        return RetryAction.GIVE_UP, 0.0
+    return RetryAction.RETRY, delay
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def parse_json_object(value: Any, *, backend: str) -> dict[str, Any]:
+    """Return the JSON object a model answered: a dict as is, or text holding one (code fences allowed).
+
+    Raises:
+        BadResponseError: no JSON object in the answer.
+    """
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        fenced = _FENCE.match(text)
+        if fenced:
+            text = fenced.group(1)
+        candidates = [text]
+        start, end = text.find("{"), text.rfind("}")
+        if 0 <= start < end:
+            candidates.append(text[start : end + 1])
+        for candidate in candidates:
+            try:
+                data = json.loads(candidate)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    raise BadResponseError(f"{backend}: the model's answer is not a JSON object: {str(value)[:120]!r}", backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------------
+# I/O
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What one logical call did, filled in as it goes (also when it fails).
+
+    Attributes:
+        attempts: HTTP requests sent.
+        faults: Failures met (failed attempts, a gateway given up for the direct route).
+    """
+
+    attempts: int = 0
+    faults: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResult:
+    """An upstream answer.
+
+    Attributes:
+        data: The parsed JSON (for Workers AI, the ``result`` of its envelope).
+        route: The route that answered.
+        cache_status: ``cf-aig-cache-status`` (``HIT``/``MISS``) when the gateway answered, else ``None``.
+        log_id: ``cf-aig-log-id`` when present.
+    """
+
+    data: Any
+    route: Route
+    cache_status: str | None = None
+    log_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def gateway_hit(self) -> bool:
+        """Whether the gateway served this from its cache."""
+        return self.route is Route.GATEWAY and (self.cache_status or "").upper() == "HIT"
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class UpstreamClient:
+    """Sends provider requests on the routes the pure decisions pick, with bounded retries.
+
+    Args:
+        client: The shared ``httpx.AsyncClient`` (owned by the caller).
+        account_id: Cloudflare account id, or ``None`` when Workers AI is not configured.
+        api_base_url: Cloudflare API base (direct Workers AI).
+        gateway_base_url: AI Gateway base, or ``None`` for no gateway.
+        gateway_id: The gateway id, or ``None`` for no gateway.
+        api_token: Cloudflare API token (Workers AI).
+        gateway_token: Token for ``cf-aig-authorization`` on an authenticated gateway.
+        openai_api_key: OpenAI key.
+        openai_base_url: Direct OpenAI base.
+        retry: Retry bounds.
+        timeout: Seconds one HTTP request may take.
+        sleep: Awaitable sleep (injected by tests to record the waits).
+        monotonic: Monotonic clock for the retry budget.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        account_id: str | None,
+        api_base_url: str,
+        gateway_base_url: str | None,
+        gateway_id: str | None,
+        api_token: SecretStr | None,
+        gateway_token: SecretStr | None,
+        openai_api_key: SecretStr | None,
+        openai_base_url: str = DEFAULT_OPENAI_BASE_URL,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        sleep: Sleep | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = client
+        self.account_id = account_id
+        self.api_base_url = api_base_url.rstrip("/")
+        self.gateway_url = (
+            f"{gateway_base_url.rstrip('/')}/{account_id}/{gateway_id}"
+            if gateway_base_url and gateway_id and account_id
+            else None
+        )
+        self._api_token = api_token
+        self._gateway_token = gateway_token
+        self._openai_key = openai_api_key
+        self.openai_base_url = openai_base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._monotonic = monotonic or time.monotonic
+
+    def __repr__(self) -> str:
+        return f"UpstreamClient(gateway={self.gateway_url!r}, api_base_url={self.api_base_url!r})"
+
+    @property
+    def gateway_token(self) -> SecretStr | None:
+        """The gateway token (for building headers)."""
+        return self._gateway_token
+
+    def check_configured(self, provider: Provider) -> None:
+        """Raise before any I/O when ``provider`` cannot be reached with what was configured.
+
+        Raises:
+            ConfigError: the message says which argument is missing.
+        """
+        match provider:
+            case Provider.WORKERS_AI:
+                if self.account_id is None:
+                    raise ConfigError(
+                        "Workers AI needs a Cloudflare account: pass outputs (StackOutputs) or account_id=..."
+                    )
+                if self._api_token is None:
+                    raise ConfigError("Workers AI needs a Cloudflare API token: pass api_token=...")
+            case Provider.OPENAI:
+                if self._openai_key is None:
+                    raise ConfigError("OpenAI needs an API key: pass openai_api_key=...")
+            case _ as unreachable:
+                assert_never(unreachable)
+
+    def _target(self, provider: Provider, route: Route, path: str) -> tuple[str, dict[str, str]]:
+        match provider:
+            case Provider.WORKERS_AI:
+                token = self._api_token.get_secret_value() if self._api_token else ""
+                auth = {"Authorization": f"Bearer {token}"}
+                match route:
+                    case Route.GATEWAY:
+                        return f"{self.gateway_url}/workers-ai/{path}", auth
+                    case Route.DIRECT:
+                        return f"{self.api_base_url}/accounts/{self.account_id}/ai/run/{path}", auth
+                    case _ as unreachable:
+                        assert_never(unreachable)
+            case Provider.OPENAI:
+                key = self._openai_key.get_secret_value() if self._openai_key else ""
+                auth = {"Authorization": f"Bearer {key}"}
+                match route:
+                    case Route.GATEWAY:
+                        return f"{self.gateway_url}/openai/{path}", auth
+                    case Route.DIRECT:
+                        return f"{self.openai_base_url}/{path}", auth
+                    case _ as unreachable:
+                        assert_never(unreachable)
+            case _ as unreachable:
+                assert_never(unreachable)
+
+    async def call(
+        self,
+        provider: Provider,
+        path: str,
+        payload: Mapping[str, Any],
+        *,
+        operation: Operation,
+        policy: OperationPolicy,
+        record: CallRecord,
+        user_id: str | None = None,
+        cache_key: str | None = None,
+    ) -> UpstreamResult:
+        """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
+
+        Tries the gateway, then the direct endpoint when the gateway is unavailable and the policy
+        allows it; retries 429/5xx within :class:`RetryPolicy` on each route.
+
+        Raises:
+            ConfigError: the provider is not configured.
+            BackendError: every route failed (the last error).
+        """
+        self.check_configured(provider)
+        routes = choose_routes(gateway_configured=self.gateway_url is not None, direct_configured=True, policy=policy)
+        last: BackendError | None = None
+        for route in routes:
+            url, headers = self._target(provider, route, path)
+            if route is Route.GATEWAY:
+                headers |= gateway_headers(
+                    policy, operation, gateway_token=self._gateway_token, user_id=user_id, cache_key=cache_key
+                )
+            try:
+                return await self._send(provider, route, url, headers, payload, record)
+            except BackendError as exc:
+                last = exc
+                if route is Route.GATEWAY and should_fall_back(exc) and len(routes) > 1:
+                    logger.warning("%s via gateway failed for %s (%s); trying direct", provider, operation, exc)
+                    continue
+                raise
+        assert last is not None  # routes is never empty: direct is always configured once checked
+        raise last
+
+    async def _send(
+        self,
+        provider: Provider,
+        route: Route,
+        url: str,
+        headers: dict[str, str],
+        payload: Mapping[str, Any],
+        record: CallRecord,
+    ) -> UpstreamResult:
+        backend = f"{provider.value} ({route.value})"
+        started = self._monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            record.attempts += 1
+            response: httpx.Response | None = None
+            error: BackendError
+            try:
+                response = await self._client.post(url, json=payload, headers=headers, timeout=self.timeout)
+            except httpx.TimeoutException as exc:
+                error = BackendUnavailableError(f"{backend}: timed out after {self.timeout}s", backend=backend)
+                error.__cause__ = exc
+            except httpx.HTTPError as exc:
+                error = BackendUnavailableError(f"{backend}: {type(exc).__name__}: {exc}", backend=backend)
+                error.__cause__ = exc
+            if response is not None:
+                if response.status_code < 400:
+                    return self._parse(provider, route, backend, response)
+                try:
+                    raise_for_status(response, backend=backend, what="request")
+                except BackendError as exc:
+                    error = exc
+            status = response.status_code if response is not None else None
+            retry_after = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+            action, delay = decide_retry(
+                self.retry,
+                attempt=attempt,
+                status=status,
+                retry_after=retry_after,
+                elapsed=self._monotonic() - started,
+            )
+            record.faults += 1
+            match action:
+                case RetryAction.DONE | RetryAction.GIVE_UP:
+                    raise error
+                case RetryAction.RETRY:
+                    logger.info("%s: attempt %d failed (%s); retrying in %.2fs", backend, attempt, status, delay)
+                    await self._sleep(delay)
+                case _ as unreachable:
+                    assert_never(unreachable)
+
+    @staticmethod
+    def _parse(provider: Provider, route: Route, backend: str, response: httpx.Response) -> UpstreamResult:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise BadResponseError(f"{backend}: response is not JSON", backend=backend) from exc
+        data = body
+        if provider is Provider.WORKERS_AI and isinstance(body, dict) and "result" in body:
+            # Workers AI's envelope; through the gateway it may or may not be kept (cloudflare-facts §6),
+            # so both shapes are accepted.
+            if body.get("success") is False:
+                raise BadResponseError(f"{backend}: unsuccessful envelope: {body.get('errors')!r}", backend=backend)
+            data = body["result"]
+        return UpstreamResult(
+            data=data,
+            route=route,
+            cache_status=response.headers.get("cf-aig-cache-status") if route is Route.GATEWAY else None,
+            log_id=response.headers.get("cf-aig-log-id"),
+        )

@@ -1,0 +1,845 @@
+"""Key-value stores: narrow async backends (memory, SQLite, Cloudflare REST) and one front class.
+
+A backend implements a few primitives and nothing else. :class:`KVStore` in front of it checks
+Cloudflare's limits before any I/O (key <= 512 bytes, value <= 25 MiB, metadata <= 1024 bytes, TTL
+>= 60 s), serializes values, splits bulk calls into Cloudflare's batch sizes (reads <= 100 keys,
+writes and deletes <= 10,000), applies a timeout, counts round trips and maps foreign exceptions to
+the :mod:`dualcache._exceptions` tree. A missing key is ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from dualcache._exceptions import (
+    AuthenticationError,
+    BackendError,
+    BackendUnavailableError,
+    BadResponseError,
+    InvalidInputError,
+    RateLimitedError,
+    UsageError,
+)
+from dualcache._keys import check_key
+from dualcache._policy import KV_MIN_TTL
+
+__all__ = [
+    "KV_BULK_GET_MAX",
+    "KV_BULK_WRITE_MAX",
+    "KV_MAX_METADATA_BYTES",
+    "KV_MAX_VALUE_BYTES",
+    "Clock",
+    "CloudflareKVBackend",
+    "KVBackend",
+    "KVEntry",
+    "KVKey",
+    "KVPage",
+    "KVStore",
+    "MemoryKVBackend",
+    "SQLiteKVBackend",
+    "check_metadata",
+    "check_ttl",
+    "check_value",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger(__name__)
+
+KV_MAX_VALUE_BYTES = 25 * 1024 * 1024
+"""Largest KV value, in bytes (25 MiB)."""
+KV_MAX_METADATA_BYTES = 1024
+"""Largest KV metadata, serialized as JSON, in bytes."""
+KV_BULK_GET_MAX = 100
+"""Most keys one bulk read may name."""
+KV_BULK_WRITE_MAX = 10_000
+"""Most entries one bulk write or bulk delete may carry."""
+_LIST_MAX = 1000
+
+Clock = Callable[[], float]
+"""A function returning the current unix time in seconds (``time.time`` by default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KVEntry:
+    """One value to write.
+
+    Attributes:
+        key: The key name.
+        value: The value, as bytes.
+        ttl: ``expiration_ttl`` in seconds (>= 60), or ``None`` for no expiry.
+        metadata: JSON-serializable metadata (<= 1024 bytes serialized), or ``None``.
+    """
+
+    key: str
+    value: bytes
+    ttl: int | None = None
+    metadata: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVKey:
+    """One key of a listing.
+
+    Attributes:
+        name: The key name.
+        expiration: Unix time (seconds) at which it expires, or ``None``.
+        metadata: Its metadata, or ``None``.
+    """
+
+    name: str
+    expiration: int | None = None
+    metadata: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVPage:
+    """One page of a listing.
+
+    Attributes:
+        keys: The keys of this page, sorted by their UTF-8 bytes.
+        cursor: Pass it back to get the next page; ``None`` when this was the last page.
+    """
+
+    keys: list[KVKey]
+    cursor: str | None
+
+
+@runtime_checkable
+class KVBackend(Protocol):
+    """The primitives a KV backend implements. Inputs are already validated by :class:`KVStore`."""
+
+    name: str
+    """Short name used in errors and counters (``memory``, ``sqlite``, ``cloudflare``)."""
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the value of ``key``, or ``None`` when it is missing or expired."""
+        ...
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """Return ``(value, metadata)`` of ``key``, or ``None`` when it is missing or expired."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Return the values of at most 100 distinct ``keys``; missing keys are left out."""
+        ...
+
+    async def put(self, entry: KVEntry) -> None:
+        """Write one value."""
+        ...
+
+    async def put_many(self, entries: Sequence[KVEntry]) -> None:
+        """Write at most 10,000 values in one round trip."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete at most 10,000 keys in one round trip."""
+        ...
+
+    async def list(self, *, prefix: str | None, cursor: str | None, limit: int) -> KVPage:
+        """Return one page of keys starting with ``prefix``, after ``cursor``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend holds."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure checks
+
+
+def check_ttl(ttl: object) -> int | None:
+    """Return ``ttl`` if KV accepts it as ``expiration_ttl``.
+
+    Raises:
+        InvalidInputError: not ``None`` and not an integer >= 60.
+    """
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < KV_MIN_TTL:
+        raise InvalidInputError(f"ttl={ttl!r}: a KV expiration_ttl must be an integer >= {KV_MIN_TTL} seconds, or None")
+    return ttl
+
+
+def check_value(key: str, value: object) -> bytes:
+    """Return ``value`` as bytes (``str`` is UTF-8 encoded) if it fits in a KV value.
+
+    Raises:
+        InvalidInputError: not ``bytes``/``str``, or larger than 25 MiB.
+    """
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    else:
+        raise InvalidInputError(
+            f"value for KV key {key!r} must be bytes or str, got {type(value).__name__}; use put_json for objects"
+        )
+    if len(data) > KV_MAX_VALUE_BYTES:
+        raise InvalidInputError(
+            f"value for KV key {key!r} is {len(data)} bytes; Cloudflare KV values are at most {KV_MAX_VALUE_BYTES}"
+        )
+    return data
+
+
+def check_metadata(key: str, metadata: object) -> Any:
+    """Return ``metadata`` if it is JSON-serializable and at most 1024 bytes serialized.
+
+    Raises:
+        InvalidInputError: not serializable, or too large.
+    """
+    if metadata is None:
+        return None
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"metadata for KV key {key!r} is not JSON-serializable: {exc}") from None
+    if size > KV_MAX_METADATA_BYTES:
+        raise InvalidInputError(
+            f"metadata for KV key {key!r} is {size} bytes as JSON; Cloudflare KV metadata is at most "
+            f"{KV_MAX_METADATA_BYTES} bytes"
+        )
+    return metadata
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory
+
+
+class MemoryKVBackend:
+    """A KV namespace in a dict, with expiry by an injected clock. For tests and single-process use.
+
+    Args:
+        clock: Returns the current unix time; ``time.time`` when ``None``.
+    """
+
+    name = "memory"
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or time.time
+        self._data: dict[str, tuple[bytes, Any, float | None]] = {}
+
+    def _live(self, key: str) -> tuple[bytes, Any, float | None] | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[2] is not None and item[2] <= self._clock():
+            del self._data[key]
+            return None
+        return item
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`."""
+        item = self._live(key)
+        return None if item is None else item[0]
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """See :class:`KVBackend`."""
+        item = self._live(key)
+        return None if item is None else (item[0], item[1])
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """See :class:`KVBackend`."""
+        out: dict[str, bytes] = {}
+        for key in keys:
+            item = self._live(key)
+            if item is not None:
+                out[key] = item[0]
+        return out
+
+    def _expiry(self, ttl: int | None) -> float | None:
+        return None if ttl is None else self._clock() + ttl
+
+    async def put(self, entry: KVEntry) -> None:
+        """See :class:`KVBackend`."""
+        self._data[entry.key] = (entry.value, entry.metadata, self._expiry(entry.ttl))
+
+    async def put_many(self, entries: Sequence[KVEntry]) -> None:
+        """See :class:`KVBackend`."""
+        for entry in entries:
+            self._data[entry.key] = (entry.value, entry.metadata, self._expiry(entry.ttl))
+
+    async def delete(self, key: str) -> None:
+        """See :class:`KVBackend`."""
+        self._data.pop(key, None)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """See :class:`KVBackend`."""
+        for key in keys:
+            self._data.pop(key, None)
+
+    async def list(self, *, prefix: str | None, cursor: str | None, limit: int) -> KVPage:
+        """See :class:`KVBackend`. The cursor is the last key name returned."""
+        names = sorted(
+            (k for k in list(self._data) if (prefix is None or k.startswith(prefix)) and self._live(k) is not None),
+            key=lambda k: k.encode("utf-8"),
+        )
+        if cursor is not None:
+            after = cursor.encode("utf-8")
+            names = [k for k in names if k.encode("utf-8") > after]
+        page = names[:limit]
+        keys = []
+        for name in page:
+            _, meta, exp = self._data[name]
+            keys.append(KVKey(name=name, expiration=None if exp is None else int(exp), metadata=meta))
+        return KVPage(keys=keys, cursor=page[-1] if len(names) > limit else None)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# SQLite
+
+
+class SQLiteKVBackend:
+    """A KV namespace in a SQLite file: the embedded default when no Cloudflare outputs are given.
+
+    Several namespaces (and several processes) can share one file; each backend sees only rows of its
+    ``namespace``. Calls run in a worker thread so the event loop is not blocked.
+
+    Args:
+        path: The database file (created with its parent folder if missing), or ``":memory:"``.
+        namespace: Which namespace of the file this backend reads and writes.
+        clock: Returns the current unix time; ``time.time`` when ``None``.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, namespace: str = "default", *, clock: Clock | None = None) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._clock: Clock = clock or time.time
+        self._ns = namespace
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS kv (ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+                "metadata TEXT, expires REAL, PRIMARY KEY (ns, key))"
+            )
+            self._conn.commit()
+
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            if self._conn is None:
+                raise UsageError("SQLiteKVBackend used after aclose()")
+            try:
+                result = fn(self._conn)
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                self._conn.rollback()
+                raise BackendUnavailableError(f"sqlite KV failed: {exc}", backend="kv") from exc
+            return result
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.to_thread(self._run, fn)
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`."""
+        found = await self.get_with_metadata(key)
+        return None if found is None else found[0]
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """See :class:`KVBackend`."""
+        now = self._clock()
+
+        def fn(conn: sqlite3.Connection) -> tuple[bytes, Any] | None:
+            row = conn.execute(
+                "SELECT value, metadata FROM kv WHERE ns = ? AND key = ? AND (expires IS NULL OR expires > ?)",
+                (self._ns, key, now),
+            ).fetchone()
+            return None if row is None else (bytes(row[0]), None if row[1] is None else json.loads(row[1]))
+
+        result: tuple[bytes, Any] | None = await self._call(fn)
+        return result
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """See :class:`KVBackend`."""
+        now = self._clock()
+
+        def fn(conn: sqlite3.Connection) -> dict[str, bytes]:
+            marks = ",".join("?" * len(keys))
+            rows = conn.execute(
+                f"SELECT key, value FROM kv WHERE ns = ? AND key IN ({marks}) AND (expires IS NULL OR expires > ?)",
+                (self._ns, *keys, now),
+            ).fetchall()
+            return {str(k): bytes(v) for k, v in rows}
+
+        if not keys:
+            return {}
+        result: dict[str, bytes] = await self._call(fn)
+        return result
+
+    def _rows(self, entries: Sequence[KVEntry]) -> list[tuple[Any, ...]]:
+        now = self._clock()
+        return [
+            (
+                self._ns,
+                e.key,
+                e.value,
+                None if e.metadata is None else json.dumps(e.metadata),
+                None if e.ttl is None else now + e.ttl,
+            )
+            for e in entries
+        ]
+
+    async def put(self, entry: KVEntry) -> None:
+        """See :class:`KVBackend`."""
+        await self.put_many([entry])
+
+    async def put_many(self, entries: Sequence[KVEntry]) -> None:
+        """See :class:`KVBackend`."""
+        rows = self._rows(entries)
+        await self._call(lambda conn: conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", rows))
+
+    async def delete(self, key: str) -> None:
+        """See :class:`KVBackend`."""
+        await self.delete_many([key])
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """See :class:`KVBackend`."""
+        rows = [(self._ns, k) for k in keys]
+        await self._call(lambda conn: conn.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", rows))
+
+    async def list(self, *, prefix: str | None, cursor: str | None, limit: int) -> KVPage:
+        """See :class:`KVBackend`. The cursor is the last key name returned."""
+        now = self._clock()
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, str | None, float | None]]:
+            rows = conn.execute(
+                "SELECT key, metadata, expires FROM kv WHERE ns = ? AND (expires IS NULL OR expires > ?)",
+                (self._ns, now),
+            ).fetchall()
+            return [(str(k), m, e) for k, m, e in rows]
+
+        rows: list[tuple[str, str | None, float | None]] = await self._call(fn)
+        # Sorted by UTF-8 bytes like Cloudflare (SQLite's default collation compares UTF-8 too, but keep it explicit).
+        selected = sorted(
+            (r for r in rows if prefix is None or r[0].startswith(prefix)), key=lambda r: r[0].encode("utf-8")
+        )
+        if cursor is not None:
+            after = cursor.encode("utf-8")
+            selected = [r for r in selected if r[0].encode("utf-8") > after]
+        page = selected[:limit]
+        keys = [
+            KVKey(name=k, expiration=None if e is None else int(e), metadata=None if m is None else json.loads(m))
+            for k, m, e in page
+        ]
+        return KVPage(keys=keys, cursor=page[-1][0] if len(selected) > limit else None)
+
+    async def aclose(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cloudflare REST
+
+
+def _envelope_errors(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        return "; ".join(
+            f"{e.get('code')}: {e.get('message')}" if isinstance(e, dict) else str(e) for e in body["errors"]
+        )
+    return response.text[:200]
+
+
+def raise_for_status(response: httpx.Response, *, backend: str, what: str) -> None:
+    """Map an error response to the exception tree (nothing for 2xx)."""
+    status = response.status_code
+    if status < 400:
+        return
+    detail = _envelope_errors(response)
+    message = f"{backend} {what}: HTTP {status}: {detail}"
+    if status in (401, 403):
+        raise AuthenticationError(message, backend=backend, status_code=status)
+    if status == 429:
+        raise RateLimitedError(
+            message, backend=backend, retry_after=parse_retry_after(response.headers.get("retry-after"))
+        )
+    if status >= 500:
+        raise BackendUnavailableError(message, backend=backend, status_code=status)
+    raise BackendError(message, backend=backend, status_code=status)
+
+
+class CloudflareKVBackend:
+    """One Workers KV namespace over the Cloudflare REST API (cloudflare-facts §1).
+
+    Args:
+        client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
+        api_base_url: ``https://api.cloudflare.com/client/v4`` or the emulator's.
+        account_id: The account id.
+        namespace_id: The namespace id.
+        api_token: A token with "Workers KV Storage Read/Write".
+        timeout: Per-request timeout in seconds.
+    """
+
+    name = "cloudflare"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        api_base_url: str,
+        account_id: str,
+        namespace_id: str,
+        api_token: SecretStr | str | None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._base = f"{api_base_url.rstrip('/')}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}"
+        token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"CloudflareKVBackend(base={self._base!r})"
+
+    @staticmethod
+    def _quote(key: str) -> str:
+        # Key names go in the URL path: percent-encode everything, '/' included (cloudflare-facts §1).
+        return quote(key, safe="")
+
+    async def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._client.request(
+                method, self._base + path, headers=self._headers, timeout=self._timeout, **kwargs
+            )
+        except httpx.TimeoutException as exc:
+            raise BackendUnavailableError(f"kv {what}: timed out after {self._timeout}s", backend="kv") from exc
+        except httpx.HTTPError as exc:
+            raise BackendUnavailableError(f"kv {what}: {type(exc).__name__}: {exc}", backend="kv") from exc
+
+    @staticmethod
+    def _result(response: httpx.Response, what: str) -> Any:
+        raise_for_status(response, backend="kv", what=what)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise BadResponseError(f"kv {what}: response is not JSON", backend="kv") from exc
+        if not isinstance(body, dict) or body.get("success") is False:
+            raise BadResponseError(f"kv {what}: unsuccessful envelope: {_envelope_errors(response)}", backend="kv")
+        return body.get("result")
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+        response = await self._request("GET", f"/values/{self._quote(key)}", f"get {key!r}")
+        if response.status_code == 404:
+            return None
+        raise_for_status(response, backend="kv", what=f"get {key!r}")
+        return response.content
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """See :class:`KVBackend`: the value, then the metadata endpoint (two round trips)."""
+        value = await self.get(key)
+        if value is None:
+            return None
+        response = await self._request("GET", f"/metadata/{self._quote(key)}", f"metadata {key!r}")
+        if response.status_code == 404:
+            return value, None
+        return value, self._result(response, f"metadata {key!r}")
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """See :class:`KVBackend`: one ``POST /bulk/get`` with ``type: text``."""
+        if not keys:
+            return {}
+        response = await self._request(
+            "POST", "/bulk/get", f"bulk get of {len(keys)} keys", json={"keys": list(keys), "type": "text"}
+        )
+        result = self._result(response, "bulk get")
+        values = result.get("values") if isinstance(result, dict) else None
+        if not isinstance(values, dict):
+            raise BadResponseError("kv bulk get: result.values is not an object", backend="kv")
+        out: dict[str, bytes] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, dict) and "value" in value:  # the withMetadata shape, handled defensively
+                value = value["value"]
+            if isinstance(value, str):
+                out[key] = value.encode("utf-8")
+            elif value is not None:
+                out[key] = json.dumps(value).encode("utf-8")
+        return out
+
+    async def put(self, entry: KVEntry) -> None:
+        """See :class:`KVBackend`: raw body, or multipart ``value`` + ``metadata`` when metadata is given."""
+        params = {"expiration_ttl": str(entry.ttl)} if entry.ttl is not None else None
+        what = f"put {entry.key!r}"
+        path = f"/values/{self._quote(entry.key)}"
+        if entry.metadata is None:
+            response = await self._request("PUT", path, what, params=params, content=entry.value)
+        else:
+            files = {"value": (None, entry.value), "metadata": (None, json.dumps(entry.metadata).encode("utf-8"))}
+            response = await self._request("PUT", path, what, params=params, files=files)
+        self._result(response, what)
+
+    async def put_many(self, entries: Sequence[KVEntry]) -> None:
+        """See :class:`KVBackend`: one ``PUT /bulk``; keys reported unsuccessful are retried once."""
+        if not entries:
+            return
+        pending = list(entries)
+        for attempt in (1, 2):
+            body = []
+            for e in pending:
+                try:
+                    item: dict[str, Any] = {"key": e.key, "value": e.value.decode("utf-8")}
+                except UnicodeDecodeError:
+                    import base64
+
+                    item = {"key": e.key, "value": base64.b64encode(e.value).decode("ascii"), "base64": True}
+                if e.ttl is not None:
+                    item["expiration_ttl"] = e.ttl
+                if e.metadata is not None:
+                    item["metadata"] = e.metadata
+                body.append(item)
+            response = await self._request("PUT", "/bulk", f"bulk write of {len(body)} keys", json=body)
+            result = self._result(response, "bulk write")
+            failed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
+            if not failed:
+                return
+            failed_set = set(failed)
+            pending = [e for e in pending if e.key in failed_set]
+            logger.warning("kv bulk write: %d keys unsuccessful (attempt %d)", len(pending), attempt)
+        raise BackendError(
+            f"kv bulk write: {len(pending)} keys still unsuccessful after a retry, e.g. {pending[0].key!r}",
+            backend="kv",
+        )
+
+    async def delete(self, key: str) -> None:
+        """See :class:`KVBackend`. A 404 is not an error."""
+        response = await self._request("DELETE", f"/values/{self._quote(key)}", f"delete {key!r}")
+        if response.status_code != 404:
+            self._result(response, f"delete {key!r}")
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """See :class:`KVBackend`: one ``POST /bulk/delete``."""
+        if keys:
+            response = await self._request("POST", "/bulk/delete", f"bulk delete of {len(keys)} keys", json=list(keys))
+            self._result(response, "bulk delete")
+
+    async def list(self, *, prefix: str | None, cursor: str | None, limit: int) -> KVPage:
+        """See :class:`KVBackend`: ``GET /keys`` with ``prefix`` repeated on every page."""
+        params: dict[str, str | int] = {"limit": limit}
+        if prefix:
+            params["prefix"] = prefix
+        if cursor:
+            params["cursor"] = cursor
+        response = await self._request("GET", "/keys", "list", params=params)
+        result = self._result(response, "list")
+        if not isinstance(result, list):
+            raise BadResponseError("kv list: result is not a list", backend="kv")
+        try:
+            info = response.json().get("result_info") or {}
+        except ValueError:
+            info = {}
+        keys = [
+            KVKey(name=str(k["name"]), expiration=k.get("expiration"), metadata=k.get("metadata"))
+            for k in result
+            if isinstance(k, dict) and "name" in k
+        ]
+        next_cursor = info.get("cursor") if isinstance(info, dict) else None
+        return KVPage(keys=keys, cursor=str(next_cursor) if next_cursor else None)
+
+    async def aclose(self) -> None:
+        """The client belongs to the caller; nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Front
+
+
+class KVStore:
+    """One KV namespace: validated, counted, time-limited access over any :class:`KVBackend`.
+
+    Every method checks its input before any I/O (:class:`~dualcache.InvalidInputError`), and maps
+    failures to :class:`~dualcache.BackendError` subclasses (a timeout is a
+    :class:`~dualcache.BackendUnavailableError`). A missing key is ``None``.
+
+    Args:
+        backend: The backend holding the namespace.
+        binding: The namespace binding name, for messages and counters.
+        timeout: Seconds one backend call may take; ``None`` for no limit.
+
+    Attributes:
+        counts: Round trips made to the backend, by primitive (``get``, ``get_many``, ``put``, ...),
+            and ``errors``.
+    """
+
+    def __init__(self, backend: KVBackend, *, binding: str = "", timeout: float | None = 1.0) -> None:
+        if timeout is not None and timeout <= 0:
+            raise InvalidInputError(f"timeout={timeout!r}: must be a positive number of seconds or None")
+        self.backend = backend
+        self.binding = binding
+        self.timeout = timeout
+        self.counts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"KVStore(binding={self.binding!r}, backend={self.backend.name!r}, timeout={self.timeout!r})"
+
+    async def _io(self, op: str, call: Any) -> Any:
+        self.counts[op] += 1
+        try:
+            if self.timeout is None:
+                return await call
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except TimeoutError as exc:
+            self.counts["errors"] += 1
+            raise BackendUnavailableError(
+                f"kv {self.binding} {op}: no answer within {self.timeout}s", backend="kv"
+            ) from exc
+        except BackendError:
+            self.counts["errors"] += 1
+            raise
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the value of ``key`` as bytes, or ``None``."""
+        check_key(key)
+        result: bytes | None = await self._io("get", self.backend.get(key))
+        return result
+
+    async def get_text(self, key: str) -> str | None:
+        """Return the value of ``key`` decoded as UTF-8, or ``None``."""
+        value = await self.get(key)
+        return None if value is None else value.decode("utf-8", errors="replace")
+
+    async def get_json(self, key: str) -> Any:
+        """Return the value of ``key`` parsed as JSON, or ``None`` when missing.
+
+        Raises:
+            BadResponseError: the stored value is not JSON.
+        """
+        value = await self.get(key)
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise BadResponseError(f"kv {self.binding}: value of {key!r} is not JSON", backend="kv") from exc
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """Return ``(value, metadata)`` of ``key``, or ``None``."""
+        check_key(key)
+        result: tuple[bytes, Any] | None = await self._io("get_with_metadata", self.backend.get_with_metadata(key))
+        return result
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Return the values of ``keys`` that exist, in one bulk read per 100 distinct keys."""
+        distinct = list(dict.fromkeys(check_key(k) for k in keys))
+        out: dict[str, bytes] = {}
+        for i in range(0, len(distinct), KV_BULK_GET_MAX):
+            chunk = distinct[i : i + KV_BULK_GET_MAX]
+            out.update(await self._io("get_many", self.backend.get_many(chunk)))
+        return out
+
+    def entry(self, key: str, value: bytes | str, *, ttl: int | None = None, metadata: Any = None) -> KVEntry:
+        """Validate one write and return it as a :class:`KVEntry` (no I/O)."""
+        check_key(key)
+        return KVEntry(key, check_value(key, value), check_ttl(ttl), check_metadata(key, metadata))
+
+    async def put(self, key: str, value: bytes | str, *, ttl: int | None = None, metadata: Any = None) -> None:
+        """Write ``value`` under ``key``, expiring after ``ttl`` seconds (>= 60) when given."""
+        await self._io("put", self.backend.put(self.entry(key, value, ttl=ttl, metadata=metadata)))
+
+    async def put_json(self, key: str, value: Any, *, ttl: int | None = None, metadata: Any = None) -> None:
+        """Write ``value`` serialized as JSON."""
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"value for KV key {key!r} is not JSON-serializable: {exc}") from None
+        await self.put(key, text, ttl=ttl, metadata=metadata)
+
+    async def put_many(self, entries: Iterable[KVEntry] | Mapping[str, bytes | str], *, ttl: int | None = None) -> None:
+        """Write many values, in one bulk write per 10,000.
+
+        Args:
+            entries: :class:`KVEntry` objects (from :meth:`entry`), or a mapping of key to value.
+            ttl: TTL for the values of a mapping (``KVEntry`` objects carry their own).
+        """
+        if isinstance(entries, Mapping):
+            items = [self.entry(k, v, ttl=ttl) for k, v in entries.items()]
+        else:
+            items = [self.entry(e.key, e.value, ttl=e.ttl, metadata=e.metadata) for e in entries]
+        for i in range(0, len(items), KV_BULK_WRITE_MAX):
+            await self._io("put_many", self.backend.put_many(items[i : i + KV_BULK_WRITE_MAX]))
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (a missing key is fine)."""
+        check_key(key)
+        await self._io("delete", self.backend.delete(key))
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete ``keys``, in one bulk delete per 10,000."""
+        distinct = list(dict.fromkeys(check_key(k) for k in keys))
+        for i in range(0, len(distinct), KV_BULK_WRITE_MAX):
+            await self._io("delete_many", self.backend.delete_many(distinct[i : i + KV_BULK_WRITE_MAX]))
+
+    async def list_page(
+        self, *, prefix: str | None = None, cursor: str | None = None, limit: int = _LIST_MAX
+    ) -> KVPage:
+        """Return one page of keys (at most ``limit``, 1..1000) starting with ``prefix``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _LIST_MAX:
+            raise InvalidInputError(f"limit={limit!r}: must be an integer 1..{_LIST_MAX}")
+        result: KVPage = await self._io("list", self.backend.list(prefix=prefix, cursor=cursor, limit=limit))
+        return result
+
+    async def list_keys(self, *, prefix: str | None = None) -> AsyncIterator[KVKey]:
+        """Yield every key starting with ``prefix``, following cursors (an empty page may still have more)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_page(prefix=prefix, cursor=cursor)
+            for key in page.keys:
+                yield key
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def aclose(self) -> None:
+        """Close the backend."""
+        await self.backend.aclose()

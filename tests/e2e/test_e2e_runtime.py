@@ -1,0 +1,222 @@
+"""DualCache end to end against the emulator, counting what reached it through its control endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from e2e_support import PROJECT_DIR, TOKEN
+
+from dualcache import BackendUnavailableError, DualCache, InvalidInputError, Namespace, Policies, RetryPolicy
+
+EMBED = "@cf/baai/bge-base-en-v1.5"
+LLAMA = "@cf/meta/llama-3.1-8b-instruct"
+MSGS = [{"role": "user", "content": "Rate this job for a senior Python engineer"}]
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=2.0, total_timeout=10.0)
+
+
+def make_cache(emu: Any, **kwargs: Any) -> DualCache:
+    kwargs.setdefault("retry", FAST_RETRY)
+    return DualCache.from_outputs(emu.outputs, api_token=TOKEN, openai_api_key="sk-local", **kwargs)
+
+
+def upstream(emu: Any, model: str) -> int:
+    return int(emu.control.stats()["upstream"].get(model, 0))
+
+
+async def test_e2e_embed_dual_layer_flow(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        vector = await cache.embed("Backend engineer, Go and Python, remote")
+        assert len(vector) == 768
+        assert await cache.embed("Backend engineer, Go and Python, remote") == vector
+        stats = emu.control.stats()
+        assert stats["upstream"] == {EMBED: 1}
+        assert stats["gateway"]["misses"] == 1
+        assert (stats["kv"]["get"], stats["kv"]["put"]) == (2, 1)
+        # The record is in the stack's EMBEDDINGS_CACHE namespace, in the seed's format.
+        raw = await cache.kv("EMBEDDINGS_CACHE").list_page(prefix="embed:")
+        assert len(raw.keys) == 1
+        assert cache.stats.snapshot()["embeddings"]["kv_hits"] == 1
+
+
+async def test_e2e_gateway_hit_after_kv_loss(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        await cache.embed("same text")
+        key = (await cache.kv("EMBEDDINGS_CACHE").list_page()).keys[0].name
+        await cache.kv("EMBEDDINGS_CACHE").delete(key)
+        await cache.embed("same text")
+        stats = emu.control.stats()
+        assert stats["upstream"] == {EMBED: 1}
+        assert stats["gateway"]["hits"] == 1
+        snap = cache.stats.snapshot()["embeddings"]
+        assert (snap["gateway_hits"], snap["provider_calls"], snap["saved"]) == (1, 1, 0.001)
+
+
+async def test_e2e_single_flight_one_upstream_call_and_one_write(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        results = await asyncio.gather(*(cache.embed("burst of identical requests") for _ in range(25)))
+        assert all(r == results[0] for r in results)
+    stats = emu.control.stats()
+    assert stats["upstream"] == {EMBED: 1}
+    assert stats["kv"]["put"] == 1 and stats["kv"]["get"] == 1
+
+
+async def test_e2e_embed_many_partial_hits(emu: Any) -> None:
+    texts = [f"job posting number {i}" for i in range(100)]
+    async with make_cache(emu) as cache:
+        await cache.embed_many(texts[::2])  # 50 cached
+        emu.control.reset()
+        vectors = await cache.embed_many(texts + texts[:2])
+        assert vectors[:100] == await cache.embed_many(texts)
+        assert vectors[100:] == vectors[:2]
+    requests = emu.control.requests()
+    stats = emu.control.stats()
+    assert stats["kv"]["bulk_get"] == 2  # one per embed_many call after the reset
+    assert stats["kv"]["bulk_write"] == 1
+    assert stats["upstream"] == {EMBED: 1}
+    gateway_calls = [r for r in requests if "/workers-ai/" in r["path"]]
+    assert len(gateway_calls) == 1
+
+
+async def test_e2e_kv_down_still_served_and_counted(emu: Any) -> None:
+    emu.control.set_faults({"kv": {"error_rate": 1.0, "status": 503}})
+    async with make_cache(emu) as cache:
+        assert len(await cache.embed("kv is down")) == 768
+        assert len(await cache.embed_many(["kv is down", "still down"])) == 2
+        analysis = await cache.analyze_job(user_id="u1", job_id="j1", messages=MSGS)
+        assert analysis["model"] == LLAMA
+        snap = cache.stats.snapshot()
+    assert snap["embeddings"]["errors"] == 2 and snap["embeddings"]["failures"] == 0
+    assert snap["job_analysis"]["errors"] == 1
+    assert emu.control.stats()["faults"]["kv"] == 3  # reads only: no write after a failed read
+
+
+async def test_e2e_kv_timeout_is_a_fast_miss(emu: Any) -> None:
+    emu.control.set_faults({"kv": {"timeout": True}})
+    async with make_cache(emu, kv_timeout=0.2) as cache:
+        started = asyncio.get_running_loop().time()
+        assert len(await cache.embed("slow kv")) == 768
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert cache.stats.snapshot()["embeddings"]["errors"] == 1
+
+
+async def test_e2e_gateway_down_falls_back_to_direct(emu: Any) -> None:
+    emu.control.set_faults({"gateway": {"error_rate": 1.0, "status": 503}})
+    async with make_cache(emu) as cache:
+        assert len(await cache.embed("gateway outage")) == 768
+    stats = emu.control.stats()
+    assert stats["faults"]["gateway"] == 3  # three attempts on the gateway
+    assert stats["direct"] == {EMBED: 1}
+
+
+async def test_e2e_gateway_down_without_fallback_fails(emu: Any) -> None:
+    emu.control.set_faults({"gateway": {"error_rate": 1.0, "status": 502}})
+    policies = Policies.with_overrides({"spam_detection": {"direct_fallback": False}})
+    async with make_cache(emu, policies=policies) as cache:
+        with pytest.raises(BackendUnavailableError):
+            await cache.detect_spam(job_id="j", messages=MSGS)
+    assert emu.control.stats()["direct"] == {}
+
+
+def _seed_failing_first_draw_only(rate: float) -> int:
+    # The emulator draws injected errors from random.Random(seed): find a seed whose first draw fails
+    # (Workers AI) and whose second passes (OpenAI).
+    for seed in range(10_000):
+        rng = random.Random(seed)
+        if rng.random() < rate <= rng.random():
+            return seed
+    raise AssertionError("no seed found")
+
+
+async def test_e2e_workers_ai_down_job_analysis_falls_back_to_openai(emu: Any) -> None:
+    seed = _seed_failing_first_draw_only(0.5)
+    emu.control.set_faults({"upstream": {"error_rate": 0.5, "status": 503, "seed": seed}})
+    policies = Policies.with_overrides({"job_analysis": {"direct_fallback": False}})
+    async with make_cache(emu, policies=policies, retry=RetryPolicy(max_attempts=1)) as cache:
+        analysis = await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert analysis["model"] == "gpt-4o-mini"
+        assert await cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == analysis
+        stored = await cache.kv("JOB_ANALYSIS_CACHE").get_json("analysis:u:j")
+        assert stored == analysis
+    stats = emu.control.stats()
+    assert stats["faults"]["upstream"] == 1
+    assert stats["upstream"] == {LLAMA: 1, "gpt-4o-mini": 1}
+
+
+def _rate_limited_config() -> Any:
+    from dualcache import load_stack_config
+    from dualcache._stackconfig import RateLimitSettings
+
+    config = load_stack_config(PROJECT_DIR, "dev")
+    gateway = config.gateway.model_copy(update={"rate_limiting": RateLimitSettings(limit=1, interval=60)})
+    return config.model_copy(update={"gateway": gateway})
+
+
+async def test_e2e_429_with_retry_after_is_retried(tmp_path: Any) -> None:
+    from dualcache.local import Emulator
+
+    with Emulator(config=_rate_limited_config(), data_dir=tmp_path / "emu", token=TOKEN) as emu:
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:  # move the emulator's clock instead of sleeping
+            waits.append(seconds)
+            await asyncio.to_thread(emu.control.advance_clock, seconds)
+
+        retry = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=120.0, total_timeout=300.0)
+        async with make_cache(emu, retry=retry, sleep=sleep) as cache:
+            await cache.embed("first request")
+            await cache.embed("second request, rate limited once")
+            snap = cache.stats.snapshot()["embeddings"]
+        stats = emu.control.stats()
+        assert stats["gateway"]["rate_limited"] == 1
+        assert stats["upstream"] == {EMBED: 2}
+        assert len(waits) == 1 and 1 <= waits[0] <= 60
+        assert (snap["upstream_requests"], snap["errors"], snap["provider_calls"]) == (3, 1, 2)
+
+
+async def test_e2e_ttl_expiry_moves_the_emulator_clock(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        await cache.detect_spam(job_id="job-1", messages=MSGS)
+        emu.control.advance_clock(6 * 86_400)
+        await cache.detect_spam(job_id="job-1", messages=MSGS)  # KV hit (7 d TTL)
+        assert upstream(emu, LLAMA) == 1
+        emu.control.advance_clock(86_400 + 1)
+        await cache.detect_spam(job_id="job-1", messages=MSGS)  # KV expired, gateway (24 h) expired too
+        assert upstream(emu, LLAMA) == 2
+        snap = cache.stats.snapshot()["spam_detection"]
+        assert (snap["requests"], snap["kv_hits"], snap["provider_calls"]) == (3, 1, 2)
+
+
+async def test_e2e_bad_input_sends_nothing(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        emu.control.reset()
+        calls = [
+            cache.embed(""),
+            cache.embed_many(["fine", ""]),
+            cache.analyze_job(user_id="", job_id="j", messages=MSGS),
+            cache.detect_spam(job_id="j", messages=[]),
+            cache.kv("SESSIONS").put("k" * 513, "v"),
+            cache.kv("SESSIONS").put("k", "v", ttl=30),
+            cache.kv("SESSIONS").put("k", "v", metadata={"x": "y" * 2000}),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidInputError):
+                await call
+    assert emu.control.stats()["requests"] == 0
+
+
+async def test_e2e_all_operations_and_namespaces(emu: Any) -> None:
+    async with make_cache(emu) as cache:
+        assert isinstance(await cache.generate_application(messages=MSGS), dict)
+        assert isinstance(await cache.parse_resume(text="Jane Doe, engineer"), dict)
+        assert isinstance(await cache.parse_resume(image_url="https://example.test/r.png"), dict)
+        for ns in Namespace:
+            await cache.kv(ns).put(f"probe:{ns.value}", ns.value, ttl=60)
+            assert await cache.kv(ns).get_text(f"probe:{ns.value}") == ns.value
+    assert emu.control.stats()["upstream"] == {
+        "gpt-4o-mini": 1,
+        "@cf/meta/llama-3.3-70b-instruct-fp8-fast": 1,
+        "gpt-4o": 1,
+    }

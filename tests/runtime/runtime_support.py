@@ -1,0 +1,102 @@
+"""Helpers shared by the runtime tests (imported by conftest.py and the test modules)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from dualcache import KVStore
+
+
+class FakeClock:
+    """A unix clock moved by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class KVCase:
+    """A store under test, how to move its clock, and how many HTTP requests it has received."""
+
+    store: KVStore
+    advance: Callable[[float], None]
+    requests: Callable[[], int]
+
+
+class FakeCloud:
+    """An ``httpx.MockTransport`` handler playing the gateway, Workers AI and OpenAI.
+
+    ``faults[route]`` is a list of statuses answered (and consumed) before normal answers, where route
+    is ``gateway``, ``direct``, ``openai-direct`` or ``kv``. ``cache_status`` is what the gateway reports.
+    """
+
+    DIMS = 4
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.requests: list[httpx.Request] = []
+        self.faults: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        self.always_fail: dict[str, int] = {}
+        self.cache_status = "MISS"
+        self.delay = delay
+
+    @staticmethod
+    def vector(text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode()).digest()
+        return [round(b / 255, 4) for b in digest[: FakeCloud.DIMS]]
+
+    def route_of(self, request: httpx.Request) -> str:
+        host = request.url.host
+        if host == "gw.test":
+            return "gateway"
+        if host == "openai.test":
+            return "openai-direct"
+        return "direct"
+
+    def calls(self, route: str | None = None) -> list[httpx.Request]:
+        return [r for r in self.requests if route is None or self.route_of(r) == route]
+
+    def fail(self, route: str, *statuses: int, headers: dict[str, str] | None = None) -> None:
+        self.faults.setdefault(route, []).extend((s, headers or {}) for s in statuses)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        route = self.route_of(request)
+        if route in self.always_fail:
+            return httpx.Response(self.always_fail[route], json={"success": False, "errors": [{"code": 1}]})
+        queued = self.faults.get(route)
+        if queued:
+            status, headers = queued.pop(0)
+            return httpx.Response(status, json={"success": False, "errors": [{"code": 1}]}, headers=headers)
+        body = json.loads(request.content)
+        path = request.url.path
+        headers = {"cf-aig-cache-status": self.cache_status, "cf-aig-log-id": "01LOG"} if route == "gateway" else {}
+        if path.endswith("chat/completions"):
+            content = json.dumps({"model": body["model"], "echo": body["messages"][-1]["content"]})
+            if "response_format" not in body:
+                content = "plain text letter"
+            answer = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+            return httpx.Response(200, json=answer, headers=headers)
+        model = path.split("/workers-ai/")[-1] if route == "gateway" else path.split("/ai/run/")[-1]
+        if "bge" in model:
+            texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
+            result: Any = {"shape": [len(texts), self.DIMS], "data": [self.vector(t) for t in texts]}
+        else:
+            result = {"response": {"model": model, "echo": str(body["messages"][-1]["content"])[:50]}}
+        return httpx.Response(
+            200, json={"result": result, "success": True, "errors": [], "messages": []}, headers=headers
+        )
