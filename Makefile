@@ -19,6 +19,7 @@ setup: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/actionlint -no-color
 
 typecheck: $(STAMP)
 	$(PY) -m mypy runtime/dualcache infra
