@@ -75,6 +75,8 @@ def test_control_clock_advances_and_rejects_bad_input(client: httpx.Client, emu:
         pytest.param({"kv": {"latency_ms": -1}}, id="negative-latency"),
         pytest.param({"kv": {"timeout": "yes"}}, id="timeout-not-bool"),
         pytest.param({"kv": {"flaky": True}}, id="unknown-key"),
+        pytest.param({"kv": {"provider": "openai"}}, id="provider-on-kv"),
+        pytest.param({"upstream": {"provider": "anthropic"}}, id="unknown-provider"),
     ],
 )
 def test_control_faults_reject_invalid_specs(emu: Emulator, faults: dict[str, dict[str, object]]) -> None:
@@ -129,6 +131,21 @@ def test_fault_upstream_error_keeps_the_providers_shape(client: httpx.Client, em
     )
     assert oai.status_code == 429 and oai.json()["error"]["code"] == "rate_limit_exceeded"
     assert emu.control.stats()["faults"]["upstream"] == 2
+
+
+def test_fault_upstream_provider_fails_only_that_provider(client: httpx.Client, emu: Emulator) -> None:
+    o = emu.outputs
+    emu.control.set_faults({"upstream": {"error_rate": 1.0, "status": 503, "provider": "workers-ai"}})
+    assert emu.control.faults()["upstream"]["provider"] == "workers-ai"
+    wai = client.post(f"/client/v4/accounts/{o.account_id}/ai/run/@cf/baai/bge-base-en-v1.5", json={"text": "x"})
+    assert wai.status_code == 503
+    oai = client.post(
+        f"/v1/{o.account_id}/{o.gateway_id}/openai/embeddings",
+        json={"model": "text-embedding-3-small", "input": "x"},
+        headers={"authorization": "Bearer sk"},
+    )
+    assert oai.status_code == 200 and len(oai.json()["data"][0]["embedding"]) == 1536
+    assert emu.control.stats()["faults"]["upstream"] == 1
 
 
 def test_fault_latency_delays_the_answer(kv: KVNamespace, emu: Emulator) -> None:

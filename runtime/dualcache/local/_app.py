@@ -82,6 +82,7 @@ _REDACTED_HEADERS = frozenset({"authorization", "cf-aig-authorization", "x-auth-
 _FORWARDED_HEADERS = ("authorization", "content-type", "accept", "openai-organization", "openai-project")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAULT_TARGETS = ("kv", "gateway", "upstream")
+FAULT_PROVIDERS = ("workers-ai", "openai")
 
 
 class HTTPError(Exception):
@@ -134,6 +135,8 @@ class FaultSpec:
         latency_ms: Delay added before answering.
         timeout: Hang (up to 30 s, less when the server stops) so the client times out.
         seed: Seed of the RNG that draws errors, for reproducible runs.
+        provider: For the ``upstream`` target only: restrict the fault to one provider (``workers-ai`` or
+            ``openai``), so a test can fail Workers AI and keep OpenAI up; ``None`` hits every provider.
     """
 
     error_rate: float = 0.0
@@ -142,6 +145,7 @@ class FaultSpec:
     timeout: bool = False
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
+    provider: str | None = None
 
     @classmethod
     def parse(cls, target: str, data: Any) -> FaultSpec:
@@ -153,6 +157,8 @@ class FaultSpec:
         if not isinstance(data, Mapping):
             raise ValueError(f"faults.{target} must be an object, got {data!r}")
         allowed = {"error_rate", "status", "latency_ms", "timeout", "seed"}
+        if target == "upstream":
+            allowed.add("provider")
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(
@@ -173,7 +179,10 @@ class FaultSpec:
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"faults.{target}.seed = {seed!r}: must be an integer")
-        return cls(float(rate), status, float(latency), timeout, seed, random.Random(seed))
+        provider = data.get("provider")
+        if provider is not None and provider not in FAULT_PROVIDERS:
+            raise ValueError(f"faults.{target}.provider = {provider!r}: must be one of {', '.join(FAULT_PROVIDERS)}")
+        return cls(float(rate), status, float(latency), timeout, seed, random.Random(seed), provider)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as it was set."""
@@ -183,6 +192,7 @@ class FaultSpec:
             "latency_ms": self.latency_ms,
             "timeout": self.timeout,
             "seed": self.seed,
+            **({"provider": self.provider} if self.provider is not None else {}),
         }
 
 
@@ -288,10 +298,10 @@ class EmulatorState:
 
     # -- faults -------------------------------------------------------------------------------------
 
-    async def apply_fault(self, target: str) -> int | None:
+    async def apply_fault(self, target: str, provider: str | None = None) -> int | None:
         """Sleep and/or decide an injected error for ``target``; return the status to answer, or None."""
         spec = self.faults.get(target)
-        if spec is None:
+        if spec is None or (spec.provider is not None and spec.provider != provider):
             return None
         if spec.latency_ms > 0:
             await self._sleep(spec.latency_ms / 1000.0)
@@ -1180,7 +1190,7 @@ class _Handler:
     async def invoke(self, provider: str, model: str, data: Any, request: Request, *, path: str) -> ModelReply:
         """Call the model (upstream): count it, apply upstream faults, answer locally or forward."""
         self.state.count("upstream", model or "(none)")
-        fault = await self.state.apply_fault("upstream")
+        fault = await self.state.apply_fault("upstream", provider)
         if fault is not None:
             return _fault_reply(provider, fault)
         if provider == "workers-ai":

@@ -158,12 +158,18 @@ class EmulatorControl:
 
     def set_faults(self, faults: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Replace the faults: per target ``kv``/``gateway``/``upstream`` a dict of ``error_rate``,
-        ``status``, ``latency_ms``, ``timeout``, ``seed``. ``{}`` clears them all.
+        ``status``, ``latency_ms``, ``timeout``, ``seed`` (and for ``upstream`` an optional ``provider``,
+        ``workers-ai`` or ``openai``, to fail only that one). ``{}`` clears them all.
 
         Raises:
             ConfigError: the emulator rejected the spec (the message says why).
         """
         result: dict[str, Any] = self._call("POST", "faults", faults)
+        return result
+
+    def faults(self) -> dict[str, Any]:
+        """The faults in force, per target, as they were set."""
+        result: dict[str, Any] = self._call("GET", "faults")
         return result
 
     def clear_faults(self) -> None:
