@@ -397,6 +397,15 @@ def _int_param(raw: str | None, name: str) -> int | None:
     return int(number)
 
 
+def _page_params(request: Request) -> tuple[int, int]:
+    """``page`` (>= 1, default 1) and ``per_page`` (1..1000, default 20) of a paged list request."""
+    page = _int_param(request.query_params.get("page"), "page") or 1
+    per_page = _int_param(request.query_params.get("per_page"), "per_page") or 20
+    if page < 1 or not 1 <= per_page <= 1000:
+        raise cf_error(400, CODE_BAD_REQUEST, f"page={page} must be >= 1 and per_page={per_page} 1..1000")
+    return page, per_page
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -498,10 +507,7 @@ class _KV:
             return envelope(self._ns(namespace_id, title))
         if request.method != "GET":
             raise _method_not_allowed(request)
-        page = _int_param(request.query_params.get("page"), "page") or 1
-        per_page = _int_param(request.query_params.get("per_page"), "per_page") or 20
-        if page < 1 or not 1 <= per_page <= 1000:
-            raise cf_error(400, CODE_BAD_REQUEST, f"page={page} must be >= 1 and per_page={per_page} 1..1000")
+        page, per_page = _page_params(request)
         items = store.namespaces(account_id)
         chunk = items[(page - 1) * per_page : page * per_page]
         info = {
@@ -838,10 +844,7 @@ class _Gateways:
             return envelope(self._view(account_id, settings))
         if request.method != "GET":
             raise _method_not_allowed(request)
-        page = _int_param(request.query_params.get("page"), "page") or 1
-        per_page = _int_param(request.query_params.get("per_page"), "per_page") or 20
-        if page < 1 or not 1 <= per_page <= 1000:
-            raise cf_error(400, CODE_BAD_REQUEST, f"page={page} must be >= 1 and per_page={per_page} 1..1000")
+        page, per_page = _page_params(request)
         search = request.query_params.get("search", "")
         items = [g for g in store.gateways(account_id) if search in g["id"]]
         chunk = items[(page - 1) * per_page : page * per_page]
