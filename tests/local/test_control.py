@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dualcache import ConfigError
+from dualcache import ConfigError, Namespace
 from dualcache.local import Emulator
 from tests.local.helpers import Gateways, KVNamespace, error_codes
 
@@ -46,6 +46,10 @@ def test_control_requests_are_listed_oldest_first_redacted_and_control_calls_exc
     assert all(name == name.lower() for r in listed for name in r["headers"])
     assert "s3cret" not in str(listed) and "t0ken" not in str(listed)
     assert emu.control.stats()["requests"] == 2
+    kv = f"/client/v4/accounts/{o.account_id}/storage/kv/namespaces/{o.namespaces[Namespace.SESSIONS]}/values/a%3Ab%2Fc"
+    emu.control.reset()
+    client.get(kv, headers={"Authorization": "Bearer s3cret"})
+    assert [r["path"] for r in emu.control.requests()] == [kv]  # as sent: percent-encoding kept
 
 
 def test_control_reset_clears_counters_and_log_but_keeps_data(kv: KVNamespace, emu: Emulator) -> None:

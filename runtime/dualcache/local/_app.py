@@ -277,7 +277,8 @@ class EmulatorState:
             self.requests.append(
                 {
                     "method": request.method,
-                    "path": request.url.path,
+                    # As sent (percent-encoding kept), so a test can see how a client encoded a key.
+                    "path": _raw_path(request),
                     "query": request.url.query,
                     "headers": headers,
                     "time": self.clock.now(),
@@ -395,6 +396,11 @@ def _int_param(raw: str | None, name: str) -> int | None:
     if not math.isfinite(number) or number != int(number):
         raise cf_error(400, CODE_BAD_REQUEST, f"{name}={raw!r} is not an integer")
     return int(number)
+
+
+def _raw_path(request: Request) -> str:
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
 
 
 def _page_params(request: Request) -> tuple[int, int]:
