@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/actionlint -no-color
 
 typecheck: $(STAMP)
-	$(PY) -m mypy runtime/dualcache infra
+	$(PY) -m mypy --strict runtime/dualcache infra
 
 pytest: $(STAMP)
 	$(PY) -m pytest
