@@ -18,7 +18,7 @@ from dualcache import ConfigError  # noqa: E402
 from infra.program import main  # noqa: E402
 
 try:
-    main(_PROJECT_DIR)
+    main(_PROJECT_DIR, deploying=True)
 except ConfigError as exc:
     # A RunError is reported by the CLI as a plain message, without a Python traceback.
     raise pulumi.RunError(str(exc)) from None

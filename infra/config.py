@@ -19,7 +19,13 @@ from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel, ConfigDict
 
 from dualcache import ConfigError, StackConfig
-from dualcache._stackconfig import SECRET_KEYS
+from dualcache._stackconfig import (
+    PLACEHOLDER_ACCOUNT_ID,
+    PLACEHOLDER_NAMESPACE_ID,
+    PROVIDER_CREDENTIAL_KEYS,
+    SECRET_KEYS,
+    secret_placement_error,
+)
 
 __all__ = ["InfraConfig", "read_config"]
 
@@ -64,19 +70,28 @@ def _project_values(project: str) -> dict[str, str]:
     return {key.removeprefix(prefix): str(value) for key, value in merged.items() if key.startswith(prefix)}
 
 
+def _all_keys() -> set[str]:
+    """Every config key of every namespace the runtime holds (see :func:`_project_values`)."""
+    return set(runtime_config.get_config_env()) | set(runtime_config.CONFIG.get())
+
+
 def _is_secret(full_key: str) -> bool:
     return pulumi.runtime.is_config_secret(full_key) or full_key in runtime_config.get_config_secret_keys_env()
 
 
-def read_config(project_dir: Path) -> InfraConfig:
+def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
     """Read and validate the current stack's config.
 
     Args:
         project_dir: The directory holding ``Pulumi.yaml``.
+        deploying: True when the Pulumi CLI runs the program against Cloudflare (``preview``, ``up``): the
+            committed placeholder account and namespace ids are then refused. The offline plan leaves it False.
 
     Raises:
-        ConfigError: an unknown key, a value out of bounds, a secret set in plain text, or a bundle file
-            that does not exist. The message names ``<project>:<key>``, the bad value and what is allowed.
+        ConfigError: an unknown key, a value out of bounds, a secret set in plain text (ours or the
+            provider's ``cloudflare:apiToken``), a plain key set as a secret, a bundle file that does not
+            exist; when ``deploying``, also a placeholder account or namespace id. The message names
+            ``<project>:<key>``, the bad value and what is allowed.
     """
     project = pulumi.get_project()
     stack = pulumi.get_stack()
@@ -84,15 +99,23 @@ def read_config(project_dir: Path) -> InfraConfig:
     raw = _project_values(project)
     config = pulumi.Config(project)
 
+    present = _all_keys()
+    for full_key in sorted(PROVIDER_CREDENTIAL_KEYS & present):
+        problem = secret_placement_error(
+            full_key, is_secret=_is_secret(full_key), project=project, stack=stack, source=source
+        )
+        if problem is not None:
+            raise ConfigError(problem)
+
     values: dict[str, Any] = {}
     secrets_set: set[str] = set()
     for key, text in sorted(raw.items()):
+        problem = secret_placement_error(
+            f"{project}:{key}", is_secret=_is_secret(f"{project}:{key}"), project=project, stack=stack, source=source
+        )
+        if problem is not None:
+            raise ConfigError(problem)
         if key in SECRET_KEYS:
-            if not _is_secret(f"{project}:{key}"):
-                raise ConfigError(
-                    f"{source}: {project}:{key} is in plain text; set it with "
-                    f"`pulumi config set --secret {key} ... -s {stack}`"
-                )
             secrets_set.add(key)
         elif key in OBJECT_KEYS:
             values[key] = _parse_object(project, key, text, source)
@@ -102,6 +125,20 @@ def read_config(project_dir: Path) -> InfraConfig:
     settings = StackConfig.from_values(
         values, project=project, stack=stack, secrets_set=frozenset(secrets_set), source=source
     )
+    if deploying and settings.account_id == PLACEHOLDER_ACCOUNT_ID:
+        raise ConfigError(
+            f"{source}: {project}:accountId is still the placeholder {PLACEHOLDER_ACCOUNT_ID!r} of the committed stack "
+            f"file; set your Cloudflare account id (dashboard → Workers & Pages → Account ID) with "
+            f"`pulumi config set accountId <32-hex id> -s {stack}`"
+        )
+    if deploying:
+        for binding, namespace_id in settings.namespaces.adopt.items():
+            if namespace_id == PLACEHOLDER_NAMESPACE_ID:
+                raise ConfigError(
+                    f"{source}: {project}:namespaces.adopt.{binding.value} is still the placeholder "
+                    f"{PLACEHOLDER_NAMESPACE_ID!r}; set the id of your existing namespace (dashboard → Storage & "
+                    "Databases → KV, or `wrangler kv namespace list`), or drop the entry to create a new namespace"
+                )
     result = InfraConfig(
         stack=settings,
         project_dir=project_dir,

@@ -35,7 +35,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 
 from dualcache import ConfigError, Namespace, StackConfig, load_stack_config
-from dualcache._stackconfig import DEFAULT_PROJECT, _read_yaml
+from dualcache._stackconfig import DEFAULT_PROJECT, _read_yaml, split_config_key
 
 __all__ = [
     "SECRET",
@@ -237,7 +237,8 @@ def _pulumi_config(project_dir: Path, stack: str) -> tuple[str, dict[str, str], 
     config: dict[str, str] = {}
     secret_keys: list[str] = []
     for key, value in entries.items():
-        full_key = str(key) if ":" in str(key) else f"{project}:{key}"
+        split_config_key(str(key), source=str(stack_file), project=project)  # Pulumi rejects `accountId: ...`
+        full_key = str(key)
         if isinstance(value, Mapping) and set(value) == {"secure"}:
             config[full_key] = SECRET_PLACEHOLDER.format(key=full_key)
             secret_keys.append(full_key)
@@ -283,17 +284,46 @@ def _run_in_fresh_runtime(stack: str, project_dir: Path) -> PlanResult:
 
         from infra.program import main
 
-        loop.run_until_complete(run_pulumi_func(lambda: main(project_dir)))
+        try:
+            loop.run_until_complete(run_pulumi_func(lambda: main(project_dir)))
+        except Exception as exc:
+            # The runtime wraps an error raised while a resource registers ("While processing input ...");
+            # a ConfigError anywhere in the chain is what the user needs to read, without the wrapping.
+            config_error = _find_config_error(exc)
+            if config_error is not None and config_error is not exc:
+                raise config_error from None
+            raise
         root = pulumi.runtime.get_root_resource()
         exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
         outputs = {name: loop.run_until_complete(_resolve(value)) for name, value in sorted(exported.items())}
     finally:
+        _cancel_pending(loop)
         asyncio.set_event_loop(None)
         executor.shutdown(wait=True)
         loop.close()
     registrations = sorted((r for r in monitor.registrations if r.custom), key=lambda r: (r.type, r.name))
     config = load_stack_config(project_dir, stack)
     return PlanResult(stack=stack, config=config, registrations=registrations, outputs=outputs)
+
+
+def _find_config_error(exc: BaseException) -> ConfigError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConfigError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what a failed program left running, so closing the loop does not log "Task was destroyed"."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 async def _resolve(value: Any) -> Any:

@@ -25,16 +25,18 @@ def worker_source(cfg: InfraConfig) -> str:
     return (bundle or HEALTH_WORKER).read_text(encoding="utf-8")
 
 
-def main(project_dir: Path | None = None) -> None:
+def main(project_dir: Path | None = None, *, deploying: bool = False) -> None:
     """Declare the stack's resources and export the ``dualcache`` output.
 
     Args:
         project_dir: The directory holding ``Pulumi.yaml`` and the stack files; default: this checkout.
+        deploying: True when run by the Pulumi CLI (see :func:`infra.config.read_config`); the offline plan
+            leaves it False.
 
     Raises:
         ConfigError: the stack's config is invalid (see :func:`infra.config.read_config`).
     """
-    cfg = read_config(project_dir or PROJECT_DIR)
+    cfg = read_config(project_dir or PROJECT_DIR, deploying=deploying)
     stack = cfg.stack
 
     gateway = Gateway(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from dualcache._exceptions import ConfigError, InvalidInputError
 
@@ -174,7 +174,8 @@ class Policies(BaseModel):
         """Return the defaults with ``overrides`` applied field by field.
 
         ``overrides`` maps an operation name to the fields to change, for example
-        ``{"embeddings": {"kv_ttl": 86400}}``; fields not named keep their default.
+        ``{"embeddings": {"kv_ttl": 86400}}``; fields not named keep their default. Turning a layer off
+        (``kv: false``, ``gateway: skip``) also drops that layer's default TTL, so it need not be unset too.
 
         Raises:
             ConfigError: an unknown operation or field, or a result outside Cloudflare's bounds. The
@@ -197,6 +198,12 @@ class Policies(BaseModel):
                     f"policies.{name}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(base))}"
                 )
             base.update(fields)
+            # A default TTL belongs to the default layer setting: switching the layer off drops it, unless the
+            # override names a TTL too (then the validator says the two do not fit together).
+            if _lax_bool(base["kv"]) is False and "kv_ttl" not in fields:
+                base["kv_ttl"] = None
+            if base["gateway"] == GatewayMode.SKIP.value and "gateway_ttl" not in fields:
+                base["gateway_ttl"] = None
             try:
                 merged[op.value] = OperationPolicy.model_validate(base)
             except ValidationError as exc:
@@ -204,8 +211,20 @@ class Policies(BaseModel):
         return cls(**merged)
 
 
+_BOOL = TypeAdapter(bool)
+
+
+def _lax_bool(value: Any) -> bool | None:
+    """``value`` read as pydantic reads a bool (``"false"`` from ``pulumi config set --path`` too); None if not one."""
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        return None
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
+    # A field error names the field and the bad value; a model error (bounds) already names both.
+    return f"{where}={err.get('input')!r}: {msg}" if where else msg

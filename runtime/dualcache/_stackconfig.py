@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
@@ -24,6 +24,8 @@ from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Polic
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "PLACEHOLDER_ACCOUNT_ID",
+    "PLACEHOLDER_NAMESPACE_ID",
     "SECRET_KEYS",
     "CustomDomainSettings",
     "GatewaySettings",
@@ -33,11 +35,24 @@ __all__ = [
     "StackConfig",
     "WorkerSettings",
     "load_stack_config",
+    "secret_placement_error",
+    "split_config_key",
 ]
 
 DEFAULT_PROJECT = "jobmatch-ai"
+PLACEHOLDER_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
+"""The account id the committed stack files carry until the user puts theirs in.
+
+Fine for the offline plan and the emulator; a real deployment (``pulumi preview`` / ``up``) refuses it.
+"""
+PLACEHOLDER_NAMESPACE_ID = "fedcba9876543210fedcba9876543210"
+"""The id of the existing namespace ``Pulumi.prod.yaml`` adopts until the user puts theirs in (refused likewise)."""
 SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken"})
 """Config keys that may only be set as Pulumi secrets (``pulumi config set --secret``)."""
+PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "policies"})
+"""Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
+PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
+"""The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
 
 _HEX32 = r"^[0-9a-f]{32}$"
 # Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
@@ -47,7 +62,14 @@ _WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
 _GATEWAY_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
 
-Hex32 = Annotated[str, Field(pattern=_HEX32)]
+
+def _check_hex32(value: str) -> str:
+    if not re.match(_HEX32, value):
+        raise ValueError("must be 32 lowercase hex characters (0-9, a-f), as Cloudflare shows ids")
+    return value
+
+
+Hex32 = Annotated[str, AfterValidator(_check_hex32)]
 
 
 class _Settings(BaseModel):
@@ -196,7 +218,7 @@ class StackConfig(_Settings):
             ConfigError: an unknown key, a missing ``accountId`` or a value out of bounds; the message
                 names ``<project>:<key>``, the bad value and what is allowed.
         """
-        allowed = {"accountId", "gateway", "namespaces", "worker", "policies"} | SECRET_KEYS
+        allowed = PLAIN_KEYS | SECRET_KEYS
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ConfigError(
@@ -248,14 +270,60 @@ def _describe(exc: ValidationError, *, project: str, source: str) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
+def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, str]:
+    """Split a stack file's config key into ``(namespace, name)`` the way Pulumi parses it.
+
+    Pulumi rejects a stack-file key without a namespace ("configuration keys should be of the form
+    `<namespace>:<name>`"); so do the readers here, instead of silently ignoring the key.
+
+    Raises:
+        ConfigError: ``full_key`` has no ``<namespace>:`` part; the message shows the prefixed form.
+    """
+    namespace, sep, name = str(full_key).partition(":")
+    if not sep or not namespace or not name:
+        raise ConfigError(
+            f"{source}: config key {full_key!r} has no namespace; Pulumi needs `<namespace>:<name>`, "
+            f"for example `{project}:{full_key}`"
+        )
+    return namespace, name
+
+
+def secret_placement_error(full_key: str, *, is_secret: bool, project: str, stack: str, source: str) -> str | None:
+    """Say what is wrong when a key is a secret and should not be, or is plain text and should be a secret.
+
+    Secrets (``<project>:openaiApiKey``, ``<project>:gatewayToken``, the provider's credentials) must be
+    set with ``pulumi config set --secret``. The keys of :data:`PLAIN_KEYS` must not be secrets: their
+    values go into plain-text Worker bindings and the ``dualcache`` stack output, which would expose them.
+    The message never contains the value.
+
+    Returns:
+        The error message, or ``None`` when the key is placed right (or is none of these keys).
+    """
+    namespace, _, name = full_key.partition(":")
+    must_be_secret = full_key in PROVIDER_CREDENTIAL_KEYS or (namespace == project and name in SECRET_KEYS)
+    if must_be_secret and not is_secret:
+        short = name if namespace == project else full_key
+        return (
+            f"{source}: {full_key} is in plain text; set it with `pulumi config set --secret {short} ... -s {stack}` "
+            "(which replaces the plain value in the stack file)"
+        )
+    if is_secret and namespace == project and name in PLAIN_KEYS:
+        return (
+            f"{source}: {full_key} is set as a secret, but its value goes into plain-text Worker bindings and the "
+            f"`dualcache` stack output; set it in plain text with `pulumi config set {name} ... -s {stack}`"
+        )
+    return None
+
+
 def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
     """Read ``Pulumi.yaml`` and ``Pulumi.<stack>.yaml`` from ``project_dir`` without Pulumi.
 
-    Keys of other namespaces (``cloudflare:...``) are ignored; secret values are not decrypted.
+    Keys of other namespaces (``cloudflare:...``) are ignored, except that the provider's credentials
+    must be secrets; secret values are not decrypted.
 
     Raises:
-        ConfigError: a file is missing or not YAML, a secret key is set in plain text, or a value is
-            invalid (see :meth:`StackConfig.from_values`).
+        ConfigError: a file is missing or not YAML, a key has no namespace, a secret key is set in plain
+            text (or a plain key as a secret), or a value is invalid (see :meth:`StackConfig.from_values`).
     """
     root = Path(project_dir)
     project_file = root / "Pulumi.yaml"
@@ -270,18 +338,17 @@ def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: 'config' must be a mapping")
     values: dict[str, Any] = {}
     secrets: set[str] = set()
-    prefix = f"{project}:"
     for full_key, value in config.items():
-        if not str(full_key).startswith(prefix):
-            continue
-        key = str(full_key).removeprefix(prefix)
+        namespace, key = split_config_key(str(full_key), source=str(stack_file), project=project)
         is_secure = isinstance(value, Mapping) and set(value) == {"secure"}
+        problem = secret_placement_error(
+            str(full_key), is_secret=is_secure, project=project, stack=stack, source=str(stack_file)
+        )
+        if problem is not None:
+            raise ConfigError(problem)
+        if namespace != project:
+            continue
         if key in SECRET_KEYS:
-            if not is_secure:
-                raise ConfigError(
-                    f"{stack_file}: {full_key} is in plain text; set it with "
-                    f"`pulumi config set --secret {key} ... -s {stack}`"
-                )
             secrets.add(key)
         else:
             values[key] = value
@@ -290,9 +357,23 @@ def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
     )
 
 
+class _PulumiYamlLoader(yaml.SafeLoader):
+    """YAML as Pulumi reads a stack file: a date-like scalar (``2025-03-11``) stays a string.
+
+    PyYAML (YAML 1.1) turns it into a ``datetime.date``; Go's yaml (which Pulumi uses) keeps timestamps
+    decoded into untyped values as strings, so the program sees ``"2025-03-11"``.
+    """
+
+
+_PulumiYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _read_yaml(path: Path) -> Mapping[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_PulumiYamlLoader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

@@ -106,6 +106,32 @@ def test_plan_text_shows_secrets_masked(write_stack: StackWriter, capsys: pytest
     assert "v1:c2VjcmV0" not in out and "placeholder" not in out
 
 
+_OFFLINE = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network use in the offline plan")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.getaddrinfo = refuse
+socket.create_connection = refuse
+from dualcache._cli import main
+sys.exit(main(["plan", "--stack", sys.argv[1], "--json"]))
+"""
+
+
+def test_plan_needs_no_pulumi_cli_home_credentials_or_network(tmp_path: Path) -> None:
+    stack = "prod"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": str(tmp_path / "empty-bin"), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _OFFLINE, stack], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (REPO / "infra" / "snapshots" / f"{stack}.json").read_text(encoding="utf-8")
+    assert list(home.iterdir()) == []  # no ~/.pulumi, no credentials looked up or written
+
+
 def test_plan_rejects_a_project_dir_without_pulumi_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="holds no Pulumi.yaml"):
         _run(["plan", "--stack", "dev", "--project-dir", str(tmp_path)])

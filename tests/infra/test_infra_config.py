@@ -64,7 +64,7 @@ _ADOPT = "jobmatch-ai:namespaces"
         ),
         pytest.param(
             {_ADOPT: {"adopt": {"JOB_ANALYSIS_CACHE": "FEDCBA9876543210FEDCBA9876543210"}}},
-            r"jobmatch-ai:namespaces\.adopt\.JOB_ANALYSIS_CACHE = 'FEDCBA98.*'",
+            r"jobmatch-ai:namespaces\.adopt\.JOB_ANALYSIS_CACHE = 'FEDCBA98.*': must be 32 lowercase hex",
             id="adopt-id-not-lowercase-hex",
         ),
         pytest.param(
@@ -103,6 +103,21 @@ _ADOPT = "jobmatch-ai:namespaces"
             id="secret-in-plain-text",
         ),
         pytest.param(
+            {"jobmatch-ai:accountId": {"secure": "v1:QUFBQQ=="}},
+            r"jobmatch-ai:accountId is set as a secret, but its value goes into plain-text Worker bindings",
+            id="plain-key-set-as-secret",
+        ),
+        pytest.param(
+            {"cloudflare:apiToken": "t" * 40},
+            r"cloudflare:apiToken is in plain text; set it with `pulumi config set --secret cloudflare:apiToken",
+            id="provider-token-in-plain-text",
+        ),
+        pytest.param(
+            {"jobmatch-ai:policies": {"spam_detection": {"gateway_ttl": 30}}},
+            r"jobmatch-ai:policies\.spam_detection: gateway_ttl=30: .*60\.\.2592000",
+            id="policy-gateway-ttl-below-60",
+        ),
+        pytest.param(
             {"jobmatch-ai:worker": {"bundle": "dist/missing.js"}},
             r"jobmatch-ai:worker\.bundle = 'dist/missing\.js': no such file",
             id="bundle-missing",
@@ -116,6 +131,7 @@ def test_config_rejects_invalid_values_naming_the_key(
     with pytest.raises(ConfigError, match=message) as info:
         run_plan("test", project)
     assert "stack 'test'" in str(info.value)  # raised by infra/config.py inside the program
+    assert "QUFBQQ" not in str(info.value) and "t" * 40 not in str(info.value)  # never a (secret) value
 
 
 def test_config_requires_the_account_id(write_stack: StackWriter) -> None:
@@ -156,3 +172,44 @@ def test_config_reports_a_missing_stack_file_with_the_stacks_that_exist(write_st
     project = write_stack(base_config(), stack="dev")
     with pytest.raises(ConfigError, match=re.escape("no stack file") + r".*stacks here: dev"):
         run_plan("qa", project)
+
+
+def test_config_rejects_a_key_without_namespace_as_pulumi_does(write_stack: StackWriter) -> None:
+    config = base_config()
+    config["accountId"] = config.pop("jobmatch-ai:accountId")
+    with pytest.raises(ConfigError, match=r"config key 'accountId' has no namespace; .*`jobmatch-ai:accountId`"):
+        run_plan("test", write_stack(config))
+
+
+def test_config_reads_an_unquoted_compatibility_date(write_stack: StackWriter) -> None:
+    project = write_stack(base_config())
+    stack_file = project / "Pulumi.test.yaml"
+    stack_file.write_text(
+        stack_file.read_text().replace("compatibilityDate: '2025-03-11'", "compatibilityDate: 2025-06-01")
+    )
+    assert "compatibilityDate: 2025-06-01" in stack_file.read_text()
+    (script,) = run_plan("test", project).find(":WorkersScript")
+    assert script.inputs["compatibilityDate"] == "2025-06-01"
+
+
+def test_config_policy_override_can_turn_the_kv_layer_off(write_stack: StackWriter) -> None:
+    config = base_config() | {"jobmatch-ai:policies": {"job_analysis": {"kv": False}}}
+    exported = run_plan("test", write_stack(config)).outputs["dualcache"]
+    assert (exported["policies"]["job_analysis"]["kv"], exported["policies"]["job_analysis"]["kv_ttl"]) == (False, None)
+
+
+def test_plan_unwraps_a_config_error_the_runtime_wrapped() -> None:
+    from infra.plan import _find_config_error
+
+    original = ConfigError("stack 'dev': jobmatch-ai:gateway.cacheTtl = 5: must be 0 (cache off) or 60..2592000")
+    try:
+        try:
+            try:
+                raise original
+            except ConfigError as exc:
+                raise ValueError("While processing input: 'bindings'") from exc
+        except ValueError as exc:
+            raise ValueError("While processing resource: 'api-script'") from exc
+    except ValueError as wrapped:
+        assert _find_config_error(wrapped) is original
+    assert _find_config_error(ValueError("unrelated")) is None

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from _infra_support import ACCOUNT, REPO
 
+# A real deployment refuses the committed placeholder (ACCOUNT), so the host runs get another id.
+USER_ACCOUNT = "abcdef0123456789abcdef0123456789"
+
 # What pulumi-language-python-exec does: config from the environment, then run_in_stack(runpy.run_path(dir)),
 # here with the mock monitor instead of the engine. Runs in a subprocess from another directory, so that
 # neither the cwd nor this test's sys.path can make the imports work by accident.
@@ -59,12 +62,12 @@ def _run_host(tmp_path: Path, config: dict[str, str]) -> subprocess.CompletedPro
 
 
 def test_entrypoint_runs_the_program_from_the_language_host(tmp_path: Path) -> None:
-    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 600})}
+    config = {"jobmatch-ai:accountId": USER_ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 600})}
     proc = _run_host(tmp_path, config)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["dualcache"]["gateway_id"] == "jobmatch-ai-dev"
-    assert result["dualcache"]["account_id"] == ACCOUNT
+    assert result["dualcache"]["account_id"] == USER_ACCOUNT
     assert (
         result["types"].count("dualcache:infra:KvNamespaces$cloudflare:index/workersKvNamespace:WorkersKvNamespace")
         == 6
@@ -72,6 +75,21 @@ def test_entrypoint_runs_the_program_from_the_language_host(tmp_path: Path) -> N
 
 
 def test_entrypoint_reports_bad_config_as_a_run_error(tmp_path: Path) -> None:
-    proc = _run_host(tmp_path, {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 5})})
+    config = {"jobmatch-ai:accountId": USER_ACCOUNT, "jobmatch-ai:gateway": json.dumps({"cacheTtl": 5})}
+    proc = _run_host(tmp_path, config)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "RUNERROR stack 'dev': jobmatch-ai:gateway.cacheTtl = 5" in proc.stdout
+
+
+def test_entrypoint_refuses_the_placeholder_account_id(tmp_path: Path) -> None:
+    proc = _run_host(tmp_path, {"jobmatch-ai:accountId": ACCOUNT})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"RUNERROR stack 'dev': jobmatch-ai:accountId is still the placeholder '{ACCOUNT}'" in proc.stdout
+    assert "pulumi config set accountId <32-hex id> -s dev" in proc.stdout
+
+
+def test_entrypoint_refuses_the_placeholder_namespace_to_adopt(tmp_path: Path) -> None:
+    adopt = {"adopt": {"JOB_ANALYSIS_CACHE": "fedcba9876543210fedcba9876543210"}}
+    proc = _run_host(tmp_path, {"jobmatch-ai:accountId": USER_ACCOUNT, "jobmatch-ai:namespaces": json.dumps(adopt)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "jobmatch-ai:namespaces.adopt.JOB_ANALYSIS_CACHE is still the placeholder" in proc.stdout

@@ -9,7 +9,7 @@ import pytest
 from _infra_support import ACCOUNT, REPO, STACKS, StackWriter, base_config
 
 from dualcache import Namespace, StackOutputs, load_stack_config
-from infra.plan import SECRET, PlanResult, run_plan
+from infra.plan import SECRET, PlanResult, manifest_json, run_plan
 
 GATEWAY = ":AiGateway"
 NAMESPACE = ":WorkersKvNamespace"
@@ -210,3 +210,31 @@ def test_program_sets_the_workers_dev_subdomain_per_stack(
 
 def test_program_leaves_workers_dev_alone_when_not_configured(write_stack: StackWriter) -> None:
     assert run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain") == []
+
+
+def test_program_manifest_with_real_secrets_is_deterministic_and_shows_no_secret(write_stack: StackWriter) -> None:
+    # A stack file as `pulumi config set --secret` leaves it with the passphrase provider: a salt and ciphertexts.
+    project = write_stack(base_config())
+    ciphertexts = {
+        "cloudflare:apiToken": "v1:OWQ0ZTVmNmE=:Y2xvdWRmbGFyZS10b2tlbi1jaXBoZXJ0ZXh0LTAx",
+        "jobmatch-ai:openaiApiKey": "v1:MWIyYzNkNGU=:b3BlbmFpLWtleS1jaXBoZXJ0ZXh0LTAy",
+        "jobmatch-ai:gatewayToken": "v1:ZmVkY2JhOTg=:Z2F0ZXdheS10b2tlbi1jaXBoZXJ0ZXh0LTAz",
+    }
+    secure = "".join(f"  {key}:\n    secure: {value}\n" for key, value in ciphertexts.items())
+    stack_file = project / "Pulumi.test.yaml"
+    stack_file.write_text(
+        "encryptionsalt: v1:c2FsdHNhbHQ=:v1:QUJDREVGR0g=:SUpLTE1OT1BRUlNUVVZXWFla\n"
+        + stack_file.read_text().replace("config:\n", "config:\n" + secure, 1)
+    )
+    first, second = run_plan("test", project), run_plan("test", project)
+    text = manifest_json(first.manifest())
+    assert text == manifest_json(second.manifest())
+    for value in ciphertexts.values():
+        for part in value.split(":")[1:]:
+            assert part not in text
+    assert "placeholder" not in text and "salt" not in text
+    bindings = _bindings(first)
+    assert {name for name, b in bindings.items() if b["type"] == "secret_text"} == {"OPENAI_API_KEY", "CF_AIG_TOKEN"}
+    assert all(bindings[name]["text"] == SECRET for name in ("OPENAI_API_KEY", "CF_AIG_TOKEN"))
+    exported = StackOutputs.from_data(first.outputs["dualcache"])  # a plain object, not "[secret]"
+    assert SECRET not in json.dumps(exported.model_dump(mode="json"))

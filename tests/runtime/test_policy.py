@@ -42,7 +42,13 @@ def test_policies_with_overrides_changes_only_named_fields() -> None:
         pytest.param({"embeddings": {"gateway_ttl": 59}}, r"gateway_ttl=59.*60\.\.2592000", id="gw-ttl-low"),
         pytest.param({"spam_detection": {"gateway_ttl": 2_592_001}}, r"gateway_ttl=2592001", id="gw-ttl-high"),
         pytest.param({"job_analysis": {"gateway_ttl": 600}}, r"gateway is 'skip'", id="ttl-with-skip"),
-        pytest.param({"job_analysis": {"kv": False}}, r"kv_ttl=604800 is set but kv is off", id="kv-off-ttl"),
+        pytest.param(
+            {"job_analysis": {"kv": False, "kv_ttl": 600}}, r"kv_ttl=600 is set but kv is off", id="kv-off-ttl"
+        ),
+        pytest.param(
+            {"embeddings": {"gateway": "skip", "gateway_ttl": 600}}, r"gateway_ttl=600 is set", id="skip-with-ttl"
+        ),
+        pytest.param({"embeddings": {"kv_ttl": "week"}}, r"policies\.embeddings: kv_ttl='week': ", id="kv-ttl-type"),
         pytest.param({"embedding": {"kv": False}}, r"policies\.embedding: unknown operation", id="unknown-op"),
         pytest.param({"embeddings": {"ttl": 1}}, r"unknown field\(s\) ttl", id="unknown-field"),
         pytest.param({"embeddings": {"kv_namespace": "NOPE"}}, r"kv_namespace", id="bad-namespace"),
@@ -51,3 +57,18 @@ def test_policies_with_overrides_changes_only_named_fields() -> None:
 def test_policies_with_overrides_rejects_out_of_bounds(overrides: dict[str, dict[str, object]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Policies.with_overrides(overrides)
+
+
+@pytest.mark.parametrize("off", [pytest.param(False, id="bool"), pytest.param("false", id="string-from-config-path")])
+def test_policies_with_overrides_turning_a_layer_off_drops_its_default_ttl(off: object) -> None:
+    p = Policies.with_overrides({"job_analysis": {"kv": off}, "embeddings": {"gateway": "skip"}})
+    assert (p.job_analysis.kv, p.job_analysis.kv_ttl) == (False, None)
+    assert (p.embeddings.gateway, p.embeddings.gateway_ttl) == (GatewayMode.SKIP, None)
+    assert (p.embeddings.kv, p.embeddings.kv_ttl) == (True, 2_592_000)  # the other layer keeps its default
+
+
+def test_policies_with_overrides_turning_a_layer_on_needs_a_ttl() -> None:
+    with pytest.raises(ConfigError, match=r"policies\.job_analysis: gateway_ttl=None: with gateway 'cache' it must be"):
+        Policies.with_overrides({"job_analysis": {"gateway": "cache"}})
+    p = Policies.with_overrides({"job_analysis": {"gateway": "cache", "gateway_ttl": 600}})
+    assert (p.job_analysis.gateway, p.job_analysis.gateway_ttl) == (GatewayMode.CACHE, 600)

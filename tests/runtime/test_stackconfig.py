@@ -54,7 +54,7 @@ def _validate(**values: Any) -> StackConfig:
         ),
         pytest.param(
             {"namespaces": {"adopt": {"SESSIONS": "xyz"}}},
-            r"jobmatch-ai:namespaces\.adopt\.SESSIONS = 'xyz'",
+            r"jobmatch-ai:namespaces\.adopt\.SESSIONS = 'xyz': must be 32 lowercase hex characters",
             id="adopt-id",
         ),
         pytest.param(
@@ -157,3 +157,37 @@ def test_load_stack_config_reports_invalid_yaml_with_the_file(tmp_path: Path) ->
     (project / "Pulumi.qa.yaml").write_text("config: [unclosed\n")
     with pytest.raises(ConfigError, match=r"Pulumi\.qa\.yaml is not valid YAML"):
         load_stack_config(project, "qa")
+
+
+def test_load_stack_config_reads_an_unquoted_date_as_pulumi_does(tmp_path: Path) -> None:
+    # Pulumi (Go yaml) hands `2025-06-01` to the program as a string; PyYAML alone would make it a date.
+    project = _project(tmp_path, {})
+    (project / "Pulumi.qa.yaml").write_text(
+        f'config:\n  jobmatch-ai:accountId: "{ACCOUNT}"\n  jobmatch-ai:worker:\n    compatibilityDate: 2025-06-01\n'
+    )
+    assert load_stack_config(project, "qa").worker.compatibility_date == "2025-06-01"
+
+
+def test_load_stack_config_rejects_a_key_without_namespace(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"accountId": ACCOUNT})
+    with pytest.raises(ConfigError, match=r"config key 'accountId' has no namespace; .*`jobmatch-ai:accountId`"):
+        load_stack_config(project, "qa")
+
+
+@pytest.mark.parametrize("key", ["accountId", "gateway", "worker"])
+def test_load_stack_config_rejects_a_plain_key_set_as_a_secret(tmp_path: Path, key: str) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, f"jobmatch-ai:{key}": {"secure": "v1:QUFBQQ=="}}
+    with pytest.raises(ConfigError, match=rf"jobmatch-ai:{key} is set as a secret, but .*plain-text") as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    assert "QUFBQQ" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"])
+def test_load_stack_config_rejects_provider_credentials_in_plain_text(tmp_path: Path, key: str) -> None:
+    token = "tok" + "x" * 40
+    config = {"jobmatch-ai:accountId": ACCOUNT, key: token}
+    with pytest.raises(
+        ConfigError, match=rf"{key} is in plain text; set it with `pulumi config set --secret {key}"
+    ) as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    assert token not in str(info.value)
