@@ -29,7 +29,7 @@ from dualcache._gateway import (
     UpstreamResult,
     parse_json_object,
 )
-from dualcache._keys import analysis_key, embed_key, gateway_cache_key, spam_key
+from dualcache._keys import analysis_key, check_utf8, embed_key, gateway_cache_key, spam_key
 from dualcache._kv import Clock, CloudflareKVBackend, KVBackend, KVEntry, KVStore, SQLiteKVBackend
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
@@ -97,6 +97,7 @@ def _check_text(text: object, name: str = "text") -> str:
         raise InvalidInputError(f"{name} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInputError(f"{name} is empty (or only whitespace); pass the text to process")
+    check_utf8(name, text)
     return text
 
 
@@ -121,6 +122,26 @@ def _check_messages(messages: object) -> list[dict[str, Any]]:
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"messages are not JSON-serializable: {exc}") from None
     return out
+
+
+_JSON_INSTRUCTION = {"role": "system", "content": "Answer with one JSON object."}
+
+
+def _with_json_instruction(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``messages`` with a system line asking for JSON when none of them mentions JSON.
+
+    OpenAI's JSON mode (``response_format: json_object``) refuses, with a 400, a conversation in which
+    the word "json" never appears; the caller's messages need not say it, since asking for JSON is
+    this library's choice.
+    """
+    for m in messages:
+        content = m.get("content")
+        parts = content if isinstance(content, list) else [content]
+        for part in parts:
+            text = part.get("text") if isinstance(part, Mapping) else part
+            if isinstance(text, str) and "json" in text.lower():
+                return messages
+    return [dict(_JSON_INSTRUCTION), *messages]
 
 
 def _copy_result(value: T) -> T:
@@ -155,7 +176,8 @@ class DualCache:
         prices: Price table for cost and saved; the seed's figures by default.
         retry: Retry bounds for provider calls.
         kv_timeout: Seconds a KV call may take before it counts as a miss (default 1 s).
-        upstream_timeout: Seconds one provider request may take.
+        upstream_timeout: Seconds one provider request may take (also capped by what is left of
+            ``retry.total_timeout``).
         single_flight: Whether identical concurrent requests share one computation.
         models: Model of each operation.
         openai_base_url: Direct OpenAI base (used without a gateway, or as the direct fallback).
@@ -358,7 +380,9 @@ class DualCache:
     ) -> UpstreamResult:
         record = CallRecord()
         cache_key = (
-            gateway_cache_key(op.value, provider.value, path, payload) if policy.gateway is GatewayMode.CACHE else None
+            gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id)
+            if policy.gateway is GatewayMode.CACHE
+            else None
         )
         try:
             result = await self._upstream.call(
@@ -703,7 +727,7 @@ class DualCache:
                     logger.warning("job_analysis: Workers AI failed (%s); falling back to OpenAI", exc)
             payload = {
                 "model": self.models.job_analysis_fallback,
-                "messages": msgs,
+                "messages": _with_json_instruction(msgs),
                 "temperature": 0.3,
                 "response_format": {"type": "json_object"},
             }
@@ -769,6 +793,7 @@ class DualCache:
             "max_tokens": max_tokens,
         }
         if json_output:
+            payload["messages"] = _with_json_instruction(msgs)
             payload["response_format"] = {"type": "json_object"}
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:

@@ -93,6 +93,8 @@ class DemoResult:
         emulator: The emulator's own counters (``control.stats()``).
         planned: Requests per operation the workload contained.
         days: Days replayed.
+        prices: The price table used, per operation.
+        scale: Fraction of the seed's daily volume replayed (the seed's estimates are scaled alike).
     """
 
     snapshot: dict[str, dict[str, Any]]
@@ -100,6 +102,7 @@ class DemoResult:
     planned: dict[str, int]
     days: int
     prices: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
 
 
 def _job_text(rng: random.Random) -> str:
@@ -379,7 +382,9 @@ def run_demo(
             snapshot = asyncio.run(replay(emu, workload, token=token, on_progress=on_progress))
             emulator_stats = emu.control.stats()
     prices = PriceTable().model_dump()
-    return DemoResult(snapshot=snapshot, emulator=emulator_stats, planned=planned, days=days, prices=prices)
+    return DemoResult(
+        snapshot=snapshot, emulator=emulator_stats, planned=planned, days=days, prices=prices, scale=scale
+    )
 
 
 def _show_plan(console: Any, project_dir: Path) -> None:
@@ -413,7 +418,7 @@ def render_tables(result: DemoResult) -> tuple[Any, Any]:
         cost.add_column(name, justify="left" if name == "operation" else "right")
     totals = Counter[str]()
     cost_without = cost_with = 0.0
-    d = result.days
+    d = result.days * result.scale  # the seed's figures are per day at full volume
     for op, c in result.snapshot.items():
         req = int(c["requests"])
         without, with_ = float(c["cost"]) + float(c["saved"]), float(c["cost"])

@@ -145,13 +145,15 @@ class RetryPolicy:
         max_attempts: Attempts per route, the first one included (>= 1).
         base_delay: First backoff in seconds; doubled after each attempt.
         max_delay: Cap of one backoff, and of a ``Retry-After`` we are willing to honour.
-        total_timeout: Seconds all attempts on one route may take, waits included.
+        total_timeout: Seconds all attempts on one route may take, waits included: each attempt's timeout
+            is cut to what is left, so one route never takes much longer than this (a call that falls
+            back from the gateway to the direct route may take twice this).
     """
 
     max_attempts: int = 3
     base_delay: float = 0.2
     max_delay: float = 5.0
-    total_timeout: float = 30.0
+    total_timeout: float = 90.0  # room for one full 60 s attempt (the default upstream_timeout) plus retries
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -436,15 +438,25 @@ class UpstreamClient:
         backend = f"{provider.value} ({route.value})"
         started = self._monotonic()
         attempt = 0
+        previous: BackendError | None = None
         while True:
             attempt += 1
+            # Each attempt gets what is left of the route's budget, so a slow upstream cannot stretch a call
+            # past RetryPolicy.total_timeout (decide_retry only bounds the waits between attempts).
+            budget = min(self.timeout, self.retry.total_timeout - (self._monotonic() - started))
+            if budget <= 0 and previous is not None:
+                raise previous  # the wait overran the budget (decide_retry leaves room, a late wake-up may not)
+            budget = max(budget, 0.001)
             record.attempts += 1
             response: httpx.Response | None = None
             error: BackendError
             try:
-                response = await self._client.post(url, json=payload, headers=headers, timeout=self.timeout)
-            except httpx.TimeoutException as exc:
-                error = BackendUnavailableError(f"{backend}: timed out after {self.timeout}s", backend=backend)
+                # asyncio.timeout bounds the whole attempt whatever the transport (httpx's own timeouts are
+                # per phase and are not applied by every transport, e.g. httpx.MockTransport).
+                async with asyncio.timeout(budget):
+                    response = await self._client.post(url, json=payload, headers=headers, timeout=budget)
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                error = BackendUnavailableError(f"{backend}: timed out after {budget:.3g}s", backend=backend)
                 error.__cause__ = exc
             except httpx.HTTPError as exc:
                 error = BackendUnavailableError(f"{backend}: {type(exc).__name__}: {exc}", backend=backend)
@@ -471,6 +483,7 @@ class UpstreamClient:
                     raise error
                 case RetryAction.RETRY:
                     logger.info("%s: attempt %d failed (%s); retrying in %.2fs", backend, attempt, status, delay)
+                    previous = error
                     await self._sleep(delay)
                 case _ as unreachable:
                     assert_never(unreachable)

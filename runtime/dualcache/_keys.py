@@ -29,6 +29,7 @@ __all__ = [
     "analysis_key",
     "canonical_json",
     "check_key",
+    "check_utf8",
     "embed_key",
     "escape_part",
     "gateway_cache_key",
@@ -65,7 +66,22 @@ def _require_id(name: str, value: object) -> str:
         raise InvalidInputError(f"{name} must be a non-empty string, got {type(value).__name__} {value!r}")
     if not value:
         raise InvalidInputError(f"{name} is empty; pass the non-empty id of the {name.removesuffix('_id')}")
+    check_utf8(name, value)
     return value
+
+
+def check_utf8(name: str, value: str) -> None:
+    """Raise when ``value`` cannot be encoded as UTF-8 (a lone surrogate), as keys and hashes need.
+
+    Raises:
+        InvalidInputError: names the argument and the offending position.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{name} is not valid Unicode text: lone surrogate {value[exc.start]!r} at index {exc.start}"
+        ) from None
 
 
 def embed_key(text: str) -> str:
@@ -103,6 +119,7 @@ def check_key(key: object) -> str:
         raise InvalidInputError(f"KV key must be a string, got {type(key).__name__} {key!r}")
     if key in ("", ".", ".."):
         raise InvalidInputError(f"KV key {key!r} is not allowed; a key cannot be empty, '.' or '..'")
+    check_utf8("KV key", key)
     size = len(key.encode("utf-8"))
     if size > KV_MAX_KEY_BYTES:
         raise InvalidInputError(
@@ -116,12 +133,18 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def gateway_cache_key(operation: str, provider: str, model: str, body: Any) -> str:
+def gateway_cache_key(operation: str, provider: str, model: str, body: Any, *, user_id: str | None = None) -> str:
     """Return the ``cf-aig-cache-key`` for a cacheable request.
 
     It hashes the operation, provider, model and the canonical JSON of the body, so two requests
     that differ only in the order of their JSON keys share a gateway entry (the gateway's default key
     hashes the raw body). The provider credential is not part of it: only content-addressed,
     non-user-scoped operations are gateway-cached by the default policies.
+
+    For a user-scoped call (``user_id`` given) the user id is hashed in too, so when a stack turns the
+    gateway cache on for such an operation, two users never share a gateway entry, even with identical
+    bodies (no cross-tenant reuse or cache-probing, peers §1 LiteLLM #29955). ``cf-aig-metadata``
+    cannot do this: it is not part of the gateway's cache key.
     """
-    return f"dualcache:{operation}:{sha256_hex(canonical_json([provider, model, body]))}"
+    parts: list[Any] = [provider, model, body] if user_id is None else [provider, model, body, user_id]
+    return f"dualcache:{operation}:{sha256_hex(canonical_json(parts))}"

@@ -209,7 +209,8 @@ def check_metadata(key: str, metadata: object) -> Any:
     if metadata is None:
         return None
     try:
-        size = len(json.dumps(metadata, separators=(",", ":")).encode("utf-8"))
+        # Measured as JSON.stringify writes it (UTF-8, not \u escapes), as the emulator and Workers do.
+        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"metadata for KV key {key!r} is not JSON-serializable: {exc}") from None
     if size > KV_MAX_METADATA_BYTES:
@@ -737,6 +738,16 @@ class KVStore:
         except BackendError:
             self.counts["errors"] += 1
             raise
+        except (InvalidInputError, UsageError):
+            raise
+        except Exception as exc:
+            # A backend (an injected one especially) may fail with anything: OSError, a driver error, ...
+            # Mapped here, at the one boundary, so callers (DualCache: "KV down is a miss") see a BackendError.
+            self.counts["errors"] += 1
+            raise BackendUnavailableError(
+                f"kv {self.binding} {op}: {self.backend.name} backend failed: {type(exc).__name__}: {exc}",
+                backend="kv",
+            ) from exc
 
     async def get(self, key: str) -> bytes | None:
         """Return the value of ``key`` as bytes, or ``None``."""

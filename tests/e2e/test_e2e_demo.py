@@ -69,3 +69,20 @@ def test_demo_command_prints_plan_and_tables(capsys: pytest.CaptureFixture[str])
 def test_demo_command_rejects_bad_days(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--days", "0", "--project-dir", str(PROJECT_DIR)]) == 1
     assert "--days 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_seed_estimates_follow_days_and_scale() -> None:
+    from rich.console import Console
+
+    from dualcache._demo import DemoResult, render_tables
+    from dualcache._stats import Stats
+
+    def seed_column(days: int, scale: float) -> str:
+        result = DemoResult(snapshot=Stats().snapshot(), emulator={}, planned={}, days=days, scale=scale)
+        console = Console(width=200, record=True)
+        console.print(render_tables(result)[1])
+        return console.export_text()
+
+    assert "6.00 -> 1.50-2.10" in seed_column(1, 1.0)  # job analysis, seed's per-day figures
+    assert "12.00 -> 3.00-4.20" in seed_column(2, 1.0)
+    assert "0.60 -> 0.15-0.21" in seed_column(1, 0.1)  # a tenth of the volume, a tenth of the estimate

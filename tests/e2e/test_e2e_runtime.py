@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -208,3 +210,75 @@ async def test_e2e_all_operations_and_namespaces(emu: Any) -> None:
         "@cf/meta/llama-3.3-70b-instruct-fp8-fast": 1,
         "gpt-4o": 1,
     }
+
+
+async def test_e2e_embed_many_250_texts_with_duplicates_exact_round_trips(emu: Any) -> None:
+    distinct = [f"job description {i}: data engineer, Kafka and Python" for i in range(220)]
+    batch = distinct + distinct[:15] + distinct[100:115]  # 250 texts, 30 duplicates
+    async with make_cache(emu) as cache:
+        await cache.embed_many(distinct[:30])  # 30 cached
+        emu.control.reset()
+        vectors = await cache.embed_many(batch)
+        assert vectors[220:235] == vectors[:15] and vectors[235:] == vectors[100:115]
+        assert len({tuple(v) for v in vectors}) == 220
+    stats = emu.control.stats()
+    assert stats["kv"]["bulk_get"] == 3  # 220 distinct keys, <= 100 a call
+    assert stats["kv"]["bulk_write"] == 1
+    assert stats["kv"]["get"] == 0 and stats["kv"]["put"] == 0
+    assert stats["upstream"] == {EMBED: 2}  # 190 distinct misses, <= 100 a call
+    assert stats["requests"] == 3 + 2 + 1  # nothing else reached the emulator
+
+
+async def test_e2e_user_scoped_gateway_cache_is_never_shared_across_users(emu: Any) -> None:
+    policies = Policies.with_overrides({"job_analysis": {"gateway": "cache", "gateway_ttl": 3600}})
+    async with make_cache(emu, policies=policies) as cache:
+        alice = await cache.analyze_job(user_id="alice", job_id="job-1", messages=MSGS)
+        await cache.analyze_job(user_id="bob", job_id="job-1", messages=MSGS)  # same body, other user
+        assert upstream(emu, LLAMA) == 2
+        assert emu.control.stats()["gateway"]["hits"] == 0
+        # The same user's identical request may reuse the gateway entry (after a KV loss here).
+        await cache.kv("JOB_ANALYSIS_CACHE").delete("analysis:alice:job-1")
+        assert await cache.analyze_job(user_id="alice", job_id="job-1", messages=MSGS) == alice
+        assert upstream(emu, LLAMA) == 2
+        assert emu.control.stats()["gateway"]["hits"] == 1
+        assert await cache.kv("JOB_ANALYSIS_CACHE").get_json("analysis:bob:job-1") is not None
+
+
+async def test_e2e_secrets_never_in_logs_or_errors(emu: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from dualcache import AuthenticationError
+
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore included
+    async with DualCache.from_outputs(
+        emu.outputs,
+        api_token="wrong-cf-secret",
+        gateway_token="gw-secret-value",
+        openai_api_key="sk-secret-value",
+        retry=FAST_RETRY,
+    ) as cache:
+        with pytest.raises(AuthenticationError) as info:
+            await cache.embed("text")  # KV refuses the token (a counted miss), then Workers AI does too
+        letter = await cache.generate_application(messages=MSGS)
+        text = " ".join([str(info.value), repr(info.value), repr(cache), repr(letter), caplog.text])
+        assert cache.stats.snapshot()["embeddings"]["errors"] >= 1
+    assert caplog.text  # there were logs to search
+    for secret in ("wrong-cf-secret", "gw-secret-value", "sk-secret-value"):
+        assert secret not in text
+
+
+async def test_e2e_parse_resume_from_a_real_pdf(emu: Any) -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.multi_cell(0, 10, "Grace Hopper - Principal Engineer\nSkills: COBOL, compilers, Python")
+    async with make_cache(emu) as cache:
+        parsed = await cache.parse_resume(pdf=bytes(pdf.output()), user_id="user-7")
+        assert isinstance(parsed, dict) and parsed
+        snap = cache.stats.snapshot()["resume_parsing"]
+    assert (snap["requests"], snap["provider_calls"], snap["cost"]) == (1, 1, 0.01)
+    assert emu.control.stats()["upstream"] == {"@cf/meta/llama-3.3-70b-instruct-fp8-fast": 1}
+    (call,) = [r for r in emu.control.requests() if "/workers-ai/" in r["path"]]
+    assert "llama-3.3" in call["path"]
+    assert call["headers"]["cf-aig-skip-cache"] == "true" and call["headers"]["cf-aig-collect-log"] == "true"
+    assert json.loads(call["headers"]["cf-aig-metadata"]) == {"operation": "resume_parsing", "user_id": "user-7"}

@@ -607,3 +607,200 @@ async def test_embed_many_cancelled_leader_releases_its_keys(clock: FakeClock) -
         assert len(e.cache._flights) == 0
         e.cloud.delay = 0
         assert await e.cache.embed("slow") == FakeCloud.vector("slow")
+
+
+# -- audit additions: tenant isolation, exact batch round trips, single-flight edges, hard bounds -----
+
+
+async def test_gateway_cache_key_is_per_user_for_user_scoped_operations(clock: FakeClock) -> None:
+    # A stack that turns the gateway cache on for job analysis must still never share an entry across users.
+    policies = Policies.with_overrides({"job_analysis": {"gateway": "cache", "gateway_ttl": 3600}})
+    e = Env(clock, policies=policies)
+    async with e.cache:
+        await e.cache.analyze_job(user_id="alice", job_id="job-1", messages=MSGS)
+        await e.cache.analyze_job(user_id="bob", job_id="job-1", messages=MSGS)
+        await e.cache.analyze_job(user_id="alice", job_id="job-2", messages=MSGS)
+    alice1, bob1, alice2 = (r.headers["cf-aig-cache-key"] for r in e.cloud.requests)
+    assert alice1 != bob1
+    assert alice1 == alice2  # same user, same body: the gateway may reuse it
+    assert [r.headers["cf-aig-cache-ttl"] for r in e.cloud.requests] == ["3600"] * 3
+
+
+async def test_embed_many_250_texts_with_duplicates_exact_round_trips(env: Env) -> None:
+    distinct = [f"posting {i}: senior engineer, platform team" for i in range(220)]
+    await env.cache.embed_many(distinct[:30])  # 30 already cached
+    env.cloud.requests.clear()
+    store = env.cache.kv("EMBEDDINGS_CACHE")
+    store.counts.clear()
+    env.cache.stats.reset()
+    # 250 texts: the 220 distinct ones, then 30 repeats (15 of cached texts, 15 of misses), interleaved.
+    batch = list(distinct)
+    for i in range(15):
+        batch.insert(7 * i, distinct[i])  # cached
+        batch.insert(11 * i + 3, distinct[100 + i])  # a miss
+    assert len(batch) == 250
+    vectors = await env.cache.embed_many(batch)
+    assert vectors == [FakeCloud.vector(t) for t in batch]
+    assert store.counts["get_many"] == 3  # 220 distinct keys: 100 + 100 + 20
+    assert (store.counts["put_many"], store.counts["put"], store.counts["get"]) == (1, 0, 0)
+    sent = [json.loads(r.content)["text"] for r in env.cloud.requests]
+    assert [len(s) for s in sent] == [100, 90]  # 190 distinct misses, each sent once
+    assert sorted(t for s in sent for t in s) == sorted(distinct[30:])
+    assert len(env.backends[Namespace.EMBEDDINGS_CACHE]._data) == 220
+    snap = env.snap("embeddings")
+    assert (snap["requests"], snap["kv_hits"], snap["provider_calls"], snap["coalesced"]) == (250, 45, 190, 15)
+    assert snap["upstream_requests"] == 2
+    assert snap["cost"] == pytest.approx(0.190) and snap["saved"] == pytest.approx(0.060)
+
+
+async def test_single_flight_cancelled_leader_does_not_cancel_joiners(clock: FakeClock) -> None:
+    e = Env(clock, delay=0.1)
+    async with e.cache:
+        leader = asyncio.create_task(e.cache.embed("shared text"))
+        await asyncio.sleep(0.02)
+        joiner = asyncio.create_task(e.cache.embed("shared text"))
+        await asyncio.sleep(0.02)
+        leader.cancel()
+        assert await joiner == FakeCloud.vector("shared text")
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert len(e.cloud.requests) == 1
+        assert e.cache.kv("EMBEDDINGS_CACHE").counts["put"] == 1
+        assert len(e.cache._flights) == 0
+
+
+async def test_single_flight_batch_failure_reaches_single_joiners(clock: FakeClock) -> None:
+    from dualcache import BackendError
+
+    e = Env(clock, delay=0.05, retry=RetryPolicy(max_attempts=1))
+    e.cloud.always_fail = {"gateway": 400}
+    async with e.cache:
+
+        async def late_embed() -> list[float]:
+            await asyncio.sleep(0.01)
+            return await e.cache.embed("a")
+
+        batch, single = await asyncio.gather(e.cache.embed_many(["a", "b"]), late_embed(), return_exceptions=True)
+        assert isinstance(batch, BackendError) and batch.status_code == 400
+        assert single is batch  # the joiner gets the leader's error, not a second request
+        assert len(e.cloud.requests) == 1
+        snap = e.snap("embeddings")
+        assert (snap["failures"], snap["provider_calls"]) == (3, 0)
+        e.cloud.always_fail = {}
+        assert await e.cache.embed("a") == FakeCloud.vector("a")
+
+
+class _CrashingKV(MemoryKVBackend):
+    """A backend failing with a foreign exception, as an injected backend may."""
+
+    async def get(self, key: str) -> bytes | None:
+        raise OSError("disk on fire")
+
+    async def get_many(self, keys: Any) -> dict[str, bytes]:
+        raise OSError("disk on fire")
+
+    async def put(self, entry: Any) -> None:
+        raise OSError("disk on fire")
+
+
+async def test_kv_foreign_exception_is_a_counted_miss(clock: FakeClock) -> None:
+    e = Env(clock, backend=_CrashingKV())
+    async with e.cache:
+        assert await e.cache.embed("t") == FakeCloud.vector("t")
+        assert await e.cache.embed_many(["t", "u"]) == [FakeCloud.vector("t"), FakeCloud.vector("u")]
+        snap = e.snap("embeddings")
+        assert (snap["errors"], snap["failures"], snap["provider_calls"]) == (2, 0, 3)
+
+
+async def test_kv_write_failure_alone_never_fails_the_call(clock: FakeClock) -> None:
+    backend = _BrokenKV(read=False, write=True)
+    e = Env(clock, backend=backend)
+    async with e.cache:
+        assert await e.cache.detect_spam(job_id="j", messages=MSGS) == await e.cache.detect_spam(
+            job_id="j", messages=MSGS
+        )
+        snap = e.snap("spam_detection")
+        assert (snap["requests"], snap["provider_calls"], snap["errors"], snap["failures"]) == (2, 2, 2, 0)
+
+
+async def test_retries_are_bounded_in_total_time_even_with_a_slow_upstream(clock: FakeClock) -> None:
+    policies = Policies.with_overrides({"embeddings": {"direct_fallback": False}})
+    retry = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=1.0, total_timeout=0.2)
+    e = Env(clock, delay=5.0, retry=retry, policies=policies, upstream_timeout=60.0, real_sleep=True)
+    async with e.cache:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailableError, match="timed out"):
+            await e.cache.embed("t")
+        elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 1.0  # not 5 attempts x 60 s: the budget cuts the attempt itself
+    assert len(e.cloud.requests) == 1
+
+
+async def test_unknown_operation_is_invalid_input(env: Env) -> None:
+    with pytest.raises(InvalidInputError, match="unknown operation 'chat'.*embeddings"):
+        env.cache.policies.for_operation("chat")
+    assert env.cloud.requests == []
+
+
+async def test_secrets_not_in_error_messages(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    from dualcache import AuthenticationError
+
+    caplog.set_level(logging.DEBUG)
+    e = Env(clock, gateway_token="gw-secret-token")
+    e.cloud.always_fail = {"gateway": 401}
+    async with e.cache:
+        with pytest.raises(AuthenticationError) as info:
+            await e.cache.generate_application(messages=MSGS)
+    text = f"{info.value} {info.value!r} {info.value.__cause__!r} {caplog.text}"
+    for secret in ("cf-secret-token", "sk-secret-key", "gw-secret-token"):
+        assert secret not in text
+    assert "HTTP 401" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda c: c.embed("ok \ud800 text"), id="embed"),
+        pytest.param(lambda c: c.embed_many(["fine", "bad \udfff"]), id="embed-many"),
+        pytest.param(lambda c: c.analyze_job(user_id="u\ud800", job_id="j", messages=MSGS), id="user-id"),
+        pytest.param(lambda c: c.detect_spam(job_id="\udc80", messages=MSGS), id="job-id"),
+        pytest.param(lambda c: c.kv("SESSIONS").put("k\ud800", "v"), id="kv-key"),
+    ],
+)
+async def test_lone_surrogates_are_invalid_input_before_any_request(env: Env, call: Callable[[DualCache], Any]) -> None:
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        await call(env.cache)
+    assert env.cloud.requests == []
+    assert all(sum(s.counts.values()) == 0 for s in env.cache._stores.values())
+
+
+async def test_openai_json_mode_always_has_a_json_instruction(env: Env) -> None:
+    # OpenAI answers 400 to response_format json_object when no message mentions JSON.
+    await env.cache.generate_application(messages=MSGS)
+    asked = [{"role": "system", "content": "Answer in JSON, please."}, *MSGS]
+    await env.cache.generate_application(messages=asked)
+    await env.cache.generate_application(messages=MSGS, json_output=False)
+    first, second, text = (json.loads(r.content)["messages"] for r in env.cloud.requests)
+    assert first == [{"role": "system", "content": "Answer with one JSON object."}, *MSGS]
+    assert second == asked and text == MSGS
+    env.cloud.requests.clear()
+    env.cloud.fail("gateway", 400)  # Workers AI fails (not retried), so OpenAI answers the analysis
+    await env.cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+    fallback = json.loads(env.cloud.requests[-1].content)
+    assert fallback["model"] == "gpt-4o-mini" and "JSON" in fallback["messages"][0]["content"]
+
+
+async def test_single_flight_analyses_fold_per_user_never_across_users(clock: FakeClock) -> None:
+    e = Env(clock, delay=0.02)
+    async with e.cache:
+        calls = [
+            e.cache.analyze_job(user_id=u, job_id="job", messages=MSGS) for u in ("alice", "bob") for _ in range(5)
+        ]
+        results = await asyncio.gather(*calls)
+        assert len(e.cloud.requests) == 2  # one per user, not one per call and never one for both
+        assert [r["echo"] for r in results] == [MSGS[-1]["content"]] * 10
+        results[0]["mutated"] = True  # each caller owns its answer
+        assert all("mutated" not in r for r in results[1:])
+        assert e.cache.kv("JOB_ANALYSIS_CACHE").counts["put"] == 2
+        snap = e.snap("job_analysis")
+        assert (snap["requests"], snap["provider_calls"], snap["coalesced"]) == (10, 2, 8)

@@ -108,3 +108,14 @@ def test_gateway_cache_key_ignores_json_key_order() -> None:
     assert a == b
     assert a != gateway_cache_key("embeddings", "workers-ai", "other-model", {"text": "t", "x": {"b": 1, "a": 2}})
     assert a.startswith("dualcache:embeddings:")
+
+
+@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_gateway_cache_key_separates_users_and_unscoped_calls(u1: str, u2: str) -> None:
+    body = {"messages": [{"role": "user", "content": "same job, same resume"}]}
+    k1 = gateway_cache_key("job_analysis", "workers-ai", "m", body, user_id=u1)
+    k2 = gateway_cache_key("job_analysis", "workers-ai", "m", body, user_id=u2)
+    assert (k1 == k2) == (u1 == u2)
+    assert k1 != gateway_cache_key("job_analysis", "workers-ai", "m", body)
+    assert len(k1.encode()) <= KV_MAX_KEY_BYTES
