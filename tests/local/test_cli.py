@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from dualcache import ConfigError, Namespace, StackOutputs
-from dualcache.local._cli import register, run_dev
+from dualcache.local import Emulator
+from dualcache.local._cli import _without_userinfo, register, run_dev
+from dualcache.local._server import connect_host, is_loopback
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("dualcache")
 
@@ -96,7 +98,16 @@ def test_cli_dev_data_survives_a_restart_with_the_same_namespace_ids(tmp_path: P
 
 
 def test_cli_dev_requires_the_token_it_was_given(tmp_path: Path, project_dir: Path) -> None:
-    process, outputs = start([sys.executable, "-m", "dualcache.local"], tmp_path, project_dir, "--token", "dev-tok")
+    upstream = "http://user:pw-secret@127.0.0.1:9/v1"
+    process, outputs = start(
+        [sys.executable, "-m", "dualcache.local"],
+        tmp_path,
+        project_dir,
+        "--token",
+        "dev-tok",
+        "--openai-upstream",
+        upstream,
+    )
     try:
         url = f"{outputs.api_base_url}/accounts/{outputs.account_id}/storage/kv/namespaces"
         assert httpx.get(url).status_code == 401
@@ -106,6 +117,8 @@ def test_cli_dev_requires_the_token_it_was_given(tmp_path: Path, project_dir: Pa
         stdout, _ = process.communicate(timeout=20)
     assert "dev-tok" not in stdout
     assert "Bearer token required" in stdout
+    assert "pw-secret" not in stdout
+    assert "openai/* forwarded to http://***@127.0.0.1:9/v1" in stdout
 
 
 def _args(tmp_path: Path, project_dir: Path, *argv: str) -> argparse.Namespace:
@@ -126,3 +139,56 @@ def _args(tmp_path: Path, project_dir: Path, *argv: str) -> argparse.Namespace:
 def test_cli_dev_rejects_bad_arguments(tmp_path: Path, project_dir: Path, argv: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         run_dev(_args(tmp_path, project_dir, *argv))
+
+
+def test_cli_dev_reports_an_occupied_port_and_writes_nothing(tmp_path: Path, project_dir: Path) -> None:
+    with Emulator(project_dir=project_dir, data_dir=tmp_path / "first") as first:  # another emulator holds it
+        port = int(first.url.rsplit(":", 1)[1])
+        data = tmp_path / "second"
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["dev", "--port", str(port), "--data", str(data), "--project-dir", str(project_dir)])
+        with pytest.raises(ConfigError) as info:
+            run_dev(args)
+    message = str(info.value)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in message
+    assert "port 0 takes a free one" in message
+    assert not data.exists()
+
+
+def test_cli_dev_defaults_to_loopback_and_the_environment_token(
+    tmp_path: Path, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUALCACHE_DEV_TOKEN", "from-env")
+    args = _args(tmp_path, project_dir)
+    assert (args.host, args.port, args.token, args.stack) == ("127.0.0.1", 8787, "from-env", "dev")
+    assert _args(tmp_path, project_dir, "--token", "explicit").token == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback", "connect"),
+    [
+        pytest.param("127.0.0.1", True, "127.0.0.1", id="ipv4-loopback"),
+        pytest.param("::1", True, "[::1]", id="ipv6-loopback"),
+        pytest.param("localhost", True, "localhost", id="localhost"),
+        pytest.param("0.0.0.0", False, "127.0.0.1", id="ipv4-wildcard"),
+        pytest.param("::", False, "[::1]", id="ipv6-wildcard"),
+        pytest.param("192.0.2.5", False, "192.0.2.5", id="lan-address"),
+        pytest.param("devbox.example", False, "devbox.example", id="host-name"),
+    ],
+)
+def test_cli_dev_host_helpers(host: str, loopback: bool, connect: str) -> None:
+    assert is_loopback(host) is loopback
+    assert connect_host(host) == connect
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        pytest.param("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/v1", id="plain"),
+        pytest.param("http://user:pw@127.0.0.1:11434/v1", "http://***@127.0.0.1:11434/v1", id="user-password"),
+        pytest.param("https://key@llm.example/v1", "https://***@llm.example/v1", id="user-only"),
+    ],
+)
+def test_cli_dev_prints_upstream_without_credentials(url: str, printed: str) -> None:
+    assert _without_userinfo(url) == printed

@@ -45,7 +45,13 @@ def test_control_requests_are_listed_oldest_first_redacted_and_control_calls_exc
     assert listed[1]["headers"]["cf-aig-cache-ttl"] == "60"
     assert all(name == name.lower() for r in listed for name in r["headers"])
     assert "s3cret" not in str(listed) and "t0ken" not in str(listed)
-    assert emu.control.stats()["requests"] == 2
+    client.get(
+        f"/client/v4/accounts/{o.account_id}/storage/kv/namespaces",
+        headers={"Authorization": "tok-no-scheme", "Cookie": "session=c00kie; theme=dark", "x-api-key": "sk k3y"},
+    )
+    last = emu.control.requests()[-1]["headers"]
+    assert (last["authorization"], last["cookie"], last["x-api-key"]) == ("<redacted>",) * 3
+    assert emu.control.stats()["requests"] == 3
     kv = f"/client/v4/accounts/{o.account_id}/storage/kv/namespaces/{o.namespaces[Namespace.SESSIONS]}/values/a%3Ab%2Fc"
     emu.control.reset()
     client.get(kv, headers={"Authorization": "Bearer s3cret"})
@@ -152,12 +158,33 @@ def test_fault_upstream_provider_fails_only_that_provider(client: httpx.Client, 
     assert emu.control.stats()["faults"]["upstream"] == 1
 
 
-def test_fault_latency_delays_the_answer(kv: KVNamespace, emu: Emulator) -> None:
+@pytest.mark.parametrize("target", [pytest.param(t, id=t) for t in ("kv", "gateway", "upstream")])
+def test_fault_latency_delays_the_answer_of_each_target(
+    kv: KVNamespace, client: httpx.Client, emu: Emulator, target: str
+) -> None:
     kv.put("k", b"v")
-    emu.control.set_faults({"kv": {"latency_ms": 200}})
-    start = time.perf_counter()
-    assert kv.get("k").status_code == 200
-    assert time.perf_counter() - start >= 0.2
+    o = emu.outputs
+    gateway_url = f"/v1/{o.account_id}/{o.gateway_id}/{BGE}"
+    emu.control.set_faults({target: {"latency_ms": 200}})
+    timings = {}
+    for name, send in (
+        ("kv", lambda: kv.get("k")),
+        ("gateway", lambda: client.post(gateway_url, json={"text": "latency"}, headers={"cf-aig-skip-cache": "true"})),
+    ):
+        start = time.perf_counter()
+        assert send().status_code == 200
+        timings[name] = time.perf_counter() - start
+    delayed = {"kv": ["kv"], "gateway": ["gateway"], "upstream": ["gateway"]}[target]
+    for name, seconds in timings.items():
+        assert (seconds >= 0.2) is (name in delayed), (name, seconds)
+    assert emu.control.stats()["faults"] == {"kv": 0, "gateway": 0, "upstream": 0}  # a delay is not an error
+
+
+def test_faults_empty_object_clears_every_target(emu: Emulator) -> None:
+    emu.control.set_faults({"kv": {"error_rate": 1.0}, "upstream": {"latency_ms": 5, "provider": "openai"}})
+    assert set(emu.control.faults()) == {"kv", "upstream"}
+    assert emu.control.set_faults({}) == {}
+    assert emu.control.faults() == {}
 
 
 def test_fault_timeout_makes_the_client_time_out(kv: KVNamespace, emu: Emulator) -> None:

@@ -110,14 +110,20 @@ def test_emulator_token_guards_every_api_request(
     o = emu.outputs
     ns = o.namespace_id(Namespace.SESSIONS)
     with httpx.Client(headers=headers) as client:
-        urls = [
-            f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces",
-            f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces/{ns}/keys",
-            f"{o.api_base_url}/accounts/{o.account_id}/ai-gateway/gateways",
+        kv = f"{o.api_base_url}/accounts/{o.account_id}/storage/kv/namespaces"
+        calls = [
+            ("GET", kv, None),
+            ("GET", f"{kv}/{ns}/keys", None),
+            ("PUT", f"{kv}/{ns}/values/guarded", b"v"),
+            ("GET", f"{kv}/{ns}/metadata/guarded", None),
+            ("POST", f"{kv}/{ns}/bulk/get", b'{"keys": ["guarded"]}'),
+            ("DELETE", f"{kv}/{ns}/values/guarded", None),
+            ("GET", f"{o.api_base_url}/accounts/{o.account_id}/ai-gateway/gateways", None),
+            ("GET", f"{o.api_base_url}/accounts/{o.account_id}/ai-gateway/gateways/{o.gateway_id}", None),
         ]
-        for url in urls:
-            r = client.get(url)
-            assert r.status_code == status, url
+        for method, url, content in calls:
+            r = client.request(method, url, content=content)
+            assert r.status_code == status, (method, url, r.text)
             if status != 200:
                 assert r.json()["errors"][0]["code"] == 10000
         run = client.post(f"{o.api_base_url}/accounts/{o.account_id}/ai/run/{BGE}", json={"text": "x"})
@@ -126,7 +132,8 @@ def test_emulator_token_guards_every_api_request(
             f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/workers-ai/{BGE}", json={"text": "x"}
         )
         assert (via_gateway.status_code == 200) == (status == 200)
-    assert emu.control.stats()["api"]["unauthorized"] == (0 if status == 200 else 5)
+    assert emu.control.stats()["api"]["unauthorized"] == (0 if status == 200 else 10)
+    assert emu.control.stats()["kv"]["put"] == (1 if status == 200 else 0)
 
 
 async def test_create_app_serves_over_asgi_transport(tmp_path: Path, dev_config: StackConfig) -> None:
@@ -201,3 +208,16 @@ def test_local_package_rejects_unknown_attributes() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         _ = dualcache.local.NoSuchThing  # type: ignore[attr-defined]
     assert "Emulator" in dir(dualcache.local)
+
+
+def test_emulator_on_an_occupied_port_is_a_config_error_before_any_state(
+    shared_emulator: Emulator, project_dir: Path, tmp_path: Path
+) -> None:
+    from dualcache import ConfigError
+
+    port = int(shared_emulator.url.rsplit(":", 1)[1])
+    second = Emulator(project_dir=project_dir, data_dir=tmp_path / "second", port=port)
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+        second.start()
+    assert not (tmp_path / "second").exists()
+    assert httpx.get(f"{shared_emulator.url}/__emulator/stats").status_code == 200  # the first one is unharmed

@@ -14,6 +14,8 @@ from dualcache.local import Emulator
 from tests.local.helpers import Gateways, error_codes
 
 BGE = "workers-ai/@cf/baai/bge-base-en-v1.5"
+LLAMA_8B = "@cf/meta/llama-3.1-8b-instruct"
+LLAMA_70B = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
@@ -135,12 +137,19 @@ def test_gateway_cache_miss_then_hit_with_ttl_header(client: httpx.Client, gatew
 
 
 def test_gateway_cache_key_covers_body_path_and_provider_auth(client: httpx.Client, gateways: Gateways) -> None:
-    url = gateways.url(gateways.create(cache_ttl=600), BGE)
+    gateway_id = gateways.create(cache_ttl=600)
+    url = gateways.url(gateway_id, BGE)
     base = embed(client, url, "a", authorization="Bearer one")
     other_body = embed(client, url, "b", authorization="Bearer one")
     other_auth = embed(client, url, "a", authorization="Bearer two")
     again = embed(client, url, "a", authorization="Bearer one")
     assert statuses([base, other_body, other_auth, again]) == ["MISS", "MISS", "MISS", "HIT"]
+    # The same body to two model paths: two entries, each then a hit.
+    prompt = {"prompt": "same prompt"}
+    paths = [gateways.url(gateway_id, f"workers-ai/{m}") for m in (LLAMA_8B, LLAMA_70B, LLAMA_8B, LLAMA_70B)]
+    answers = [client.post(u, json=prompt) for u in paths]
+    assert statuses(answers) == ["MISS", "MISS", "HIT", "HIT"]
+    assert answers[0].json() != answers[1].json()
 
 
 def test_gateway_custom_cache_key_overrides_the_default_key(client: httpx.Client, gateways: Gateways) -> None:
@@ -226,11 +235,17 @@ def test_gateway_concurrent_identical_misses_both_go_upstream(
     client: httpx.Client, gateways: Gateways, emu: Emulator
 ) -> None:
     url = gateways.url(gateways.create(cache_ttl=600), BGE)
+    # 300 ms upstream latency and a barrier: both requests are in the gateway, past its cache lookup,
+    # before either answer is stored. A gateway that coalesced (or served them one after the other) would
+    # show one upstream call and a HIT.
     emu.control.set_faults({"upstream": {"latency_ms": 300}})
     results: list[httpx.Response] = []
+    barrier = threading.Barrier(2)
 
     def call() -> None:
         with httpx.Client(base_url=emu.url, timeout=10) as own:
+            own.get("/__emulator/clock")  # connect first, so the barrier releases two ready clients
+            barrier.wait()
             results.append(embed(own, url, "same"))
 
     threads = [threading.Thread(target=call) for _ in range(2)]
@@ -241,6 +256,8 @@ def test_gateway_concurrent_identical_misses_both_go_upstream(
     emu.control.clear_faults()
     assert statuses(results) == ["MISS", "MISS"]
     assert emu.control.stats()["upstream"]["@cf/baai/bge-base-en-v1.5"] == 2
+    times = [r["time"] for r in emu.control.requests() if r["path"].endswith("bge-base-en-v1.5")]
+    assert len(times) == 2 and abs(times[0] - times[1]) < 0.3  # the second arrived while the first waited
     assert statuses([embed(client, url, "same")]) == ["HIT"]
 
 

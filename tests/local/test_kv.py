@@ -120,6 +120,8 @@ def test_kv_absolute_expiration_and_ttl_precedence(kv: KVNamespace, emu: Emulato
         pytest.param({"expiration_ttl": "soon"}, "not a number", id="ttl-not-number"),
         pytest.param({"expiration_ttl": 60.5}, "not an integer", id="ttl-fraction"),
         pytest.param({"expiration": 1}, "Invalid expiration of 1", id="expiration-in-past"),
+        pytest.param({"expiration_ttl": 10**22}, "before 253402300799", id="ttl-beyond-year-9999"),
+        pytest.param({"expiration": 10**15}, "before 253402300799", id="expiration-beyond-year-9999"),
     ],
 )
 def test_kv_put_rejects_bad_expirations_with_400(kv: KVNamespace, params: dict[str, object], fragment: str) -> None:
@@ -172,6 +174,18 @@ def test_kv_rejects_metadata_over_1024_bytes(kv: KVNamespace) -> None:
     assert "1025 bytes" in r.json()["errors"][0]["message"]
     ok = json.dumps({"p": "x" * 1016})
     assert kv.client.put(kv.value_url("m"), files={"value": (None, b"v"), "metadata": (None, ok)}).status_code == 200
+
+
+def test_kv_metadata_limit_counts_utf8_bytes_not_ascii_escapes(kv: KVNamespace) -> None:
+    # {"p":"é…"} is 8 + 2n bytes as JSON.stringify writes it (é is 2 UTF-8 bytes; as \u00e9 it would be 6).
+    fits = json.dumps({"p": "é" * 508}, ensure_ascii=False)
+    r = kv.client.put(kv.value_url("m"), files={"value": (None, b"v"), "metadata": (None, fits.encode())})
+    assert r.status_code == 200, r.text
+    assert kv.client.get(f"{kv.base}/metadata/m").json()["result"] == {"p": "é" * 508}
+    too_big = json.dumps({"p": "é" * 509})
+    r = kv.client.put(kv.value_url("m"), files={"value": (None, b"v"), "metadata": (None, too_big)})
+    assert r.status_code == 400
+    assert "1026 bytes" in r.json()["errors"][0]["message"]
 
 
 def test_kv_rejects_metadata_that_is_not_json(kv: KVNamespace) -> None:
@@ -254,6 +268,23 @@ def test_kv_bulk_write_with_base64_metadata_and_ttl(kv: KVNamespace) -> None:
 def test_kv_bulk_write_rejects_invalid_requests_without_writing(kv: KVNamespace, body: object, fragment: str) -> None:
     r = kv.client.put(f"{kv.base}/bulk", json=body)
     assert r.status_code == 400
+    assert fragment in r.json()["errors"][0]["message"]
+    assert kv.get("k").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        pytest.param(b'[{"key": "k", "value": "v", "expiration_ttl": 1e400}]', "expiration_ttl inf", id="ttl-infinite"),
+        pytest.param(b'[{"key": "k", "value": "v", "expiration": NaN}]', "expiration nan", id="expiration-nan"),
+        pytest.param(b'[{"key": "k", "value": "v", "expiration_ttl": 90.5}]', "must be an integer", id="ttl-fraction"),
+        pytest.param(b'[{"key": "k", "value": "v", "metadata": NaN}]', "NaN or Infinity", id="metadata-nan"),
+    ],
+)
+def test_kv_bulk_write_rejects_non_finite_numbers_with_400(kv: KVNamespace, raw: bytes, fragment: str) -> None:
+    # Python's json (and so the emulator) reads NaN / 1e400; they must be a 400 naming the value, never a 500.
+    r = kv.client.put(f"{kv.base}/bulk", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
     assert fragment in r.json()["errors"][0]["message"]
     assert kv.get("k").status_code == 404
 

@@ -6,9 +6,13 @@ import base64
 import json
 import math
 import struct
+from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 import httpx
+import pydantic
 import pytest
 
 from dualcache.local import Emulator
@@ -38,6 +42,41 @@ def test_embed_similar_texts_are_closer_than_unrelated() -> None:
     unrelated = embed("Pastry chef for a French bakery, early shifts", 768)
     assert cosine(job, resume) > cosine(job, unrelated) + 0.2
     assert cosine(job, job) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "similar", "unrelated"),
+    [
+        pytest.param(
+            "Senior Python developer", "python developer (senior)", "Registered nurse, night shifts", id="job"
+        ),
+        pytest.param(
+            "Remote React frontend engineer",
+            "Frontend engineer, React, remote",
+            "Warehouse forklift operator",
+            id="order",
+        ),
+        pytest.param(
+            "machine learning engineer",
+            "ML engineer working on machine learning models",
+            "truck driver with a CDL license",
+            id="extra-words",
+        ),
+        pytest.param("data scientist", "data science", "plumber", id="shared-stem"),
+        pytest.param("The cat sat on the mat", "A cat was sitting on a mat", "Quarterly revenue grew", id="paraphrase"),
+    ],
+)
+def test_bge_over_http_similar_texts_are_closer_than_unrelated(
+    client: httpx.Client, emu: Emulator, text: str, similar: str, unrelated: str
+) -> None:
+    o = emu.outputs
+    r = client.post(f"/v1/{o.account_id}/{o.gateway_id}/workers-ai/{BGE}", json={"text": [text, similar, unrelated]})
+    base, near, far = r.json()["result"]["data"]
+    for v in (base, near, far):
+        assert len(v) == 768
+        assert math.sqrt(sum(x * x for x in v)) == pytest.approx(1.0)
+    assert cosine(base, near) > cosine(base, far) + 0.2
+    assert abs(cosine(base, far)) < 0.15
 
 
 def test_embed_handles_text_without_word_characters() -> None:
@@ -83,6 +122,61 @@ def test_instance_of_schema_satisfies_types_bounds_enums_and_nesting() -> None:
     assert isinstance(value["nested"]["note"], str) and len(value["nested"]["note"]) <= 5
     assert value["fixed"] == 7
     assert instance_of_schema(schema, b"seed") == value
+
+
+class _Level(StrEnum):
+    JUNIOR = "junior"
+    SENIOR = "senior"
+
+
+class _Skill(pydantic.BaseModel):
+    name: str
+    years: int = pydantic.Field(ge=0, le=40)
+
+
+class _Node(pydantic.BaseModel):
+    label: str
+    children: list[_Node]
+
+
+class _Analysis(pydantic.BaseModel):
+    score: int = pydantic.Field(gt=0, le=100)
+    ratio: float = pydantic.Field(gt=0, lt=1)
+    level: _Level
+    skills: list[_Skill]
+    reviewed_at: datetime
+    day: date
+    id: UUID
+    contact: str = pydantic.Field(json_schema_extra={"format": "email"})
+    note: str | None
+    tree: _Node
+
+
+@pytest.mark.parametrize("seed", [pytest.param(bytes([i]), id=f"seed-{i}") for i in range(0, 250, 25)])
+def test_instance_of_schema_follows_refs_formats_and_exclusive_bounds(seed: bytes) -> None:
+    # The schemas the openai SDK (strict) and pydantic produce: $defs/$ref, enums, dates, recursion.
+    from openai.lib._pydantic import to_strict_json_schema
+
+    for schema in (to_strict_json_schema(_Analysis), _Analysis.model_json_schema()):
+        value = _Analysis.model_validate(instance_of_schema(schema, seed))
+        assert 0 < value.score <= 100 and 0 < value.ratio < 1
+        assert value.contact.endswith("@example.com")
+        assert all(child.children == [] for child in value.tree.children)
+
+
+@pytest.mark.parametrize(
+    ("schema", "check"),
+    [
+        pytest.param({"type": "string", "minLength": 10**9}, lambda v: len(v) == 10_000, id="huge-min-length"),
+        pytest.param({"type": "array", "minItems": 10**9}, lambda v: len(v) == 100, id="huge-min-items"),
+        pytest.param({"type": "integer", "minimum": "ten"}, lambda v: 0 <= v <= 100, id="non-numeric-bound"),
+        pytest.param({"type": "number", "maximum": float("nan")}, lambda v: 0 <= v <= 100, id="nan-bound"),
+        pytest.param({"$ref": "#/$defs/Missing"}, lambda v: isinstance(v, str), id="dangling-ref"),
+    ],
+)
+def test_instance_of_schema_caps_sizes_and_ignores_malformed_keywords(schema: dict[str, Any], check: Any) -> None:
+    # A request's schema must not make the emulator build a gigabyte string or crash on a bad bound.
+    assert check(instance_of_schema(schema, b"seed"))
 
 
 # -- Workers AI over HTTP -------------------------------------------------------------------------------
@@ -216,7 +310,11 @@ def test_openai_chat_completion_shape(client: httpx.Client, emu: Emulator) -> No
 def test_openai_json_response_format_gives_json_string_content(
     client: httpx.Client, emu: Emulator, response_format: dict[str, Any]
 ) -> None:
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "response_format": response_format}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "answer in JSON"}],
+        "response_format": response_format,
+    }
     content = openai_post(client, emu, "chat/completions", body).json()["choices"][0]["message"]["content"]
     parsed = json.loads(content)
     assert isinstance(parsed, dict)
@@ -263,6 +361,17 @@ def test_openai_embeddings_float_and_base64(client: httpx.Client, emu: Emulator)
             id="too-many-dimensions",
         ),
         pytest.param("audio/speech", {"model": "tts-1"}, 404, "unknown_url", id="unserved-path"),
+        pytest.param(
+            "chat/completions",
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
+            400,
+            None,
+            id="json-object-without-the-word-json",
+        ),
     ],
 )
 def test_openai_errors_have_openais_shape(

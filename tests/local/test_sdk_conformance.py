@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Literal
 
 import cloudflare
 import openai
+import pydantic
 import pytest
 
 from dualcache import Namespace
@@ -122,6 +124,28 @@ def test_sdk_openai_json_response_format(oai: openai.OpenAI) -> None:
     content = completion.choices[0].message.content
     assert content is not None
     assert 0 <= json.loads(content)["score"] <= 100
+
+
+class _Skill(pydantic.BaseModel):
+    name: str
+    years: int
+
+
+class _Match(pydantic.BaseModel):
+    score: int = pydantic.Field(ge=0, le=100)
+    verdict: Literal["apply", "skip"]
+    skills: list[_Skill]
+
+
+def test_sdk_openai_structured_output_parses_into_a_pydantic_model(oai: openai.OpenAI) -> None:
+    # The SDK sends a strict json_schema with $defs/$ref and validates the answer against the model.
+    completion = oai.chat.completions.parse(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Match this resume"}], response_format=_Match
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, _Match)
+    assert 0 <= parsed.score <= 100 and parsed.verdict in ("apply", "skip")
+    assert parsed.skills and all(isinstance(s, _Skill) for s in parsed.skills)
 
 
 def test_sdk_openai_embeddings_miss_then_hit(oai: openai.OpenAI, emu: Emulator) -> None:

@@ -50,6 +50,15 @@ async def test_kvstore_overwrite_replaces_value_and_metadata(kv_case: KVCase) ->
     assert await s.get_with_metadata("k") == (b"v2", {"n": 2})
 
 
+async def test_kvstore_metadata_limit_counts_utf8_bytes_not_ascii_escapes(kv_case: KVCase) -> None:
+    # 500 x "é" is 1,000 bytes of UTF-8 (+ 8 for {"m":""}): within 1,024, although its \u escapes are not.
+    s = kv_case.store
+    await s.put("k", "v", metadata={"m": "é" * 500})
+    assert await s.get_with_metadata("k") == (b"v", {"m": "é" * 500})
+    with pytest.raises(InvalidInputError, match="1024 bytes"):
+        await s.put("k", "v", metadata={"m": "é" * 509})
+
+
 async def test_kvstore_ttl_expires_when_the_clock_moves(kv_case: KVCase) -> None:
     s = kv_case.store
     await s.put("short", "v", ttl=60)

@@ -56,6 +56,8 @@ BULK_BODY_MAX_BYTES = 100 * 1000 * 1000
 LIST_LIMIT_MAX = 1000
 EMBED_BATCH_MAX = 100
 CACHEABLE_REQUEST_MAX_BYTES = 25 * 1000 * 1000
+MAX_EXPIRATION = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest expiration the emulator stores."""
 CUSTOM_KEY_DEFAULT_TTL = 300
 """``cf-aig-cache-key`` on a gateway with caching off caches for 5 minutes (facts §2.2)."""
 TIMEOUT_FAULT_SECONDS = 30.0
@@ -78,7 +80,10 @@ WAI_NO_SUCH_MODEL = 5007
 WAI_INCOMPLETE = 3003
 WAI_INVALID_DATA = 5004
 
-_REDACTED_HEADERS = frozenset({"authorization", "cf-aig-authorization", "x-auth-key", "api-key", "x-api-key"})
+_REDACTED_HEADERS = frozenset(
+    {"authorization", "cf-aig-authorization", "proxy-authorization", "x-auth-key", "api-key", "x-api-key", "cookie"}
+)
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
 _FORWARDED_HEADERS = ("authorization", "content-type", "accept", "openai-organization", "openai-project")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAULT_TARGETS = ("kv", "gateway", "upstream")
@@ -269,8 +274,9 @@ class EmulatorState:
         for name, value in request.headers.items():
             lname = name.lower()
             if lname in _REDACTED_HEADERS:
+                # Keep an auth scheme (a test may check "Bearer"); anything else could be part of the secret.
                 scheme = value.split(" ", 1)[0] if " " in value else ""
-                value = f"{scheme} <redacted>".strip()
+                value = f"{scheme} <redacted>" if scheme.lower() in _AUTH_SCHEMES else "<redacted>"
             headers[lname] = value
         with self._lock:
             self.stats["requests"] += 1
@@ -431,7 +437,12 @@ def _check_key(key: str) -> None:
 def _check_metadata(metadata: Any, *, key: str) -> str | None:
     if metadata is None:
         return None
-    text = json.dumps(metadata, separators=(",", ":"))
+    # Measured as JavaScript's JSON.stringify writes it (compact, non-ASCII kept as UTF-8, not \uXXXX
+    # escapes), which is how a Worker's metadata is serialized; facts §1.3 say "1024 bytes (serialized JSON)".
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise cf_error(400, CODE_BAD_REQUEST, f"metadata of key {key!r} is not valid JSON (NaN or Infinity)") from None
     size = len(text.encode("utf-8"))
     if size > METADATA_MAX_BYTES:
         raise cf_error(
@@ -453,8 +464,23 @@ def _check_value_size(value: bytes, *, key: str) -> None:
 def _expiration(now: float, expiration: Any, expiration_ttl: Any, *, key: str) -> int | None:
     """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds."""
     for name, value in (("expiration", expiration), ("expiration_ttl", expiration_ttl)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value != int(value)
+        ):
             raise cf_error(400, CODE_BAD_REQUEST, f"Invalid {name} {value!r} for key {key!r}: must be an integer")
+    resolved = now + expiration_ttl if expiration_ttl is not None else expiration
+    if resolved is not None and resolved > MAX_EXPIRATION:
+        # Cloudflare's upper bound is not in the fact sheet; this one keeps the value storable (SQLite INTEGER).
+        name = "expiration_ttl" if expiration_ttl is not None else "expiration"
+        raise cf_error(
+            400,
+            CODE_BAD_REQUEST,
+            f"Invalid {name} {expiration_ttl if expiration_ttl is not None else expiration} for key {key!r}: "
+            f"the expiration must be before {MAX_EXPIRATION} (year 9999)",
+        )
     if expiration_ttl is not None:
         if expiration_ttl < KV_MIN_TTL:
             raise cf_error(
@@ -1016,6 +1042,17 @@ def run_openai(path: str, data: Any, now: float) -> ModelReply:
             return _openai_bad_request("streaming is not supported by the local emulator's models", "stream")
         response_format = data.get("response_format")
         prompt_text = _models.messages_text(messages)
+        if (
+            isinstance(response_format, Mapping)
+            and response_format.get("type") == "json_object"
+            and "json" not in prompt_text.lower()
+        ):
+            # OpenAI's JSON mode refuses a conversation that never asks for JSON; a client that relied on a
+            # lenient emulator would fail in production.
+            return _openai_bad_request(
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+                "messages",
+            )
         answer, is_json = _models.generate(
             str(model), prompt_text, response_format if isinstance(response_format, Mapping) else None
         )

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 from dualcache._cli import add_project_dir_argument, find_project_dir
 from dualcache._exceptions import ConfigError
@@ -20,6 +21,14 @@ __all__ = ["register", "run_dev"]
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, for printing."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,12 +45,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback)")
     parser.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787; 0 = a free port)")
-    parser.add_argument("--data", type=Path, default=Path(".dualcache"), help="state folder (default: .dualcache)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(".dualcache"),
+        metavar="DIR",
+        help="state folder: emulator.sqlite3 and outputs.STACK.json (default: .dualcache)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("DUALCACHE_DEV_TOKEN") or None,
-        help="API token every request must carry as 'Authorization: Bearer <token>' "
-        "(default: $DUALCACHE_DEV_TOKEN, else no authentication)",
+        help="API token every Cloudflare API request (and Workers AI through the gateway) must carry as "
+        "'Authorization: Bearer <token>' (default: $DUALCACHE_DEV_TOKEN, else no authentication)",
     )
     parser.add_argument(
         "--openai-upstream",
@@ -63,7 +78,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
     from dualcache._stackconfig import load_stack_config
     from dualcache.local._app import EmulatorState, create_app
-    from dualcache.local._server import bind_socket, provision, stack_outputs
+    from dualcache.local._server import bind_socket, connect_host, is_loopback, provision, stack_outputs
     from dualcache.local._store import Store
 
     if not 0 <= args.port <= 65535:
@@ -73,13 +88,9 @@ def run_dev(args: argparse.Namespace) -> int:
     project_dir = args.project_dir if args.project_dir is not None else find_project_dir()
     config = load_stack_config(project_dir, args.stack)
 
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    sock = bind_socket(args.host, args.port)  # ConfigError naming the address when it cannot
     port = sock.getsockname()[1]
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{port}"
+    url = f"http://{connect_host(args.host)}:{port}"
 
     store = Store(args.data)
     try:
@@ -88,15 +99,24 @@ def run_dev(args: argparse.Namespace) -> int:
         outputs = stack_outputs(config, url)
         outputs_path = Path(args.data) / f"outputs.{config.stack}.json"
         outputs.dump(outputs_path)
-        print(f"dualcache dev: stack {config.stack!r} emulated at {url}", flush=True)
+        bound = f" (listening on {args.host or '0.0.0.0'} port {port})" if args.host in ("", "0.0.0.0", "::") else ""
+        print(f"dualcache dev: stack {config.stack!r} emulated at {url}{bound}", flush=True)
         print(f"  Cloudflare API base  {outputs.api_base_url}", flush=True)
         print(f"  AI Gateway base      {outputs.gateway_base_url}/{config.account_id}/{config.gateway_id}", flush=True)
         print(f"  outputs              {outputs_path}  (DUALCACHE_OUTPUTS={outputs_path})", flush=True)
         print(f"  state                {store.path}", flush=True)
         print(f"  authentication       {'Bearer token required' if args.token else 'off'}", flush=True)
         if args.openai_upstream:
-            print(f"  openai/* forwarded to {args.openai_upstream}", flush=True)
+            print(f"  openai/* forwarded to {_without_userinfo(args.openai_upstream)}", flush=True)
         print("  models are local, deterministic stand-ins; press Ctrl-C to stop", flush=True)
+        if not is_loopback(args.host):
+            print(
+                f"dualcache dev: warning: listening on {args.host}, reachable from other machines; the "
+                "/__emulator control endpoints take no token"
+                + ("" if args.token else ", and without --token neither does the API"),
+                file=sys.stderr,
+                flush=True,
+            )
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(state), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,14 +97,78 @@ def _schema_type(schema: Mapping[str, Any]) -> str:
     return "string"
 
 
-def instance_of_schema(schema: Mapping[str, Any], seed: bytes, path: str = "$") -> Any:
+_MAX_SCHEMA_DEPTH = 12
+"""Nesting depth after which recursive schemas (a ``$ref`` to an ancestor) stop growing."""
+
+
+_MAX_ITEMS = 100
+_MAX_STRING = 10_000
+"""Caps on what a schema can make the generator build: a request must not be able to exhaust memory."""
+
+
+def _number(schema: Mapping[str, Any], name: str) -> float | None:
+    """``schema[name]`` if it is a finite number, else None (a malformed bound is ignored)."""
+    value = schema.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(schema: Mapping[str, Any], name: str, default: int) -> int:
+    """``schema[name]`` as a size (items or characters) within the caps, or ``default``."""
+    value = _number(schema, name)
+    limit = _MAX_STRING if name.endswith("Length") else _MAX_ITEMS
+    return min(max(int(value), 0), limit) if value is not None else default
+
+
+def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The sub-schema a local ``$ref`` (``#/$defs/Name``, ``#/definitions/Name``, ``#``) points at."""
+    if not ref.startswith("#"):
+        return {}  # remote references are not fetched offline
+    node: Any = root
+    for part in ref[1:].lstrip("/").split("/") if ref != "#" else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def _formatted_string(fmt: str, h: bytes) -> str | None:
+    """A deterministic value of the common string ``format`` keywords (pydantic emits them for dates etc.)."""
+    day = 1 + h[5] % 28
+    if fmt == "date-time":
+        return f"2024-{1 + h[6] % 12:02d}-{day:02d}T{h[7] % 24:02d}:{h[8] % 60:02d}:00Z"
+    if fmt == "date":
+        return f"2024-{1 + h[6] % 12:02d}-{day:02d}"
+    if fmt == "time":
+        return f"{h[7] % 24:02d}:{h[8] % 60:02d}:00"
+    if fmt == "email":
+        return f"local-{h[:4].hex()}@example.com"
+    if fmt in ("uri", "url", "iri"):
+        return f"https://example.com/local/{h[:4].hex()}"
+    if fmt == "uuid":
+        return str(uuid.UUID(bytes=h[:16], version=4))
+    return None
+
+
+def instance_of_schema(
+    schema: Mapping[str, Any], seed: bytes, path: str = "$", *, root: Mapping[str, Any] | None = None, depth: int = 0
+) -> Any:
     """Return a deterministic value that satisfies the common JSON Schema keywords of ``schema``.
 
     Handles ``type`` (object, array, string, integer, number, boolean, null), ``properties``,
-    ``required``, ``items``, ``enum``, ``const``, ``minimum``/``maximum``, ``minItems``/``maxItems``,
-    ``minLength``/``maxLength`` and ``anyOf``/``oneOf`` (first branch).
+    ``required``, ``items``, ``enum``, ``const``, ``minimum``/``maximum``,
+    ``exclusiveMinimum``/``exclusiveMaximum``, ``minItems``/``maxItems``, ``minLength``/``maxLength``,
+    string ``format`` (date-time, date, time, email, uri, uuid), ``anyOf``/``oneOf``/``allOf`` (first
+    branch) and local ``$ref`` into ``$defs`` / ``definitions`` (what the ``openai`` SDK's structured
+    outputs and pydantic's ``model_json_schema`` produce).
     """
+    root = schema if root is None else root
+    if depth > _MAX_SCHEMA_DEPTH:
+        return None
     h = _digest(seed.hex(), path)
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return instance_of_schema(_resolve_ref(ref, root), seed, path, root=root, depth=depth + 1)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -112,35 +177,55 @@ def instance_of_schema(schema: Mapping[str, Any], seed: bytes, path: str = "$") 
     for combinator in ("anyOf", "oneOf", "allOf"):
         branches = schema.get(combinator)
         if isinstance(branches, list) and branches and isinstance(branches[0], Mapping):
-            return instance_of_schema(branches[0], seed, path)
+            return instance_of_schema(branches[0], seed, path, root=root, depth=depth + 1)
     kind = _schema_type(schema)
     if kind == "object":
         props = schema.get("properties")
         props = props if isinstance(props, Mapping) else {}
         return {
-            name: instance_of_schema(sub if isinstance(sub, Mapping) else {}, seed, f"{path}.{name}")
+            name: instance_of_schema(
+                sub if isinstance(sub, Mapping) else {}, seed, f"{path}.{name}", root=root, depth=depth + 1
+            )
             for name, sub in props.items()
         }
     if kind == "array":
         items = schema.get("items")
         items = items if isinstance(items, Mapping) else {"type": "string"}
-        low = int(schema.get("minItems", 1))
-        high = int(schema.get("maxItems", max(low, 3)))
+        low = _count(schema, "minItems", 1)
+        high = _count(schema, "maxItems", max(low, 3))
         count = low + h[1] % (high - low + 1) if high >= low else low
-        return [instance_of_schema(items, seed, f"{path}[{i}]") for i in range(count)]
+        if depth >= _MAX_SCHEMA_DEPTH // 2:
+            count = _count(schema, "minItems", 0)  # a recursive schema: stop growing
+        return [instance_of_schema(items, seed, f"{path}[{i}]", root=root, depth=depth + 1) for i in range(count)]
     if kind in ("integer", "number"):
-        low_n = float(schema.get("minimum", 0))
-        high_n = float(schema.get("maximum", 100 if low_n <= 100 else low_n + 100))
+        step = 1.0 if kind == "integer" else 1e-3
+        low_n = _number(schema, "minimum")
+        high_n = _number(schema, "maximum")
+        exclusive_low, exclusive_high = _number(schema, "exclusiveMinimum"), _number(schema, "exclusiveMaximum")
+        if exclusive_low is not None:
+            low_n = max(low_n if low_n is not None else -math.inf, exclusive_low + step)
+        if exclusive_high is not None:
+            high_n = min(high_n if high_n is not None else math.inf, exclusive_high - step)
+        if low_n is None:
+            low_n = 0.0 if high_n is None or high_n >= 0 else high_n - 100
+        if high_n is None:
+            high_n = 100.0 if low_n <= 100 else low_n + 100
         fraction = int.from_bytes(h[:4], "little") / 0xFFFFFFFF
         value = low_n + (high_n - low_n) * fraction
-        return int(math.floor(value)) if kind == "integer" else round(value, 4)
+        if kind == "integer":
+            return min(max(int(math.floor(value)), math.ceil(low_n)), math.floor(high_n))
+        return min(max(round(value, 4), low_n), high_n)
     if kind == "boolean":
         return bool(h[2] & 1)
     if kind == "null":
         return None
+    fmt = schema.get("format")
+    formatted = _formatted_string(fmt, h) if isinstance(fmt, str) else None
+    if formatted is not None:
+        return formatted
     text = f"local {_phrase(h, 3)}"
-    min_len = int(schema.get("minLength", 0))
-    max_len = int(schema.get("maxLength", 10_000))
+    min_len = _count(schema, "minLength", 0)
+    max_len = _count(schema, "maxLength", _MAX_STRING)
     text = (text + " x" * min_len)[: max(min_len, len(text))]
     return text[:max_len]
 

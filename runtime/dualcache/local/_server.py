@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import socket
 import threading
 from pathlib import Path
@@ -23,7 +25,9 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "Emulator",
     "bind_socket",
+    "connect_host",
     "EmulatorControl",
+    "is_loopback",
     "gateway_settings",
     "provision",
     "stack_outputs",
@@ -41,17 +45,42 @@ def bind_socket(host: str, port: int) -> socket.socket:
     waits ~40 ms for a delayed ACK (Nagle).
 
     Raises:
-        OSError: the address cannot be bound.
+        ConfigError: the address cannot be bound; the message names it and, for a port in use, what to do.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = (
+                " (another process, perhaps another `dualcache dev`, is listening there: stop it or choose "
+                "another port; port 0 takes a free one)"
+            )
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
     return sock
+
+
+def connect_host(host: str) -> str:
+    """The address clients should use for a server bound to ``host``, in URL form.
+
+    A wildcard bind (``0.0.0.0``, ``::``) is reached on loopback; IPv6 addresses get brackets.
+    """
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: may resolve to anything
 
 
 def gateway_settings(config: StackConfig) -> dict[str, Any]:
@@ -265,17 +294,19 @@ class Emulator:
         """Provision the stack, start serving and wait until ready. Returns ``self``."""
         if self._thread is not None:
             raise UsageError("the Emulator is already running")
-        store = Store(self.data_dir)
-        state = EmulatorState(store, clock=self._clock, token=self.token, openai_upstream=self._openai_upstream)
-        provision(store, self.config, state.clock.now())
+        sock = bind_socket(self.host, self._port)  # first: a port in use leaves no data folder behind
+        store: Store | None = None
         try:
-            sock = bind_socket(self.host, self._port)
-        except OSError:
-            store.close()
+            store = Store(self.data_dir)
+            state = EmulatorState(store, clock=self._clock, token=self.token, openai_upstream=self._openai_upstream)
+            provision(store, self.config, state.clock.now())
+        except BaseException:
+            if store is not None:
+                store.close()
+            sock.close()
             raise
         port = sock.getsockname()[1]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{connect_host(self.host)}:{port}"
         app = create_app(state)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
