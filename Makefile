@@ -19,7 +19,7 @@ setup: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(VENV)/bin/actionlint -no-color
+	$(VENV)/bin/actionlint -no-color $(wildcard .github/workflows/*.yml .github/workflows/*.yaml)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict runtime/dualcache infra

@@ -11,11 +11,13 @@ What is compared, and how:
 * Resources are keyed by ``(type, name)``. One only in the new plan is *added*, one only in the base
   is *removed*; for one in both, every input is compared by its path
   (``bindings[name=API_CACHE].namespaceId``). Lists whose items are objects with distinct ``name``
-  fields (Worker bindings) are matched by name, so reordering them is not a change.
+  fields (Worker bindings) are matched by name, so reordering them is not a change; an item present on
+  one side only (an added or removed binding) is one change holding all its fields.
 * A resource is *replaced* when an input that forces replacement changed (:data:`REPLACE_ON_CHANGE`,
   from the Terraform provider schema the Pulumi provider is built on); an input where that is not
   certain is marked "may force replacement" (:data:`MAY_REPLACE_ON_CHANGE`). ``protect`` and
-  ``import`` changes are shown as such.
+  ``import`` changes are shown as such; setting or changing ``import`` on a resource in both plans is
+  a replacement (the engine's import-replacement adopts the existing resource and deletes the old one).
 * Policies (``outputs.dualcache.policies``) are compared per operation and field; the other outputs
   by path.
 
@@ -95,6 +97,14 @@ REPLACE_ON_CHANGE: Final[Mapping[str, frozenset[str]]] = {
     # TF schema.go of workers_kv_namespace: only `account_id` forces replacement; `title` is updated in
     # place (a rename), so a title change is a plain change.
     "cloudflare:index/workersKvNamespace:WorkersKvNamespace": frozenset({"account_id"}),
+    # TF schema.go of workers_script_subdomain: `account_id` and `script_name` have `RequiresReplace`
+    # (renaming the Worker replaces its workers.dev subdomain resource too).
+    "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain": frozenset({"account_id", "script_name"}),
+    # TF schema.go of workers_route: zone-scoped (no `account_id`); `zone_id` and `route_id` have
+    # `RequiresReplace`, `pattern` and `script` are updated in place.
+    "cloudflare:index/workersRoute:WorkersRoute": frozenset({"zone_id", "route_id"}),
+    # TF schema.go of workers_custom_domain: `account_id` has `RequiresReplace` in every version read.
+    "cloudflare:index/workersCustomDomain:WorkersCustomDomain": frozenset({"account_id"}),
 }
 """Inputs whose change makes the engine delete and re-create the resource, per type token.
 
@@ -108,6 +118,9 @@ MAY_REPLACE_ON_CHANGE: Final[Mapping[str, frozenset[str]]] = {
     # Instant). The TF schema read (a96c5fa) predates both, so their plan modifiers are unknown: a change
     # may be a replacement or a rejected update. The diff says "may force replacement" rather than guess.
     "cloudflare:index/workersKvNamespace:WorkersKvNamespace": frozenset({"jurisdiction", "mode"}),
+    # TF schema.go of workers_custom_domain: `hostname` carries `RequiresReplace` in one provider version
+    # read and not in another, so which one the installed pulumi-cloudflare is built on decides.
+    "cloudflare:index/workersCustomDomain:WorkersCustomDomain": frozenset({"hostname"}),
 }
 """Inputs whose change may force replacement; where the sources are not certain the diff says so."""
 
@@ -416,12 +429,44 @@ def _same(old: object, new: object) -> bool:
     return type(old) is type(new) and old == new
 
 
+# The end of a list item in a path: `bindings[name=API_CACHE]` in `bindings[name=API_CACHE].namespaceId`.
+_ITEM_END = re.compile(r"\](?=[.\[]|$)")
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
+
+
+def _whole_item(path: str, other: Mapping[str, object]) -> str | None:
+    """The outermost list item holding ``path`` of which ``other`` has nothing (an added or removed item)."""
+    for match in _ITEM_END.finditer(path):
+        prefix = path[: match.end()]
+        if prefix == path:
+            return None
+        if not any(_under(p, prefix) for p in other):
+            return prefix
+    return None
+
+
 def _changes(old: Mapping[str, object], new: Mapping[str, object]) -> list[ValueChange]:
+    """Changed leaves by path. A list item present on one side only (a new binding) is one change."""
     result: list[ValueChange] = []
+    items: dict[tuple[str, bool], dict[str, object]] = {}
     for path in sorted(set(old) | set(new)):
         before, after = old.get(path, MISSING), new.get(path, MISSING)
-        if before is MISSING or after is MISSING or not _same(before, after):
-            result.append(ValueChange(path, before, after))
+        if before is not MISSING and after is not MISSING and _same(before, after):
+            continue
+        if before is MISSING or after is MISSING:
+            added = before is MISSING
+            item = _whole_item(path, old if added else new)
+            if item is not None:
+                items.setdefault((item, added), {})[path[len(item) :].lstrip(".")] = after if added else before
+                continue
+        result.append(ValueChange(path, before, after))
+    for (item, added), fields in items.items():
+        whole = dict(sorted(fields.items()))
+        result.append(ValueChange(item, MISSING, whole) if added else ValueChange(item, whole, MISSING))
+    result.sort(key=lambda change: change.path)
     return result
 
 
@@ -456,7 +501,14 @@ def _diff_resource(rtype: str, name: str, old: Mapping[str, Any], new: Mapping[s
         default: object = False if option == "protect" else None
         before, after = old.get(option, default), new.get(option, default)
         if before != after:
-            changes.append(InputChange(f"({option})", before, after))
+            # The engine imports whenever the `import` id differs from the one the resource in the state
+            # was imported with (or its id): an *import-replacement* that adopts the existing cloud
+            # resource and deletes the one in the state (pulumi step_generator: ImportReplacementStep,
+            # then a ReplaceStep). Dropping `import` has no effect on a resource already in the state.
+            forces = option == "import" and after is not None and rtype.startswith(_CLOUDFLARE_TYPES)
+            changes.append(
+                InputChange(f"({option})", before, after, replacement=Replacement.YES if forces else Replacement.NO)
+            )
     if not changes:
         return None
     replaced = any(c.replacement is Replacement.YES for c in changes)
@@ -579,7 +631,8 @@ def _show(value: object) -> str:
         digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
         lines = value.count("\n") + 1
         return f"<text: {lines} line{'s' if lines != 1 else ''}, sha256 {digest}>"
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    # `default=repr`: a secret inside an added or removed list item shows as its marker, never its value.
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
     if len(text) > _MAX_INLINE_VALUE:
         text = text[: _MAX_INLINE_VALUE - 1] + "…"
     return _code(text)
@@ -605,6 +658,10 @@ def _describe(change: ValueChange) -> str:
 
 def _describe_input(change: InputChange) -> str:
     text = _describe(change)
+    if change.path == "(import)" and change.replacement is Replacement.YES:
+        return f"{text} (forces replacement: adopts the existing resource and deletes the one in the stack)"
+    if change.path == "(import)" and change.new is None:
+        return f"{text} (no effect on a resource already in the stack)"
     if change.replacement is Replacement.YES:
         return f"{text} (forces replacement)"
     if change.replacement is Replacement.MAYBE:

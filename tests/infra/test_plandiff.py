@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,116 @@ def test_diff_manifests_replacement_follows_the_provider_schema(
         assert "— may be replaced" in text
 
 
+def test_diff_manifests_added_and_removed_bindings_are_one_line_each() -> None:
+    base, new = make_manifest(), make_manifest()
+    bindings = find(new, SCRIPT)["inputs"]["bindings"]
+    bindings.remove(binding(new, "GATEWAY_ID"))
+    bindings.append({"name": "OPENAI_API_KEY", "type": "secret_text", "text": SECRET_VALUE})
+
+    diff = diff_manifests(base, new)
+    text = render_markdown(diff)
+
+    assert [c.path for c in diff.resources[0].changes] == [
+        "bindings[name=GATEWAY_ID]",
+        "bindings[name=OPENAI_API_KEY]",
+    ]
+    assert '  - `bindings[name=GATEWAY_ID]`: removed (was `{"name": "GATEWAY_ID", "text": "jobmatch-ai-dev", ' in text
+    assert (
+        '  - `bindings[name=OPENAI_API_KEY]`: added `{"name": "OPENAI_API_KEY", "text": "[secret]", '
+        '"type": "secret_text"}`'
+    ) in text
+    _assert_no_secret(text, SECRET_VALUE)
+
+
+def _single(rtype: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"stack": "dev", "resources": [_resource(rtype, "r", inputs)], "outputs": {}}
+
+
+@pytest.mark.parametrize(
+    ("rtype", "inputs", "changed", "kind", "marker"),
+    [
+        pytest.param(
+            "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain",
+            {"accountId": ACCOUNT, "scriptName": "a", "enabled": True},
+            {"scriptName": "b"},
+            ChangeKind.REPLACE,
+            "(forces replacement)",
+            id="subdomain-script-name",
+        ),
+        pytest.param(
+            "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain",
+            {"accountId": ACCOUNT, "scriptName": "a", "enabled": True},
+            {"enabled": False},
+            ChangeKind.UPDATE,
+            None,
+            id="subdomain-enabled",
+        ),
+        pytest.param(
+            "cloudflare:index/workersRoute:WorkersRoute",
+            {"zoneId": "z" * 32, "pattern": "api.example.com/*", "script": "a"},
+            {"zoneId": "y" * 32},
+            ChangeKind.REPLACE,
+            "(forces replacement)",
+            id="route-zone",
+        ),
+        pytest.param(
+            "cloudflare:index/workersRoute:WorkersRoute",
+            {"zoneId": "z" * 32, "pattern": "api.example.com/*", "script": "a"},
+            {"pattern": "api.example.com/v2/*"},
+            ChangeKind.UPDATE,
+            None,
+            id="route-pattern",
+        ),
+        pytest.param(
+            "cloudflare:index/workersCustomDomain:WorkersCustomDomain",
+            {"accountId": ACCOUNT, "hostname": "api.example.com", "service": "a", "zoneId": "z" * 32},
+            {"hostname": "api2.example.com"},
+            ChangeKind.UPDATE,
+            "(may force replacement)",
+            id="custom-domain-hostname",
+        ),
+    ],
+)
+def test_diff_manifests_replacement_of_worker_attachments(
+    rtype: str, inputs: dict[str, Any], changed: dict[str, Any], kind: ChangeKind, marker: str | None
+) -> None:
+    diff = diff_manifests(_single(rtype, inputs), _single(rtype, {**inputs, **changed}))
+    line = render_markdown(diff).splitlines()[-1]
+
+    assert [r.kind for r in diff.resources] == [kind]
+    assert line.startswith(f"  - `{next(iter(changed))}`")
+    if marker is None:
+        assert "replacement" not in line
+    else:
+        assert line.endswith(marker)
+
+
+def test_diff_manifests_adopting_an_existing_resource_is_an_import_replacement() -> None:
+    base, new = make_manifest(), make_manifest()
+    namespace = next(r for r in new["resources"] if r["name"].endswith("JOB_ANALYSIS_CACHE"))
+    namespace["import"] = f"{ACCOUNT}/existing-namespace"
+
+    diff = diff_manifests(base, new)
+    text = render_markdown(diff)
+
+    assert [(r.kind, r.name) for r in diff.resources] == [(ChangeKind.REPLACE, namespace["name"])]
+    assert "#### Replaced: deleted and created again (1)" in text
+    assert text.rstrip("\n").endswith(
+        f'`(import)`: `null` → `"{ACCOUNT}/existing-namespace"` '
+        "(forces replacement: adopts the existing resource and deletes the one in the stack)"
+    )
+
+
+def test_diff_manifests_dropping_import_is_an_update_without_effect() -> None:
+    base, new = make_manifest(), make_manifest()
+    base["resources"][4]["import"] = f"{ACCOUNT}/existing-namespace"
+
+    diff = diff_manifests(base, new)
+
+    assert [r.kind for r in diff.resources] == [ChangeKind.UPDATE]
+    assert render_markdown(diff).rstrip("\n").endswith("`null` (no effect on a resource already in the stack)")
+
+
 def test_diff_manifests_protect_and_import_changes_are_explicit() -> None:
     base, new = make_manifest(), make_manifest()
     namespace = next(r for r in new["resources"] if r["name"].endswith("JOB_ANALYSIS_CACHE"))
@@ -366,9 +477,20 @@ def test_diff_manifests_pulumi_secret_envelope_is_hidden() -> None:
 
     text = render(base, new)
 
-    assert "`otels[0].headers`: added (secret)" in text
-    assert '`otels[0].url`: added `"https://otel.example"`' in text
+    assert '`otels[0]`: added `{"headers": "[secret]", "url": "https://otel.example"}`' in text
     _assert_no_secret(text, SECRET_VALUE)
+
+
+def test_diff_manifests_pulumi_secret_envelope_change_is_hidden() -> None:
+    base, new = make_manifest(), make_manifest()
+    signature = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270"}
+    find(base, GATEWAY)["inputs"]["otels"] = [{"url": "https://otel.example", "headers": {**signature, "value": "a"}}]
+    find(new, GATEWAY)["inputs"]["otels"] = [{"url": "https://otel.example", "headers": {**signature, "value": "b"}}]
+
+    text = render(base, new)
+
+    assert "  - `otels[0].headers`: changed (secret)" in text
+    assert '"a"' not in text and '"b"' not in text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +652,7 @@ def _copy_project(dest: Path) -> None:
 
 
 def test_run_diff_against_a_git_revision_shows_the_stack_change(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -542,7 +664,14 @@ def test_run_diff_against_a_git_revision_shows_the_stack_change(
     changed = stack_file.read_text(encoding="utf-8").replace("cacheTtl: 3600", "cacheTtl: 7200")
     assert changed != stack_file.read_text(encoding="utf-8")
     stack_file.write_text(changed, encoding="utf-8")
-    status_before = _git(repo, "status", "--porcelain")
+    (repo / "notes.txt").write_text("untracked\n", encoding="utf-8")
+    (repo / "scratch").mkdir()
+    (repo / "scratch" / "draft.json").write_text("{}\n", encoding="utf-8")
+    status_before = _git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored")
+    assert "?? notes.txt" in status_before and "?? scratch/draft.json" in status_before
+    scratch_tmp = tmp_path / "tmp"
+    scratch_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
 
     status = run_diff(argparse.Namespace(stack="dev", diff=None, against="HEAD", project_dir=repo), repo)
 
@@ -551,9 +680,10 @@ def test_run_diff_against_a_git_revision_shows_the_stack_change(
     assert "Compared with the base plan (`HEAD`)." in out
     assert "  - `cacheTtl`: `3600` → `7200`" in out
     assert "**0 to add, 1 to change, 0 to replace, 0 to remove**" in out
-    # The working tree is as it was: still modified, nothing added.
-    assert _git(repo, "status", "--porcelain") == status_before
+    # The working tree is as it was: still modified, untracked files kept, nothing added; no export left.
+    assert _git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored") == status_before
     assert stack_file.read_text(encoding="utf-8") == changed
+    assert list(scratch_tmp.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -608,3 +738,86 @@ def test_cli_plan_diff_missing_base_exits_1(tmp_path: Path, capsys: pytest.Captu
     assert status == 1
     assert captured.out == ""
     assert "nope.json' does not exist" in captured.err
+
+
+def test_cli_plan_against_unknown_revision_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    status = _main("--against", "refs/heads/no-such-branch-for-this-test")
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    assert "git revision 'refs/heads/no-such-branch-for-this-test' not found" in captured.err
+
+
+# --------------------------------------------------------------------------------------------------
+# A real review: the project copied, its dev stack file edited, diffed against the committed snapshot
+
+# A `secure:` value as `pulumi config set --secret` writes it; neither it nor any part of it may show.
+SECURE_VALUE = "v1:Zm9vYmFyYmF6cXV4:c2stbGl2ZS1RdzJlUjR0WTZ1SThvUDBhUzFkRjNnSDVqSzdsWjl4"
+
+
+def _edit_dev_stack(project: Path) -> None:
+    stack_file = project / "Pulumi.dev.yaml"
+    text = stack_file.read_text(encoding="utf-8")
+    edits = [
+        ("    cacheTtl: 3600\n", "    cacheTtl: 7200\n"),
+        ("    protect: false\n", '    protect: false\n    adopt:\n      JOB_ANALYSIS_CACHE: "' + "a" * 32 + '"\n'),
+        ("    workersDev: true\n", "    workersDev: true\n    name: renamed-api\n"),
+        ("      gateway_ttl: 600\n", "      gateway_ttl: 900\n    spam_detection:\n      kv_ttl: 86400\n"),
+    ]
+    for old, new in edits:
+        assert text.count(old) == 1, f"Pulumi.dev.yaml no longer holds {old!r}; update this test"
+        text = text.replace(old, new)
+    text += f"  jobmatch-ai:gatewayToken:\n    secure: {SECURE_VALUE}\n"
+    stack_file.write_text(text, encoding="utf-8")
+
+
+def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dualcache._cli import main
+
+    _copy_project(tmp_path)
+    _edit_dev_stack(tmp_path)
+    snapshot = tmp_path / "infra" / "snapshots" / "dev.json"
+    old_ns_id = next(
+        b["namespaceId"]
+        for r in load_manifest(snapshot)["resources"]
+        for b in r["inputs"].get("bindings", [])
+        if b["name"] == "JOB_ANALYSIS_CACHE"
+    )
+
+    status = main(["plan", "--stack", "dev", "--project-dir", str(tmp_path), "--diff", str(snapshot)])
+
+    out = capsys.readouterr().out
+    assert status == 2
+    adopted = "a" * 32
+    assert out == (
+        "### dualcache plan: stack `dev`\n\n"
+        "Compared with the base plan (`dev.json`).\n\n"
+        "**0 to add, 1 to change, 3 to replace, 0 to remove**; 2 policy changes; 2 output changes.\n\n"
+        "#### Replaced: deleted and created again (3)\n\n"
+        f"- `{NAMESPACE}` **kv-job-analysis-cache**\n"
+        f'  - `(import)`: `null` → `"{ACCOUNT}/{adopted}"` '
+        "(forces replacement: adopts the existing resource and deletes the one in the stack)\n"
+        f"- `{SCRIPT}` **api-script**\n"
+        '  - `bindings[name=CF_AIG_TOKEN]`: added `{"name": "CF_AIG_TOKEN", "text": "[secret]", '
+        '"type": "secret_text"}`\n'
+        f'  - `bindings[name=JOB_ANALYSIS_CACHE].namespaceId`: `"{old_ns_id}"` → `"{adopted}"`\n'
+        '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n'
+        "- `cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain` **api-subdomain**\n"
+        '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n\n'
+        "#### Changed in place (1)\n\n"
+        f"- `{GATEWAY}` **ai-gateway**\n"
+        "  - `cacheTtl`: `3600` → `7200`\n\n"
+        "#### Policy changes (2)\n\n"
+        "- `embeddings.gateway_ttl`: `600` → `900`\n"
+        "- `spam_detection.kv_ttl`: `604800` → `86400`\n\n"
+        "#### Output changes (2)\n\n"
+        f'- `dualcache.namespaces.JOB_ANALYSIS_CACHE`: `"{old_ns_id}"` → `"{adopted}"`\n'
+        '- `dualcache.worker_name`: `"jobmatch-ai-api-dev"` → `"renamed-api"`\n'
+    )
+    # The whole output is pinned above, so no length can hide in it either; the ciphertext, its parts
+    # and the plan's stand-in for the secret are checked by name for a readable failure.
+    for part in [SECURE_VALUE, *SECURE_VALUE.split(":"), "offline-plan-placeholder"]:
+        assert part not in out
