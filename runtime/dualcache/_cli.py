@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from dualcache._exceptions import ConfigError, DualCacheError
 
@@ -47,8 +48,20 @@ def add_project_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit 1, like every other error of the command.
+
+    argparse's own status for a usage error is 2, which ``dualcache plan --diff/--against`` reserves for
+    "there are changes"; a CI job must never read a typo as a change.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dualcache",
         description="Dual-layer caching of AI calls on Cloudflare: provisioning, local emulator, demo.",
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dualcache._cli import add_project_dir_argument, find_project_dir
-from dualcache._exceptions import ConfigError
+from dualcache._exceptions import ConfigError, InvalidInputError
 from dualcache._outputs import OUTPUT_NAME, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace
 from dualcache._stackconfig import SECRET_KEYS, StackConfig, load_stack_config
@@ -50,7 +50,23 @@ def register(subparsers: Any) -> None:
     )
     mode.add_argument("--write", action="store_true", help="update infra/snapshots/<stack>.json")
     mode.add_argument("--diff", type=Path, metavar="BASE_JSON", help="review the changes from a base manifest")
-    mode.add_argument("--against", metavar="GIT_REF", help="review the changes from the snapshot at a git ref")
+    mode.add_argument(
+        "--against",
+        metavar="GIT_REF",
+        help="review the changes from the plan of another git revision (built from that revision's files, "
+        "without touching the working tree)",
+    )
+    plan.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --diff/--against: cut the Markdown summary at N characters (default 60000, under GitHub's "
+        "65,536-character comment limit)",
+    )
+    plan.add_argument(
+        "--out", type=Path, default=None, help="with --diff/--against: also write the Markdown summary to this file"
+    )
     plan.set_defaults(func=_cmd_plan)
 
     outputs = subparsers.add_parser(
@@ -184,7 +200,10 @@ def _render_contract(value: dict[str, Any]) -> list[str]:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     project_dir = _project_dir(args)
-    if args.diff is not None or args.against is not None:
+    reviewing = args.diff is not None or args.against is not None
+    if not reviewing and (args.max_chars is not None or args.out is not None):
+        raise InvalidInputError("--max-chars and --out go with --diff BASE_JSON or --against GIT_REF")
+    if reviewing:
         _import_infra(project_dir)
         # The review diff lives next to the plan, in the project's infra package.
         plandiff = importlib.import_module("infra.plandiff")
