@@ -161,6 +161,10 @@ async def batch(emu: Any) -> None:
 
 async def stampede(emu: Any) -> None:
     print("4. 50 concurrent identical misses: requests sent upstream (to the gateway)")
+    # A real model takes hundreds of milliseconds; the local one answers at once, which would let the
+    # emulator's gateway cache (volatile, no coalescing, like the real one) serve requests that arrive
+    # after the first answer. 200 ms of model latency makes the 50 misses overlap as they would for real.
+    emu.control.set_faults({"upstream": {"latency_ms": 200}})
     for enabled in (True, False):
         emu.control.reset()
         transport = CountingTransport()
@@ -176,9 +180,10 @@ async def stampede(emu: Any) -> None:
             peer,
         )
         _row(
-            "   of which the model answered (rest: emulator's gateway cache)",
+            "   of which the model answered (200 ms model latency)",
             str(stats["upstream"].get(EMBED, 0)),
         )
+    emu.control.clear_faults()
     print()
 
 
