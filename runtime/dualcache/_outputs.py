@@ -162,5 +162,15 @@ class StackOutputs(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
     def dump(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json` to ``path``."""
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Write :meth:`to_json` to ``path`` atomically.
+
+        The text goes to a temporary file in the same folder, then replaces ``path`` in one step, so a
+        service (or a script polling for ``dualcache dev``'s outputs file) never reads half a file.
+        """
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.to_json(), encoding="utf-8")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)

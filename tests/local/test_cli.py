@@ -31,11 +31,14 @@ def start(command: list[str], data: Path, project_dir: Path, *extra: str) -> tup
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     outputs_file = data / "outputs.dev.json"
+    # A restart on the same folder finds the previous run's file (it stays after Ctrl-C): wait for the
+    # new one, which names the new port.
+    previous = outputs_file.read_text(encoding="utf-8") if outputs_file.exists() else None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"dualcache dev exited early: {process.communicate()}")
-        if outputs_file.exists():
+        if outputs_file.exists() and outputs_file.read_text(encoding="utf-8") != previous:
             outputs = StackOutputs.load(outputs_file)
             try:
                 httpx.get(outputs.api_base_url.removesuffix("/client/v4") + "/__emulator/stats", timeout=1)

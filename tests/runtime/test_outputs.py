@@ -41,6 +41,15 @@ def test_outputs_round_trip_through_a_file(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["gateway_base_url"] == "http://127.0.0.1:8787/v1"
 
 
+def test_outputs_dump_replaces_the_file_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "outputs.dev.json"
+    path.write_text("{half a file", encoding="utf-8")
+    outputs = StackOutputs.from_data(_data())
+    outputs.dump(path)
+    assert StackOutputs.load(path) == outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs.dev.json"]
+
+
 def test_outputs_from_env_reads_a_path_or_the_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "o.json"
     path.write_text(json.dumps(_data(stack="staging")))
