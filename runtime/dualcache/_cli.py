@@ -60,20 +60,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message}\n")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(modules: Sequence[str] = _COMMAND_MODULES, prog: str = "dualcache") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="dualcache",
+        prog=prog,
         description="Dual-layer caching of AI calls on Cloudflare: provisioning, local emulator, demo.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (also used as the console script)."""
-    parser = _build_parser()
+def main(
+    argv: Sequence[str] | None = None, *, modules: Sequence[str] = _COMMAND_MODULES, prog: str = "dualcache"
+) -> int:
+    """Run the command line; return the exit status (also used as the console script).
+
+    ``modules`` and ``prog`` let a narrower entry point (``python -m dualcache.local``) reuse it.
+    """
+    parser = _build_parser(modules, prog)
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from dualcache._exceptions import DualCacheError
-from dualcache.local._cli import register
+from dualcache._cli import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (``dev [options]``) and run the command; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m dualcache.local")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except DualCacheError as exc:
-        print(f"dualcache {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return status
+    return _main(argv, modules=("dualcache.local._cli",), prog="python -m dualcache.local")
 
 
 if __name__ == "__main__":
