@@ -229,7 +229,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     try:
         return max(0.0, float(value))
     except ValueError:
-        pass
+        pass  # not delta-seconds: an HTTP date is the other form RFC 9110 allows
     from email.utils import parsedate_to_datetime
 
     try:

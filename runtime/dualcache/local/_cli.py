@@ -128,7 +128,7 @@ def run_dev(args: argparse.Namespace) -> int:
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
-            pass
+            pass  # the normal way to stop: uvicorn has shut down gracefully, "stopped" is printed below
         finally:
             signal.signal(signal.SIGTERM, previous)
             state.stopping.set()
