@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from dualcache import Namespace, StackConfig, UsageError
-from dualcache.local import Emulator, EmulatorState, Store, create_app, provision
+from dualcache.local import Emulator, EmulatorState, Store, create_app, emulated, provision
 
 BGE = "@cf/baai/bge-base-en-v1.5"
 
@@ -24,6 +24,15 @@ def test_emulator_outputs_point_at_the_emulator(shared_emulator: Emulator, dev_c
     assert o.policies == dev_config.policies
     assert o.namespaces == {b: dev_config.offline_namespace_id(b) for b in Namespace}
     assert shared_emulator.token is None
+
+
+def test_emulated_gives_the_outputs_and_stops_the_server(tmp_path: Path, project_dir: Path) -> None:
+    with emulated(stack="staging", project_dir=project_dir, data_dir=tmp_path) as outputs:
+        assert outputs.stack == "staging" and outputs.api_base_url.startswith("http://127.0.0.1:")
+        listed = httpx.get(f"{outputs.api_base_url}/accounts/{outputs.account_id}/storage/kv/namespaces").json()
+        assert sorted(ns["id"] for ns in listed["result"]) == sorted(outputs.namespaces.values())
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{outputs.api_base_url}/accounts/{outputs.account_id}/storage/kv/namespaces", timeout=2)
 
 
 def test_emulator_requires_project_dir_or_config(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ Example::
     with Emulator(stack="dev", project_dir=".", data_dir=tmp) as emu:
         outputs = emu.outputs          # StackOutputs pointing at the emulator
         emu.control.advance_clock(3600)
+
+    with emulated(stack="dev", project_dir=".", data_dir=tmp) as outputs:   # just the outputs
+        ...
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
         DEFAULT_DATA_DIR,
         Emulator,
         EmulatorControl,
+        emulated,
         gateway_settings,
         provision,
         stack_outputs,
@@ -46,6 +50,7 @@ __all__ = [
     "FaultSpec",
     "Store",
     "create_app",
+    "emulated",
     "gateway_settings",
     "provision",
     "require_local_extra",
@@ -61,6 +66,7 @@ _WHERE = {
     "FaultSpec": "_app",
     "Store": "_store",
     "create_app": "_app",
+    "emulated": "_server",
     "gateway_settings": "_server",
     "provision": "_server",
     "stack_outputs": "_server",

@@ -6,6 +6,8 @@ import errno
 import ipaddress
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = [
     "bind_socket",
     "connect_host",
     "EmulatorControl",
+    "emulated",
     "is_loopback",
     "gateway_settings",
     "provision",
@@ -352,3 +355,28 @@ class Emulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def emulated(
+    stack: str = "dev",
+    project_dir: str | Path | None = None,
+    data_dir: str | Path = DEFAULT_DATA_DIR,
+    token: str | None = None,
+    config: StackConfig | None = None,
+    openai_upstream: str | None = None,
+) -> Iterator[StackOutputs]:
+    """Run an :class:`Emulator` for the ``with`` block and give the :class:`StackOutputs` pointing at it.
+
+    For code that only needs somewhere to point a service (``DualCache.from_outputs(outputs, ...)``);
+    use :class:`Emulator` itself for the control endpoints. Arguments are :class:`Emulator`'s.
+
+    Example::
+
+        with emulated(project_dir=".", data_dir=tmp) as outputs:
+            async with DualCache.from_outputs(outputs) as cache: ...
+    """
+    with Emulator(
+        stack, project_dir, data_dir, token=token, config=config, openai_upstream=openai_upstream
+    ) as emulator:
+        yield emulator.outputs
