@@ -38,9 +38,10 @@ class Gateways:
         self.client = client
         self.account_id = account_id
 
-    def create(self, **settings: Any) -> str:
-        gateway_id = f"gw-{uuid.uuid4().hex[:12]}"
-        body = {
+    @staticmethod
+    def body(gateway_id: str, **settings: Any) -> dict[str, Any]:
+        """A create body with every required field (caching and rate limiting off), ``settings`` on top."""
+        return {
             "id": gateway_id,
             "cache_invalidate_on_update": True,
             "cache_ttl": 0,
@@ -49,6 +50,10 @@ class Gateways:
             "rate_limiting_limit": 0,
             **settings,
         }
+
+    def create(self, **settings: Any) -> str:
+        gateway_id = f"gw-{uuid.uuid4().hex[:12]}"
+        body = self.body(gateway_id, **settings)
         r = self.client.post(f"/client/v4/accounts/{self.account_id}/ai-gateway/gateways", json=body)
         assert r.status_code == 200, r.text
         return gateway_id

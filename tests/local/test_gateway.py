@@ -107,14 +107,7 @@ def test_gateway_management_rejects_invalid_settings(
 
 def test_gateway_management_rejects_duplicate_id(client: httpx.Client, gateways: Gateways) -> None:
     gateway_id = gateways.create()
-    body = {
-        "id": gateway_id,
-        "cache_invalidate_on_update": True,
-        "cache_ttl": 0,
-        "collect_logs": True,
-        "rate_limiting_interval": 0,
-        "rate_limiting_limit": 0,
-    }
+    body = gateways.body(gateway_id)
     assert client.post(f"/client/v4/accounts/{gateways.account_id}/ai-gateway/gateways", json=body).status_code == 400
 
 
