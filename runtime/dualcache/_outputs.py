@@ -46,6 +46,9 @@ class StackOutputs(BaseModel):
         gateway_base_url: AI Gateway base, without a trailing slash.
         namespaces: Namespace id of each of the six bindings.
         worker_name: The API Worker's script name.
+        data_plane_url: Base URL of dualcache's data-plane Worker (the KV path in production), without a
+            trailing slash; ``None`` when the stack has none (the runtime then uses the REST API).
+        data_plane_worker_name: The data-plane Worker's script name, or ``None``.
         policies: The per-operation cache policies of this stack.
     """
 
@@ -58,6 +61,8 @@ class StackOutputs(BaseModel):
     gateway_base_url: str = DEFAULT_GATEWAY_BASE_URL
     namespaces: dict[Namespace, str]
     worker_name: str = Field(min_length=1)
+    data_plane_url: str | None = None
+    data_plane_worker_name: str | None = None
     policies: Policies = Policies()
 
     @field_validator("account_id")
@@ -67,9 +72,11 @@ class StackOutputs(BaseModel):
             raise ValueError(f"account_id {value!r} is not 32 lowercase hex characters")
         return value
 
-    @field_validator("api_base_url", "gateway_base_url")
+    @field_validator("api_base_url", "gateway_base_url", "data_plane_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/")
