@@ -15,6 +15,7 @@ from dualcache._exceptions import (
     DualCacheError,
     InvalidInputError,
     RateLimitedError,
+    SkippedError,
     UsageError,
 )
 from dualcache._gateway import RetryPolicy
@@ -61,6 +62,7 @@ __all__ = [
     "Policies",
     "PriceTable",
     "RateLimitedError",
+    "SkippedError",
     "RetryPolicy",
     "SQLiteKVBackend",
     "StackConfig",

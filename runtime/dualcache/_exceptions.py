@@ -9,7 +9,7 @@ Every error the library raises on purpose is a :class:`DualCacheError`::
     │   ├── BackendUnavailableError         connection refused, timeout, 5xx after retries
     │   ├── RateLimitedError                429 after retries; ``retry_after`` in seconds when known
     │   ├── AuthenticationError             401/403: a missing or wrong token
-    │   └── BadResponseError                an answer that does not have the documented shape
+    │   ├── BadResponseError                an answer that does not have the documented shape
     └── UsageError (RuntimeError)           programmer mistakes (use after ``aclose()``, ...)
 
 Foreign exceptions (httpx, pydantic) are mapped at one boundary with ``raise ... from exc``.
@@ -27,6 +27,7 @@ __all__ = [
     "DualCacheError",
     "InvalidInputError",
     "RateLimitedError",
+    "SkippedError",
     "UsageError",
 ]
 
@@ -92,6 +93,24 @@ class AuthenticationError(BackendError):
 
 class BadResponseError(BackendError):
     """The backend answered, but not in the documented shape."""
+
+
+class SkippedError(BackendError):
+    """The request was not sent: its layer is blocked for now.
+
+    Raised when a rate-limit block is in force (after a 429, until ``retry-after`` ends), the request
+    budget is spent, or a circuit breaker is open. Nothing reached the backend, so callers count it
+    as *skipped*, not as an error.
+
+    Attributes:
+        reason: Why it was skipped: ``"rate_limited"``, ``"budget"`` or ``"circuit_open"``.
+        retry_after: Seconds until the layer may be tried again, when known.
+    """
+
+    def __init__(self, message: str, *, backend: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(message, backend=backend)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class UsageError(DualCacheError, RuntimeError):

@@ -9,7 +9,10 @@ Every request of an operation ends in exactly one of four ways, one counter each
 
 A request that fails outright is counted in ``failures`` instead. ``errors`` counts faults met
 on the way, including ones that were absorbed (a KV read that failed and became a miss, a KV write
-that failed, a gateway failure followed by a direct fallback). ``upstream_requests`` counts HTTP
+that failed, a gateway failure followed by a direct fallback). ``kv_skipped``, ``gateway_skipped`` and
+``provider_skipped`` count calls to a layer that were not sent at all because the layer was blocked
+(a rate-limit block, a spent request budget, an open circuit breaker): a skipped KV read is a miss, a
+skipped KV write is dropped; they are not errors, since nothing failed. ``upstream_requests`` counts HTTP
 requests sent to the gateway or a provider (a batch of 100 embeddings is one).
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
@@ -70,8 +73,13 @@ _COUNTERS = (
     "coalesced",
     "failures",
     "errors",
+    "kv_skipped",
+    "gateway_skipped",
+    "provider_skipped",
     "upstream_requests",
 )
+
+_LAYERS = ("kv", "gateway", "provider")
 
 
 class Stats:
@@ -111,13 +119,23 @@ class Stats:
         """Count ``n`` faults met while serving ``operation`` (absorbed or not)."""
         self._counts[operation]["errors"] += n
 
+    def skip(self, operation: Operation, layer: str, n: int = 1) -> None:
+        """Count ``n`` calls to ``layer`` (``kv``, ``gateway`` or ``provider``) that were not sent.
+
+        Raises:
+            ValueError: ``layer`` is not one of the three.
+        """
+        if layer not in _LAYERS:
+            raise ValueError(f"layer={layer!r}: must be one of {', '.join(_LAYERS)}")
+        self._counts[operation][f"{layer}_skipped"] += n
+
     def upstream(self, operation: Operation, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._counts[operation]["upstream_requests"] += n
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
-        errors, upstream_requests, cost, saved}}`` (cost and saved in US dollars, rounded to 1e-6)."""
+        errors, kv_skipped, gateway_skipped, provider_skipped, upstream_requests, cost, saved}}`` (cost and saved in US dollars, rounded to 1e-6)."""
         return {
             op.value: {**self._counts[op], "cost": round(self._cost[op], 6), "saved": round(self._saved[op], 6)}
             for op in Operation
