@@ -135,7 +135,8 @@ class Stats:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
-        errors, kv_skipped, gateway_skipped, provider_skipped, upstream_requests, cost, saved}}`` (cost and saved in US dollars, rounded to 1e-6)."""
+        errors, kv_skipped, gateway_skipped, provider_skipped, upstream_requests, cost, saved}}`` (cost and
+        saved in US dollars, rounded to 1e-6)."""
         return {
             op.value: {**self._counts[op], "cost": round(self._cost[op], 6), "saved": round(self._saved[op], 6)}
             for op in Operation
