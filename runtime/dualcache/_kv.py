@@ -38,13 +38,14 @@ from dualcache._exceptions import (
     BackendError,
     BackendUnavailableError,
     BadResponseError,
+    ConfigError,
     InvalidInputError,
     RateLimitedError,
     SkippedError,
     UsageError,
 )
 from dualcache._keys import check_key
-from dualcache._policy import KV_MIN_TTL
+from dualcache._policy import KV_MIN_TTL, Namespace
 
 __all__ = [
     "DATA_PLANE_BULK_BODY_MAX",
@@ -102,6 +103,8 @@ Deliberately conservative (8 Mbit/s, a slow uplink or a busy Worker): the budget
 after which a write is abandoned, so too generous costs nothing but a late error, while too tight
 reports a write failed that landed (10,000 embeddings, 40.8 MB, get 1 s + 39 s).
 """
+
+_BINDINGS = tuple(n.value for n in Namespace)
 
 Clock = Callable[[], float]
 """A function returning the current unix time in seconds (``time.time`` by default)."""
@@ -629,19 +632,37 @@ class _HTTPKVBackend:
             raise BadResponseError(f"kv {what}: unsuccessful envelope: {_envelope_errors(response)}", backend="kv")
         return body.get("result")
 
-    async def get(self, key: str) -> bytes | None:
-        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+    metadata_header: bool = False
+    """Whether a value's ``GET`` carries its metadata in ``cf-kv-metadata`` (the data plane does; the REST
+    API documents no such header, so there it takes a second round trip)."""
+
+    async def _get(self, key: str) -> httpx.Response | None:
         response = await self._request("GET", f"/values/{self._quote(key)}", f"get {key!r}")
         if response.status_code == 404:
             return None
         raise_for_status(response, backend="kv", what=f"get {key!r}")
-        return response.content
+        return response
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+        response = await self._get(key)
+        return None if response is None else response.content
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
-        """See :class:`KVBackend`: the value, then the metadata endpoint (two round trips)."""
-        value = await self.get(key)
-        if value is None:
+        """See :class:`KVBackend`: the value and its metadata, from the ``cf-kv-metadata`` header where the
+        API sends one, else from the metadata endpoint (a second round trip)."""
+        found = await self._get(key)
+        if found is None:
             return None
+        value = found.content
+        if self.metadata_header:
+            header = found.headers.get("cf-kv-metadata")
+            if header is None:
+                return value, None
+            try:
+                return value, json.loads(header)
+            except ValueError as exc:
+                raise BadResponseError(f"kv get {key!r}: cf-kv-metadata is not JSON", backend="kv") from exc
         response = await self._request("GET", f"/metadata/{self._quote(key)}", f"metadata {key!r}")
         if response.status_code == 404:
             return value, None
@@ -838,14 +859,18 @@ class DataPlaneKVBackend(_HTTPKVBackend):
     Args:
         client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
         data_plane_url: The Worker's base URL (``StackOutputs.data_plane_url``).
-        binding: The namespace's binding name (``EMBEDDINGS_CACHE``, ...).
+        binding: The namespace's binding name, one of the six (``SESSIONS``, ..., ``API_CACHE``).
         token: The data-plane token (the Worker's ``DUALCACHE_TOKEN`` secret).
         timeout: Per-request timeout in seconds (writes get more, sized for their body).
+
+    Raises:
+        ConfigError: ``binding`` is not one of the six binding names.
     """
 
     name = "dataplane"
     bulk_write_max = DATA_PLANE_BULK_WRITE_MAX
     bulk_body_max = DATA_PLANE_BULK_BODY_MAX
+    metadata_header = True
 
     def __init__(
         self,
@@ -856,8 +881,8 @@ class DataPlaneKVBackend(_HTTPKVBackend):
         token: SecretStr | str | None,
         timeout: float = 5.0,
     ) -> None:
-        if not binding:
-            raise InvalidInputError("binding is empty; pass one of the six binding names, e.g. 'EMBEDDINGS_CACHE'")
+        if binding not in _BINDINGS:
+            raise ConfigError(f"binding={binding!r} is not a namespace binding; valid bindings: {', '.join(_BINDINGS)}")
         super().__init__(
             client,
             base_url=f"{data_plane_url.rstrip('/')}/kv/{quote(binding, safe='')}",

@@ -100,6 +100,24 @@ def test_backend_limits_rest_and_dataplane() -> None:
     assert rest.budget is not None
 
 
+async def test_dataplane_backend_reads_metadata_in_one_round_trip(clock: FakeClock) -> None:
+    plane = FakeDataPlane(TOKEN, clock)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(plane)) as client:
+        store = dp_store(plane, client)
+        await store.put("m", "v", metadata={"model": "bge", "n": "é"})
+        await store.put("plain", "w")
+        plane.requests.clear()
+        assert await store.get_with_metadata("m") == (b"v", {"model": "bge", "n": "é"})
+        assert await store.get_with_metadata("plain") == (b"w", None)
+        assert await store.get_with_metadata("absent") is None
+    assert len(plane.requests) == 3
+
+
+def test_dataplane_backend_unknown_binding_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="binding='EMBEDDINGS'.*valid bindings: SESSIONS"):
+        DataPlaneKVBackend(httpx.AsyncClient(), data_plane_url=DP_URL, binding="EMBEDDINGS", token=TOKEN)
+
+
 async def test_dataplane_backend_wrong_token_is_an_authentication_error(clock: FakeClock) -> None:
     plane = FakeDataPlane(TOKEN, clock)
     async with httpx.AsyncClient(transport=httpx.MockTransport(plane)) as client:
