@@ -185,17 +185,18 @@ class DualCache:
             and AI calls go through the stack's AI Gateway. Without them, KV is a SQLite file under
             ``data_dir`` and AI calls go to the direct provider endpoints (Workers AI needs ``account_id``).
         api_token: Cloudflare API token (KV over REST, and Workers AI).
+        gateway_token: Token sent as ``cf-aig-authorization`` (authenticated gateways).
+        openai_api_key: OpenAI key (generation, image resumes, the job-analysis fallback).
         data_plane_token: The data-plane Worker's token (its ``DUALCACHE_TOKEN`` secret). With it and a
             ``data_plane_url`` in the outputs, every namespace goes through the data plane: no Cloudflare
             API request on the cache path. A wrong token is a counted KV error (a miss), never an outage.
         rest_budget: Request budget of KV over the REST API; the process-wide one of ``api_token`` when
             ``None`` (see :class:`~dualcache.RequestBudget`). Never used for the data plane.
-        gateway_token: Token sent as ``cf-aig-authorization`` (authenticated gateways).
-        openai_api_key: OpenAI key (generation, image resumes, the job-analysis fallback).
         account_id: Cloudflare account id when no outputs are given.
         api_base_url: Cloudflare API base when no outputs are given.
         policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
-        kv: Builds the KV backend of a namespace; default: Cloudflare REST with outputs, else SQLite.
+        kv: Builds the KV backend of a namespace; default: the data plane or Cloudflare REST with outputs
+            (see ``outputs``), else SQLite.
         transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``).
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).

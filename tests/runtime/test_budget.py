@@ -348,3 +348,22 @@ async def test_dualcache_budget_wait_never_exceeds_the_kv_timeout() -> None:
         assert len(cloud.kv.requests) == 2
     assert w.sleeps and all(s <= 1.0 for s in w.sleeps)
     assert sum(w.sleeps) == pytest.approx(0.3)
+
+
+async def test_dualcache_rest_namespaces_and_caches_with_one_token_share_one_budget() -> None:
+    cloud = Cloud()
+    transport = httpx.MockTransport(cloud)
+    async with (
+        DualCache.from_outputs(OUTPUTS, api_token="same", transport=transport) as one,
+        DualCache.from_outputs(OUTPUTS, api_token="same", transport=transport) as two,
+        DualCache.from_outputs(OUTPUTS, api_token="other", transport=transport) as three,
+    ):
+        budgets = [c.kv(ns).backend.budget for c in (one, two) for ns in ("SESSIONS", "EMBEDDINGS_CACHE")]
+        assert all(b is budgets[0] for b in budgets) and budgets[0] is not None
+        assert three.kv("SESSIONS").backend.budget is not budgets[0]
+        # A 429 seen through one cache blocks the other's KV too.
+        cloud.kv.queue.append((429, {"retry-after": "300"}))
+        await one.embed("a")
+        await two.embed("b")
+        assert two.stats.snapshot()["embeddings"]["kv_skipped"] == 1
+    assert len(cloud.kv.requests) == 1
