@@ -15,3 +15,15 @@ def test_exported_members_all_public_names_are_listed() -> None:
 def test_exported_members_resolve() -> None:
     for name in dualcache.__all__:
         assert getattr(dualcache, name) is not None, name
+
+
+def test_exported_members_include_the_kv_client_surface() -> None:
+    for name in (
+        "CloudflareKVBackend",
+        "DataPlaneKVBackend",
+        "KVBatchRead",
+        "KVStore",
+        "RequestBudget",
+        "SkippedError",
+    ):
+        assert name in dualcache.__all__, name

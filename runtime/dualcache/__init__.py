@@ -5,6 +5,7 @@ The public surface is exactly ``__all__``; everything else lives in private modu
 
 from __future__ import annotations
 
+from dualcache._budget import RequestBudget
 from dualcache._cache import DualCache, KVBackendFactory, Models
 from dualcache._exceptions import (
     AuthenticationError,
@@ -21,7 +22,9 @@ from dualcache._exceptions import (
 from dualcache._gateway import RetryPolicy
 from dualcache._kv import (
     CloudflareKVBackend,
+    DataPlaneKVBackend,
     KVBackend,
+    KVBatchRead,
     KVEntry,
     KVKey,
     KVPage,
@@ -43,12 +46,14 @@ __all__ = [
     "BadResponseError",
     "CloudflareKVBackend",
     "ConfigError",
+    "DataPlaneKVBackend",
     "DualCache",
     "DualCacheError",
     "GatewayMode",
     "InvalidInputError",
     "KVBackend",
     "KVBackendFactory",
+    "KVBatchRead",
     "KVEntry",
     "KVKey",
     "KVPage",
@@ -62,9 +67,10 @@ __all__ = [
     "Policies",
     "PriceTable",
     "RateLimitedError",
-    "SkippedError",
+    "RequestBudget",
     "RetryPolicy",
     "SQLiteKVBackend",
+    "SkippedError",
     "StackConfig",
     "StackOutputs",
     "Stats",

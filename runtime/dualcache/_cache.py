@@ -18,7 +18,15 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from dualcache._exceptions import BackendError, BadResponseError, ConfigError, InvalidInputError, UsageError
+from dualcache._budget import RequestBudget
+from dualcache._exceptions import (
+    BackendError,
+    BadResponseError,
+    ConfigError,
+    InvalidInputError,
+    SkippedError,
+    UsageError,
+)
 from dualcache._gateway import (
     DEFAULT_OPENAI_BASE_URL,
     CallRecord,
@@ -30,7 +38,16 @@ from dualcache._gateway import (
     parse_json_object,
 )
 from dualcache._keys import analysis_key, check_utf8, embed_key, gateway_cache_key, spam_key
-from dualcache._kv import Clock, CloudflareKVBackend, KVBackend, KVEntry, KVStore, SQLiteKVBackend
+from dualcache._kv import (
+    Clock,
+    CloudflareKVBackend,
+    DataPlaneKVBackend,
+    KVBackend,
+    KVBatchRead,
+    KVEntry,
+    KVStore,
+    SQLiteKVBackend,
+)
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
 from dualcache._records import (
@@ -47,7 +64,7 @@ from dualcache._records import (
 from dualcache._singleflight import SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
 
-__all__ = ["DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
+__all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +72,9 @@ T = TypeVar("T")
 
 KVBackendFactory = Callable[[Namespace], KVBackend]
 """Builds the backend of one namespace (called once per namespace, on first use)."""
+
+DATA_PLANE_TOKEN_ENV_VAR = "DUALCACHE_DATA_PLANE_TOKEN"
+"""Environment variable holding the data-plane token read by :meth:`DualCache.from_env`."""
 
 DEFAULT_DATA_DIR = Path(".dualcache")
 """Where the SQLite KV file lives when neither outputs nor a KV backend are given."""
@@ -160,16 +180,23 @@ class DualCache:
     arguments left ``None``.
 
     Args:
-        outputs: The stack's outputs. With them, KV is the Cloudflare REST API and AI calls go through
-            the stack's AI Gateway. Without them, KV is a SQLite file under ``data_dir`` and AI calls go
-            to the direct provider endpoints (Workers AI needs ``account_id``).
-        api_token: Cloudflare API token (KV and Workers AI).
+        outputs: The stack's outputs. With them, KV is the stack's data-plane Worker (when the outputs
+            carry a ``data_plane_url`` and ``data_plane_token`` is given) or else the Cloudflare REST API,
+            and AI calls go through the stack's AI Gateway. Without them, KV is a SQLite file under
+            ``data_dir`` and AI calls go to the direct provider endpoints (Workers AI needs ``account_id``).
+        api_token: Cloudflare API token (KV over REST, and Workers AI).
         gateway_token: Token sent as ``cf-aig-authorization`` (authenticated gateways).
         openai_api_key: OpenAI key (generation, image resumes, the job-analysis fallback).
+        data_plane_token: The data-plane Worker's token (its ``DUALCACHE_TOKEN`` secret). With it and a
+            ``data_plane_url`` in the outputs, every namespace goes through the data plane: no Cloudflare
+            API request on the cache path. A wrong token is a counted KV error (a miss), never an outage.
+        rest_budget: Request budget of KV over the REST API; the process-wide one of ``api_token`` when
+            ``None`` (see :class:`~dualcache.RequestBudget`). Never used for the data plane.
         account_id: Cloudflare account id when no outputs are given.
         api_base_url: Cloudflare API base when no outputs are given.
         policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
-        kv: Builds the KV backend of a namespace; default: Cloudflare REST with outputs, else SQLite.
+        kv: Builds the KV backend of a namespace; default: the data plane or Cloudflare REST with outputs
+            (see ``outputs``), else SQLite.
         transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``).
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).
@@ -193,6 +220,8 @@ class DualCache:
         api_token: str | SecretStr | None = None,
         gateway_token: str | SecretStr | None = None,
         openai_api_key: str | SecretStr | None = None,
+        data_plane_token: str | SecretStr | None = None,
+        rest_budget: RequestBudget | None = None,
         account_id: str | None = None,
         api_base_url: str = DEFAULT_API_BASE_URL,
         policies: Policies | None = None,
@@ -224,6 +253,10 @@ class DualCache:
         self.stats = Stats(prices)
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
+        self._data_plane_token = _secret(data_plane_token, "data_plane_token")
+        if rest_budget is not None and not isinstance(rest_budget, RequestBudget):
+            raise ConfigError(f"rest_budget must be a RequestBudget, got {type(rest_budget).__name__}")
+        self._rest_budget = rest_budget
         self._kv_timeout = kv_timeout
         self._data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
         self._http = httpx.AsyncClient(transport=transport, timeout=upstream_timeout)
@@ -258,25 +291,73 @@ class DualCache:
         api_token: str | SecretStr | None = None,
         gateway_token: str | SecretStr | None = None,
         openai_api_key: str | SecretStr | None = None,
+        data_plane_token: str | SecretStr | None = None,
         **kwargs: Any,
     ) -> DualCache:
-        """Build a cache for the stack described by ``outputs`` (other arguments as in the constructor)."""
+        """Build a cache for the stack described by ``outputs`` (other arguments as in the constructor).
+
+        With a ``data_plane_url`` in ``outputs`` and a ``data_plane_token``, KV goes through the data plane.
+        """
         if not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
-        return cls(outputs, api_token=api_token, gateway_token=gateway_token, openai_api_key=openai_api_key, **kwargs)
+        return cls(
+            outputs,
+            api_token=api_token,
+            gateway_token=gateway_token,
+            openai_api_key=openai_api_key,
+            data_plane_token=data_plane_token,
+            **kwargs,
+        )
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> DualCache:
-        """Build a cache from the environment: ``DUALCACHE_OUTPUTS`` (a path or the JSON),
-        ``CLOUDFLARE_API_TOKEN``, ``CF_AIG_TOKEN`` and ``OPENAI_API_KEY`` (each optional but the first).
+        """Build a cache from the environment, failing fast when KV would have no credential.
+
+        Reads ``DUALCACHE_OUTPUTS`` (a path or the JSON; required), ``DUALCACHE_DATA_PLANE_TOKEN``,
+        ``CLOUDFLARE_API_TOKEN``, ``CF_AIG_TOKEN`` and ``OPENAI_API_KEY``. An argument passed in ``kwargs``
+        wins over its variable.
+
+        What is required is what KV needs, since every cached operation and :meth:`kv` use it:
+
+        * outputs with a ``data_plane_url``: ``DUALCACHE_DATA_PLANE_TOKEN`` (KV over the data plane), or
+          else ``CLOUDFLARE_API_TOKEN`` (KV over the REST API, with a warning: it is rate-limited);
+        * outputs without one: ``CLOUDFLARE_API_TOKEN`` (KV over the REST API);
+        * neither when a ``kv=`` backend factory is passed.
+
+        Provider credentials are optional, since a service may use one provider only (an OpenAI-only
+        service needs no ``CLOUDFLARE_API_TOKEN`` with the data plane): ``CLOUDFLARE_API_TOKEN`` for Workers
+        AI, ``OPENAI_API_KEY`` for OpenAI, ``CF_AIG_TOKEN`` for an authenticated gateway. A call that needs a
+        missing one raises :class:`~dualcache.ConfigError` before any request.
 
         Raises:
-            ConfigError: ``DUALCACHE_OUTPUTS`` is unset or invalid.
+            ConfigError: ``DUALCACHE_OUTPUTS`` is unset or invalid, or KV has no token; the message names
+                the environment variable to set.
         """
         outputs = StackOutputs.from_env(OUTPUTS_ENV_VAR)
         kwargs.setdefault("api_token", os.environ.get("CLOUDFLARE_API_TOKEN") or None)
         kwargs.setdefault("gateway_token", os.environ.get("CF_AIG_TOKEN") or None)
         kwargs.setdefault("openai_api_key", os.environ.get("OPENAI_API_KEY") or None)
+        kwargs.setdefault("data_plane_token", os.environ.get(DATA_PLANE_TOKEN_ENV_VAR) or None)
+        if kwargs.get("kv") is None:
+            if outputs.data_plane_url is not None and not kwargs["data_plane_token"]:
+                if not kwargs["api_token"]:
+                    raise ConfigError(
+                        f"{DATA_PLANE_TOKEN_ENV_VAR} is not set: the outputs of stack {outputs.stack!r} name a data "
+                        f"plane ({outputs.data_plane_url}) and KV needs its token (the stack's "
+                        "jobmatch-ai:dataPlaneToken secret); or set CLOUDFLARE_API_TOKEN to use the rate-limited "
+                        "REST API instead"
+                    )
+                logger.warning(
+                    "%s is not set: KV of stack %r goes over the Cloudflare REST API (1,200 requests / 5 min per "
+                    "token) although its outputs name a data plane",
+                    DATA_PLANE_TOKEN_ENV_VAR,
+                    outputs.stack,
+                )
+            elif outputs.data_plane_url is None and not kwargs["api_token"]:
+                raise ConfigError(
+                    f"CLOUDFLARE_API_TOKEN is not set: the outputs of stack {outputs.stack!r} have no data_plane_url, "
+                    "so KV goes over the Cloudflare REST API, which needs a token with Workers KV Storage Read/Write"
+                )
         return cls(outputs, **kwargs)
 
     def __repr__(self) -> str:
@@ -311,6 +392,14 @@ class DualCache:
         if self._kv_factory is not None:
             return self._kv_factory(namespace)
         if self.outputs is not None:
+            if self.outputs.data_plane_url is not None and self._data_plane_token is not None:
+                return DataPlaneKVBackend(
+                    self._http,
+                    data_plane_url=self.outputs.data_plane_url,
+                    binding=namespace.value,
+                    token=self._data_plane_token,
+                    timeout=self._kv_timeout or 30.0,
+                )
             return CloudflareKVBackend(
                 self._http,
                 api_base_url=self.outputs.api_base_url,
@@ -318,6 +407,7 @@ class DualCache:
                 namespace_id=self.outputs.namespace_id(namespace),
                 api_token=self._api_token,
                 timeout=self._kv_timeout or 30.0,
+                budget=self._rest_budget,
             )
         return SQLiteKVBackend(self._data_dir / "kv.sqlite3", namespace.value, clock=self._clock)
 
@@ -344,13 +434,29 @@ class DualCache:
         return self.kv(policy.kv_namespace)
 
     async def _kv_read(self, op: Operation, store: KVStore, key: str) -> tuple[bytes | None, bool]:
-        """Return ``(value, ok)``; a failure is a miss, counted in ``errors``."""
+        """Return ``(value, ok)``; a failure is a miss, counted in ``errors`` (in ``kv_skipped`` when the
+        read was not sent because KV is blocked; the budget logs the block, not each key)."""
         try:
             return await store.get(key), True
+        except SkippedError:
+            self.stats.skip(op, "kv")
+            return None, False
         except BackendError as exc:
             self.stats.error(op)
             logger.warning("%s: KV read of %r failed, treated as a miss: %s", op.value, key, exc)
             return None, False
+
+    async def _kv_read_many(self, op: Operation, store: KVStore, keys: list[str]) -> KVBatchRead:
+        """Bulk-read ``keys``; a failed chunk costs only its keys, counted once per chunk (errors or skips)."""
+        batch = await store.get_many_partial(keys)
+        for exc in batch.errors:
+            lost = sum(1 for e in batch.failed.values() if e is exc)
+            if isinstance(exc, SkippedError):
+                self.stats.skip(op, "kv")
+                continue
+            self.stats.error(op)
+            logger.warning("%s: KV bulk read failed, %d keys treated as misses: %s", op.value, lost, exc)
+        return batch
 
     async def _kv_write(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
         """Write ``entries`` (one put, or one bulk write); a failure is counted, never raised."""
@@ -362,6 +468,8 @@ class DualCache:
                 await store.put(e.key, e.value, ttl=e.ttl, metadata=e.metadata)
             else:
                 await store.put_many(entries)
+        except SkippedError:
+            self.stats.skip(op, "kv")  # KV blocked: the write is dropped (the budget logs the block)
         except BackendError as exc:
             self.stats.error(op)
             logger.warning("%s: KV write of %d key(s) failed, answer still served: %s", op.value, len(entries), exc)
@@ -587,19 +695,15 @@ class DualCache:
             return
         reads: dict[str, RecordStatus | None] = dict.fromkeys(lead, RecordStatus.MISSING)
         if should_read_kv(policy):
-            store = self._store(policy)
-            try:
-                raws = await store.get_many(lead)
-            except BackendError as exc:
-                self.stats.error(op)
-                logger.warning("%s: KV bulk read failed, %d keys treated as misses: %s", op.value, len(lead), exc)
-                reads = dict.fromkeys(lead, None)
-            else:
-                for k in lead:
-                    status, vector = self._judge_embedding(k, raws.get(k))
-                    reads[k] = status
-                    if vector is not None:
-                        results[k], outcomes[k] = vector, Outcome.KV_HIT
+            batch = await self._kv_read_many(op, self._store(policy), lead)
+            for k in lead:
+                if k in batch.failed:
+                    reads[k] = None  # its chunk failed: a miss, and no write (as for a failed single read)
+                    continue
+                status, vector = self._judge_embedding(k, batch.values.get(k))
+                reads[k] = status
+                if vector is not None:
+                    results[k], outcomes[k] = vector, Outcome.KV_HIT
         misses = [k for k in lead if k not in results]
         by_input: dict[str, list[str]] = {}
         for k in misses:

@@ -1,15 +1,22 @@
-"""Key-value stores: narrow async backends (memory, SQLite, Cloudflare REST) and one front class.
+"""Key-value stores: narrow async backends (memory, SQLite, HTTP) and one front class.
 
 A backend implements a few primitives and nothing else. :class:`KVStore` in front of it checks
 Cloudflare's limits before any I/O (key <= 512 bytes, value <= 25 MiB, metadata <= 1024 bytes, TTL
->= 60 s), serializes values, splits bulk calls into Cloudflare's batch sizes (reads <= 100 keys,
-writes and deletes <= 10,000), applies a timeout, counts round trips and maps foreign exceptions to
-the :mod:`dualcache._exceptions` tree. A missing key is ``None``.
+>= 60 s, list limit 10..1000), serializes values, splits bulk calls into the backend's batch sizes
+(reads <= 100 keys; writes by count and by body bytes), applies time budgets (reads: the timeout;
+writes: sized for their body), counts round trips and maps foreign exceptions to the
+:mod:`dualcache._exceptions` tree. A missing key is ``None``.
+
+One HTTP implementation speaks the KV REST API's shapes in two configurations:
+:class:`CloudflareKVBackend` (the Cloudflare REST API, behind a per-token request budget: for
+administration, warm-up and local use) and :class:`DataPlaneKVBackend` (dualcache's own Worker, the
+production data path: no Cloudflare API call, no budget).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import sqlite3
@@ -25,26 +32,37 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from dualcache._budget import RequestBudget
 from dualcache._exceptions import (
     AuthenticationError,
     BackendError,
     BackendUnavailableError,
     BadResponseError,
+    ConfigError,
     InvalidInputError,
     RateLimitedError,
+    SkippedError,
     UsageError,
 )
 from dualcache._keys import check_key
-from dualcache._policy import KV_MIN_TTL
+from dualcache._policy import KV_MIN_TTL, Namespace
 
 __all__ = [
+    "DATA_PLANE_BULK_BODY_MAX",
+    "DATA_PLANE_BULK_WRITE_MAX",
+    "KV_BULK_BODY_MAX",
     "KV_BULK_GET_MAX",
     "KV_BULK_WRITE_MAX",
+    "KV_LIST_MAX",
+    "KV_LIST_MIN",
     "KV_MAX_METADATA_BYTES",
     "KV_MAX_VALUE_BYTES",
+    "KV_WRITE_THROUGHPUT",
     "Clock",
     "CloudflareKVBackend",
+    "DataPlaneKVBackend",
     "KVBackend",
+    "KVBatchRead",
     "KVEntry",
     "KVKey",
     "KVPage",
@@ -55,6 +73,7 @@ __all__ = [
     "check_ttl",
     "check_value",
     "parse_retry_after",
+    "write_timeout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,8 +85,26 @@ KV_MAX_METADATA_BYTES = 1024
 KV_BULK_GET_MAX = 100
 """Most keys one bulk read may name."""
 KV_BULK_WRITE_MAX = 10_000
-"""Most entries one bulk write or bulk delete may carry."""
-_LIST_MAX = 1000
+"""Most entries one REST bulk write or bulk delete may carry."""
+KV_BULK_BODY_MAX = 100_000_000
+"""Largest REST bulk-write request body, in bytes (100 MB)."""
+DATA_PLANE_BULK_WRITE_MAX = 100
+"""Most entries one data-plane bulk write or bulk delete may carry (infra/worker/DATAPLANE.md)."""
+DATA_PLANE_BULK_BODY_MAX = 32 * 1024 * 1024
+"""Largest data-plane bulk request body, in bytes (32 MiB)."""
+KV_LIST_MIN = 10
+"""Smallest ``limit`` of a listing Cloudflare accepts."""
+KV_LIST_MAX = 1000
+"""Largest ``limit`` of a listing (and the default)."""
+KV_WRITE_THROUGHPUT = 1024 * 1024
+"""Bytes per second a KV write is assumed to move at least, to size its time budget.
+
+Deliberately conservative (8 Mbit/s, a slow uplink or a busy Worker): the budget is an upper bound
+after which a write is abandoned, so too generous costs nothing but a late error, while too tight
+reports a write failed that landed (10,000 embeddings, 40.8 MB, get 1 s + 39 s).
+"""
+
+_BINDINGS = tuple(n.value for n in Namespace)
 
 Clock = Callable[[], float]
 """A function returning the current unix time in seconds (``time.time`` by default)."""
@@ -120,7 +157,13 @@ class KVPage:
 
 @runtime_checkable
 class KVBackend(Protocol):
-    """The primitives a KV backend implements. Inputs are already validated by :class:`KVStore`."""
+    """The primitives a KV backend implements. Inputs are already validated by :class:`KVStore`.
+
+    A backend may also declare its limits as attributes, which :class:`KVStore` reads when present:
+    ``bulk_get_max`` (keys per bulk read, default 100), ``bulk_write_max`` (entries per bulk write or
+    delete, default 10,000), ``bulk_body_max`` (bytes of a bulk-write body, default none) and
+    ``bulk_item_size(entry) -> int`` (bytes an entry takes in that body).
+    """
 
     name: str
     """Short name used in errors and counters (``memory``, ``sqlite``, ``cloudflare``)."""
@@ -508,53 +551,75 @@ def raise_for_status(response: httpx.Response, *, backend: str, what: str) -> No
     raise BackendError(message, backend=backend, status_code=status)
 
 
-class CloudflareKVBackend:
-    """One Workers KV namespace over the Cloudflare REST API (cloudflare-facts §1).
+def write_timeout(nbytes: int, base: float | None, throughput: float = KV_WRITE_THROUGHPUT) -> float | None:
+    """Seconds a write of ``nbytes`` may take: ``base + nbytes / throughput`` (``None`` when ``base`` is).
 
-    Args:
-        client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
-        api_base_url: ``https://api.cloudflare.com/client/v4`` or the emulator's.
-        account_id: The account id.
-        namespace_id: The namespace id.
-        api_token: A token with "Workers KV Storage Read/Write".
-        timeout: Per-request timeout in seconds.
+    ``base`` is the time an empty round trip may take (the read timeout); the rest pays for the body at
+    a deliberately conservative ``throughput`` (1 MiB/s by default, see :data:`KV_WRITE_THROUGHPUT`).
+    """
+    if base is None:
+        return None
+    return base + nbytes / throughput
+
+
+class _HTTPKVBackend:
+    """One KV namespace over the KV REST API's shapes: the one implementation behind
+    :class:`CloudflareKVBackend` (the REST API) and :class:`DataPlaneKVBackend` (dualcache's Worker).
+
+    Subclasses only choose the base URL, the limits and the request budget.
     """
 
-    name = "cloudflare"
+    name = "http"
+    bulk_get_max = KV_BULK_GET_MAX
+    """Most keys one bulk read may name."""
+    bulk_write_max = KV_BULK_WRITE_MAX
+    """Most entries one bulk write or bulk delete may carry."""
+    bulk_body_max = KV_BULK_BODY_MAX
+    """Largest bulk-write request body, in bytes."""
 
     def __init__(
         self,
         client: httpx.AsyncClient,
         *,
-        api_base_url: str,
-        account_id: str,
-        namespace_id: str,
-        api_token: SecretStr | str | None,
-        timeout: float = 5.0,
+        base_url: str,
+        token: SecretStr | str | None,
+        timeout: float,
+        budget: RequestBudget | None,
+        budget_wait: float | None,
     ) -> None:
         self._client = client
-        self._base = f"{api_base_url.rstrip('/')}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}"
-        token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._base = base_url
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._timeout = timeout
+        self.budget = budget
+        self._budget_wait = timeout / 2 if budget_wait is None else budget_wait
 
     def __repr__(self) -> str:
-        return f"CloudflareKVBackend(base={self._base!r})"
+        return f"{type(self).__name__}(base={self._base!r})"
 
     @staticmethod
     def _quote(key: str) -> str:
         # Key names go in the URL path: percent-encode everything, '/' included (cloudflare-facts §1).
         return quote(key, safe="")
 
-    async def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, what: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        limit = self._timeout if timeout is None else timeout
+        if self.budget is not None:
+            # Raises SkippedError (nothing sent) while blocked after a 429 or out of budget.
+            await self.budget.acquire(self._budget_wait, backend="kv")
+        headers = {**self._headers, **kwargs.pop("headers", {})}
         try:
-            return await self._client.request(
-                method, self._base + path, headers=self._headers, timeout=self._timeout, **kwargs
-            )
+            response = await self._client.request(method, self._base + path, headers=headers, timeout=limit, **kwargs)
         except httpx.TimeoutException as exc:
-            raise BackendUnavailableError(f"kv {what}: timed out after {self._timeout}s", backend="kv") from exc
+            raise BackendUnavailableError(f"kv {what}: timed out after {limit:g}s", backend="kv") from exc
         except httpx.HTTPError as exc:
             raise BackendUnavailableError(f"kv {what}: {type(exc).__name__}: {exc}", backend="kv") from exc
+        if self.budget is not None:
+            self.budget.observe(response.status_code, response.headers)
+        return response
 
     @staticmethod
     def _result(response: httpx.Response, what: str) -> Any:
@@ -567,26 +632,51 @@ class CloudflareKVBackend:
             raise BadResponseError(f"kv {what}: unsuccessful envelope: {_envelope_errors(response)}", backend="kv")
         return body.get("result")
 
-    async def get(self, key: str) -> bytes | None:
-        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+    metadata_header: bool = False
+    """Whether a value's ``GET`` carries its metadata in ``cf-kv-metadata`` (the data plane does; the REST
+    API documents no such header, so there it takes a second round trip)."""
+
+    async def _get(self, key: str) -> httpx.Response | None:
         response = await self._request("GET", f"/values/{self._quote(key)}", f"get {key!r}")
         if response.status_code == 404:
             return None
         raise_for_status(response, backend="kv", what=f"get {key!r}")
-        return response.content
+        return response
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+        response = await self._get(key)
+        return None if response is None else response.content
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
-        """See :class:`KVBackend`: the value, then the metadata endpoint (two round trips)."""
-        value = await self.get(key)
-        if value is None:
+        """See :class:`KVBackend`: the value and its metadata, from the ``cf-kv-metadata`` header where the
+        API sends one, else from the metadata endpoint (a second round trip)."""
+        found = await self._get(key)
+        if found is None:
             return None
+        value = found.content
+        if self.metadata_header:
+            header = found.headers.get("cf-kv-metadata")
+            if header is None:
+                return value, None
+            try:
+                return value, json.loads(header)
+            except ValueError as exc:
+                raise BadResponseError(f"kv get {key!r}: cf-kv-metadata is not JSON", backend="kv") from exc
         response = await self._request("GET", f"/metadata/{self._quote(key)}", f"metadata {key!r}")
         if response.status_code == 404:
             return value, None
         return value, self._result(response, f"metadata {key!r}")
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """See :class:`KVBackend`: one ``POST /bulk/get`` with ``type: text``."""
+        """See :class:`KVBackend`: one ``POST /bulk/get`` with ``type: text``.
+
+        Bulk get returns text only. What a server does with a value that is not UTF-8 is not documented:
+        the emulator refuses the whole request with a 400 (:meth:`KVStore.get_many_partial` then splits
+        the batch to isolate the key), while a Worker's text decoding replaces the bad bytes with U+FFFD.
+        So a value holding U+FFFD is read again on its own, raw, with one ``GET`` (a value that really
+        holds U+FFFD costs one extra request; dualcache's own records never do).
+        """
         if not keys:
             return {}
         response = await self._request(
@@ -597,15 +687,23 @@ class CloudflareKVBackend:
         if not isinstance(values, dict):
             raise BadResponseError("kv bulk get: result.values is not an object", backend="kv")
         out: dict[str, bytes] = {}
+        suspect: list[str] = []
         for key, value in values.items():
-            if value is None:
-                continue
             if isinstance(value, dict) and "value" in value:  # the withMetadata shape, handled defensively
                 value = value["value"]
+            if value is None:
+                continue
             if isinstance(value, str):
+                if "\ufffd" in value:
+                    suspect.append(key)
+                    continue
                 out[key] = value.encode("utf-8")
-            elif value is not None:
+            else:
                 out[key] = json.dumps(value).encode("utf-8")
+        for key in suspect:
+            raw = await self.get(key)
+            if raw is not None:
+                out[key] = raw
         return out
 
     async def put(self, entry: KVEntry) -> None:
@@ -613,12 +711,29 @@ class CloudflareKVBackend:
         params = {"expiration_ttl": str(entry.ttl)} if entry.ttl is not None else None
         what = f"put {entry.key!r}"
         path = f"/values/{self._quote(entry.key)}"
+        timeout = write_timeout(len(entry.value), self._timeout)
         if entry.metadata is None:
-            response = await self._request("PUT", path, what, params=params, content=entry.value)
+            response = await self._request("PUT", path, what, params=params, content=entry.value, timeout=timeout)
         else:
             files = {"value": (None, entry.value), "metadata": (None, json.dumps(entry.metadata).encode("utf-8"))}
-            response = await self._request("PUT", path, what, params=params, files=files)
+            response = await self._request("PUT", path, what, params=params, files=files, timeout=timeout)
         self._result(response, what)
+
+    @staticmethod
+    def _bulk_item(entry: KVEntry) -> bytes:
+        try:
+            item: dict[str, Any] = {"key": entry.key, "value": entry.value.decode("utf-8")}
+        except UnicodeDecodeError:
+            item = {"key": entry.key, "value": base64.b64encode(entry.value).decode("ascii"), "base64": True}
+        if entry.ttl is not None:
+            item["expiration_ttl"] = entry.ttl
+        if entry.metadata is not None:
+            item["metadata"] = entry.metadata
+        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def bulk_item_size(self, entry: KVEntry) -> int:
+        """Bytes ``entry`` takes in a bulk-write body (what :class:`KVStore` splits bulk writes by)."""
+        return len(self._bulk_item(entry))
 
     async def put_many(self, entries: Sequence[KVEntry]) -> None:
         """See :class:`KVBackend`: one ``PUT /bulk``; keys reported unsuccessful are retried once."""
@@ -626,20 +741,15 @@ class CloudflareKVBackend:
             return
         pending = list(entries)
         for attempt in (1, 2):
-            body = []
-            for e in pending:
-                try:
-                    item: dict[str, Any] = {"key": e.key, "value": e.value.decode("utf-8")}
-                except UnicodeDecodeError:
-                    import base64
-
-                    item = {"key": e.key, "value": base64.b64encode(e.value).decode("ascii"), "base64": True}
-                if e.ttl is not None:
-                    item["expiration_ttl"] = e.ttl
-                if e.metadata is not None:
-                    item["metadata"] = e.metadata
-                body.append(item)
-            response = await self._request("PUT", "/bulk", f"bulk write of {len(body)} keys", json=body)
+            body = b"[" + b",".join(self._bulk_item(e) for e in pending) + b"]"
+            response = await self._request(
+                "PUT",
+                "/bulk",
+                f"bulk write of {len(pending)} keys",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=write_timeout(len(body), self._timeout),
+            )
             result = self._result(response, "bulk write")
             failed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
             if not failed:
@@ -691,8 +801,128 @@ class CloudflareKVBackend:
         """The client belongs to the caller; nothing to release."""
 
 
+class CloudflareKVBackend(_HTTPKVBackend):
+    """One Workers KV namespace over the Cloudflare REST API (cloudflare-facts §1).
+
+    For administration, warm-up and local use: every call counts against the account's 1,200 requests
+    per 5 minutes, so requests go through a :class:`~dualcache.RequestBudget` (the process-wide one of
+    the token by default). While that budget is blocked after a 429 or spent, calls raise
+    :class:`~dualcache.SkippedError` without sending anything. In production use
+    :class:`DataPlaneKVBackend`.
+
+    Args:
+        client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
+        api_base_url: ``https://api.cloudflare.com/client/v4`` or the emulator's.
+        account_id: The account id.
+        namespace_id: The namespace id.
+        api_token: A token with "Workers KV Storage Read/Write".
+        timeout: Per-request timeout in seconds (writes get more, sized for their body).
+        budget: The request budget; ``RequestBudget.for_token(api_token, api_base_url=...)`` when ``None``.
+        budget_wait: Longest wait for the budget, in seconds; half of ``timeout`` when ``None``.
+    """
+
+    name = "cloudflare"
+    bulk_write_max = KV_BULK_WRITE_MAX
+    bulk_body_max = KV_BULK_BODY_MAX
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        api_base_url: str,
+        account_id: str,
+        namespace_id: str,
+        api_token: SecretStr | str | None,
+        timeout: float = 5.0,
+        budget: RequestBudget | None = None,
+        budget_wait: float | None = None,
+    ) -> None:
+        base = api_base_url.rstrip("/")
+        super().__init__(
+            client,
+            base_url=f"{base}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}",
+            token=api_token,
+            timeout=timeout,
+            budget=budget if budget is not None else RequestBudget.for_token(api_token, api_base_url=base),
+            budget_wait=budget_wait,
+        )
+
+
+class DataPlaneKVBackend(_HTTPKVBackend):
+    """One KV namespace through dualcache's data-plane Worker (``infra/worker/DATAPLANE.md``).
+
+    The same API shapes as :class:`CloudflareKVBackend`, under ``{data_plane_url}/kv/{binding}``, with the
+    Worker's limits (bulk writes of <= 100 entries and <= 32 MiB). No Cloudflare API call is made, so no
+    request budget applies. A missing or wrong token is a 401, an
+    :class:`~dualcache.AuthenticationError` (a miss for ``DualCache``).
+
+    Args:
+        client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
+        data_plane_url: The Worker's base URL (``StackOutputs.data_plane_url``).
+        binding: The namespace's binding name, one of the six (``SESSIONS``, ..., ``API_CACHE``).
+        token: The data-plane token (the Worker's ``DUALCACHE_TOKEN`` secret).
+        timeout: Per-request timeout in seconds (writes get more, sized for their body).
+
+    Raises:
+        ConfigError: ``binding`` is not one of the six binding names.
+    """
+
+    name = "dataplane"
+    bulk_write_max = DATA_PLANE_BULK_WRITE_MAX
+    bulk_body_max = DATA_PLANE_BULK_BODY_MAX
+    metadata_header = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        data_plane_url: str,
+        binding: str,
+        token: SecretStr | str | None,
+        timeout: float = 5.0,
+    ) -> None:
+        if binding not in _BINDINGS:
+            raise ConfigError(f"binding={binding!r} is not a namespace binding; valid bindings: {', '.join(_BINDINGS)}")
+        super().__init__(
+            client,
+            base_url=f"{data_plane_url.rstrip('/')}/kv/{quote(binding, safe='')}",
+            token=token,
+            timeout=timeout,
+            budget=None,
+            budget_wait=None,
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Front
+
+
+@dataclass(frozen=True, slots=True)
+class KVBatchRead:
+    """The outcome of a bulk read that may have partly failed (:meth:`KVStore.get_many_partial`).
+
+    Attributes:
+        values: The values found, by key (missing keys are left out, as in :meth:`KVStore.get_many`).
+        failed: The keys whose read failed, each with the error that cost it (one error per failed chunk;
+            a :class:`~dualcache.SkippedError` when the chunk was not sent at all).
+    """
+
+    values: dict[str, bytes]
+    failed: dict[str, BackendError]
+
+    @property
+    def errors(self) -> list[BackendError]:
+        """The distinct errors of the failed chunks, in the order they happened."""
+        seen: dict[int, BackendError] = {}
+        for exc in self.failed.values():
+            seen.setdefault(id(exc), exc)
+        return list(seen.values())
+
+
+def _is_value_rejection(exc: BackendError) -> bool:
+    # A plain 400 to a bulk get whose keys were already validated: the server refused a value (a binary
+    # value in a text-only bulk get, in the emulator). Not a 401/403/404/429/5xx, not a bad envelope.
+    return type(exc) is BackendError and exc.status_code == 400
 
 
 class KVStore:
@@ -702,39 +932,66 @@ class KVStore:
     failures to :class:`~dualcache.BackendError` subclasses (a timeout is a
     :class:`~dualcache.BackendUnavailableError`). A missing key is ``None``.
 
+    Bulk calls follow the backend's limits (its ``bulk_get_max``, ``bulk_write_max`` and
+    ``bulk_body_max`` attributes; Cloudflare's when it has none): reads <= 100 keys a request, writes
+    split by count *and* by the bytes of the request body. Reads get ``timeout``; a write gets
+    :meth:`write_timeout` of its body, ``timeout + bytes / write_throughput``.
+
     Args:
         backend: The backend holding the namespace.
         binding: The namespace binding name, for messages and counters.
-        timeout: Seconds one backend call may take; ``None`` for no limit.
+        timeout: Seconds one backend read may take (and the base of a write's budget); ``None`` for no limit.
+        write_throughput: Bytes per second a write is assumed to move at least; 1 MiB/s by default
+            (:data:`KV_WRITE_THROUGHPUT`), so a 40 MB bulk write gets 1 s + 38 s.
 
     Attributes:
-        counts: Round trips made to the backend, by primitive (``get``, ``get_many``, ``put``, ...),
-            and ``errors``.
+        counts: Calls made to the backend, by primitive (``get``, ``get_many``, ``put``, ...), and
+            ``errors`` and ``skipped`` (calls the backend refused to send, such as a blocked budget).
     """
 
-    def __init__(self, backend: KVBackend, *, binding: str = "", timeout: float | None = 1.0) -> None:
+    def __init__(
+        self,
+        backend: KVBackend,
+        *,
+        binding: str = "",
+        timeout: float | None = 1.0,
+        write_throughput: float = KV_WRITE_THROUGHPUT,
+    ) -> None:
         if timeout is not None and timeout <= 0:
             raise InvalidInputError(f"timeout={timeout!r}: must be a positive number of seconds or None")
+        if not write_throughput > 0:
+            raise InvalidInputError(f"write_throughput={write_throughput!r}: must be a positive number of bytes/s")
         self.backend = backend
         self.binding = binding
         self.timeout = timeout
+        self.write_throughput = write_throughput
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"KVStore(binding={self.binding!r}, backend={self.backend.name!r}, timeout={self.timeout!r})"
 
-    async def _io(self, op: str, call: Any) -> Any:
+    def write_timeout(self, nbytes: int) -> float | None:
+        """Seconds a write of ``nbytes`` may take: ``timeout + nbytes / write_throughput``."""
+        return write_timeout(nbytes, self.timeout, self.write_throughput)
+
+    def _limit(self, name: str, default: int | None) -> int | None:
+        value = getattr(self.backend, name, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    async def _io(self, op: str, call: Any, *, timeout: float | None = None) -> Any:
+        limit = self.timeout if timeout is None else timeout
         self.counts[op] += 1
         try:
-            if self.timeout is None:
+            if limit is None:
                 return await call
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 return await call
         except TimeoutError as exc:
             self.counts["errors"] += 1
-            raise BackendUnavailableError(
-                f"kv {self.binding} {op}: no answer within {self.timeout}s", backend="kv"
-            ) from exc
+            raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {limit:g}s", backend="kv") from exc
+        except SkippedError:
+            self.counts["skipped"] += 1
+            raise
         except BackendError:
             self.counts["errors"] += 1
             raise
@@ -771,7 +1028,7 @@ class KVStore:
             return None
         try:
             return json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BadResponseError(f"kv {self.binding}: value of {key!r} is not JSON", backend="kv") from exc
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
@@ -780,14 +1037,58 @@ class KVStore:
         result: tuple[bytes, Any] | None = await self._io("get_with_metadata", self.backend.get_with_metadata(key))
         return result
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        """Return the values of ``keys`` that exist, in one bulk read per 100 distinct keys."""
+    async def get_many_partial(self, keys: Iterable[str]) -> KVBatchRead:
+        """Read ``keys`` in one bulk read per ``bulk_get_max`` (100) distinct keys; a failure stays local.
+
+        A chunk that fails costs only its own keys (in :attr:`KVBatchRead.failed`); the other chunks'
+        values are returned. When the server refuses a chunk because of one of its values (a 400, as
+        the emulator answers a binary value in a text-only bulk get), the chunk is split in halves
+        until the value is isolated, and that key is read on its own with a plain ``get``; so one
+        unreadable value costs at most that key.
+
+        Raises:
+            InvalidInputError: a key is invalid (before any I/O).
+        """
         distinct = list(dict.fromkeys(check_key(k) for k in keys))
-        out: dict[str, bytes] = {}
-        for i in range(0, len(distinct), KV_BULK_GET_MAX):
-            chunk = distinct[i : i + KV_BULK_GET_MAX]
-            out.update(await self._io("get_many", self.backend.get_many(chunk)))
-        return out
+        size = self._limit("bulk_get_max", KV_BULK_GET_MAX) or KV_BULK_GET_MAX
+        values: dict[str, bytes] = {}
+        failed: dict[str, BackendError] = {}
+        for i in range(0, len(distinct), size):
+            await self._read_chunk(distinct[i : i + size], values, failed)
+        return KVBatchRead(values, failed)
+
+    async def _read_chunk(self, chunk: list[str], values: dict[str, bytes], failed: dict[str, BackendError]) -> None:
+        try:
+            values.update(await self._io("get_many", self.backend.get_many(chunk)))
+            return
+        except BackendError as exc:
+            if not _is_value_rejection(exc):
+                failed.update(dict.fromkeys(chunk, exc))
+                return
+        if len(chunk) > 1:
+            mid = len(chunk) // 2
+            await self._read_chunk(chunk[:mid], values, failed)
+            await self._read_chunk(chunk[mid:], values, failed)
+            return
+        try:
+            value = await self._io("get", self.backend.get(chunk[0]))
+        except BackendError as exc:
+            failed[chunk[0]] = exc
+            return
+        if value is not None:
+            values[chunk[0]] = value
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Return the values of ``keys`` that exist, in one bulk read per 100 distinct keys.
+
+        Raises:
+            BackendError: a chunk failed (the first such error; see :meth:`get_many_partial` to keep the
+                values of the chunks that did not).
+        """
+        batch = await self.get_many_partial(keys)
+        if batch.failed:
+            raise batch.errors[0]
+        return batch.values
 
     def entry(self, key: str, value: bytes | str, *, ttl: int | None = None, metadata: Any = None) -> KVEntry:
         """Validate one write and return it as a :class:`KVEntry` (no I/O)."""
@@ -796,7 +1097,8 @@ class KVStore:
 
     async def put(self, key: str, value: bytes | str, *, ttl: int | None = None, metadata: Any = None) -> None:
         """Write ``value`` under ``key``, expiring after ``ttl`` seconds (>= 60) when given."""
-        await self._io("put", self.backend.put(self.entry(key, value, ttl=ttl, metadata=metadata)))
+        entry = self.entry(key, value, ttl=ttl, metadata=metadata)
+        await self._io("put", self.backend.put(entry), timeout=self.write_timeout(len(entry.value)))
 
     async def put_json(self, key: str, value: Any, *, ttl: int | None = None, metadata: Any = None) -> None:
         """Write ``value`` serialized as JSON."""
@@ -806,8 +1108,45 @@ class KVStore:
             raise InvalidInputError(f"value for KV key {key!r} is not JSON-serializable: {exc}") from None
         await self.put(key, text, ttl=ttl, metadata=metadata)
 
+    def _item_size(self, entry: KVEntry) -> int:
+        sizer = getattr(self.backend, "bulk_item_size", None)
+        if callable(sizer):
+            return int(sizer(entry))
+        # A backend without a body: an estimate (the value, the key, and some room for the rest).
+        return len(entry.value) + len(entry.key.encode("utf-8")) + 64
+
+    def plan_writes(self, entries: Sequence[KVEntry]) -> list[tuple[list[KVEntry], int]]:
+        """Split validated ``entries`` into requests: ``[(entries, body_bytes)]`` (no I/O).
+
+        A batch holds at most ``bulk_write_max`` entries and, when the backend has a request body
+        limit (``bulk_body_max``), at most that many bytes of serialized body. An entry too large for
+        any bulk body is a batch of one, sent as a single put.
+        """
+        count_max = self._limit("bulk_write_max", KV_BULK_WRITE_MAX) or KV_BULK_WRITE_MAX
+        body_max = self._limit("bulk_body_max", None)
+        plan: list[tuple[list[KVEntry], int]] = []
+        batch: list[KVEntry] = []
+        size = 2  # "[" and "]"
+        for e in entries:
+            n = self._item_size(e)
+            if body_max is not None and 2 + n > body_max:
+                plan.append(([e], n))
+                continue
+            grown = size + n + (1 if batch else 0)  # "," between items
+            if batch and (len(batch) >= count_max or (body_max is not None and grown > body_max)):
+                plan.append((batch, size))
+                batch, size = [], 2
+                grown = size + n
+            batch.append(e)
+            size = grown
+        if batch:
+            plan.append((batch, size))
+        return plan
+
     async def put_many(self, entries: Iterable[KVEntry] | Mapping[str, bytes | str], *, ttl: int | None = None) -> None:
-        """Write many values, in one bulk write per 10,000.
+        """Write many values: bulk writes split by count and by body bytes (:meth:`plan_writes`).
+
+        A batch of one goes as a single put. Each request gets :meth:`write_timeout` of its body.
 
         Args:
             entries: :class:`KVEntry` objects (from :meth:`entry`), or a mapping of key to value.
@@ -817,8 +1156,13 @@ class KVStore:
             items = [self.entry(k, v, ttl=ttl) for k, v in entries.items()]
         else:
             items = [self.entry(e.key, e.value, ttl=e.ttl, metadata=e.metadata) for e in entries]
-        for i in range(0, len(items), KV_BULK_WRITE_MAX):
-            await self._io("put_many", self.backend.put_many(items[i : i + KV_BULK_WRITE_MAX]))
+        if not items:
+            return
+        for batch, nbytes in self.plan_writes(items):
+            if len(batch) == 1:
+                await self._io("put", self.backend.put(batch[0]), timeout=self.write_timeout(len(batch[0].value)))
+            else:
+                await self._io("put_many", self.backend.put_many(batch), timeout=self.write_timeout(nbytes))
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a missing key is fine)."""
@@ -826,17 +1170,24 @@ class KVStore:
         await self._io("delete", self.backend.delete(key))
 
     async def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete ``keys``, in one bulk delete per 10,000."""
+        """Delete ``keys``, in one bulk delete per ``bulk_write_max`` (10,000; 100 on the data plane)."""
         distinct = list(dict.fromkeys(check_key(k) for k in keys))
-        for i in range(0, len(distinct), KV_BULK_WRITE_MAX):
-            await self._io("delete_many", self.backend.delete_many(distinct[i : i + KV_BULK_WRITE_MAX]))
+        size = self._limit("bulk_write_max", KV_BULK_WRITE_MAX) or KV_BULK_WRITE_MAX
+        for i in range(0, len(distinct), size):
+            await self._io("delete_many", self.backend.delete_many(distinct[i : i + size]))
 
     async def list_page(
-        self, *, prefix: str | None = None, cursor: str | None = None, limit: int = _LIST_MAX
+        self, *, prefix: str | None = None, cursor: str | None = None, limit: int = KV_LIST_MAX
     ) -> KVPage:
-        """Return one page of keys (at most ``limit``, 1..1000) starting with ``prefix``."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _LIST_MAX:
-            raise InvalidInputError(f"limit={limit!r}: must be an integer 1..{_LIST_MAX}")
+        """Return one page of keys (at most ``limit``, 10..1000 as Cloudflare allows) starting with ``prefix``.
+
+        Raises:
+            InvalidInputError: ``limit`` is not an integer 10..1000 (before any I/O).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not KV_LIST_MIN <= limit <= KV_LIST_MAX:
+            raise InvalidInputError(
+                f"limit={limit!r}: must be an integer {KV_LIST_MIN}..{KV_LIST_MAX} (Cloudflare's bounds for a listing)"
+            )
         result: KVPage = await self._io("list", self.backend.list(prefix=prefix, cursor=cursor, limit=limit))
         return result
 

@@ -1,4 +1,5 @@
-"""One behavioural suite over every KV backend: memory, SQLite, and Cloudflare REST against the emulator."""
+"""One behavioural suite over every KV backend: memory, SQLite, Cloudflare REST against the emulator, and the
+data plane against its test double (tests/runtime/dataplane_double.py)."""
 
 from __future__ import annotations
 
@@ -129,6 +130,10 @@ async def test_kvstore_list_follows_cursors_with_prefix(kv_case: KVCase) -> None
         pytest.param(lambda s: s.get_many(["ok", "k" * 600]), "at most 512", id="bulk-key-too-long"),
         pytest.param(lambda s: s.put_many({"k": "v"}, ttl=10), "ttl=10", id="bulk-ttl"),
         pytest.param(lambda s: s.list_page(limit=0), "limit=0", id="list-limit"),
+        pytest.param(
+            lambda s: s.list_page(limit=9), r"limit=9: must be an integer 10\.\.1000", id="list-limit-below-10"
+        ),
+        pytest.param(lambda s: s.list_page(limit=1001), "limit=1001", id="list-limit-above-1000"),
     ],
 )
 async def test_kvstore_rejects_bad_input_before_any_request(kv_case: KVCase, call: Any, message: str) -> None:
