@@ -118,6 +118,17 @@ class PlanResult:
         """The registrations whose type token ends with ``type_suffix`` (for example ``:AiGateway``)."""
         return [r for r in self.registrations if r.type.endswith(type_suffix)]
 
+    def named(self, name: str) -> Registration:
+        """The registration with the logical name ``name`` (for example ``dataplane-script``).
+
+        Raises:
+            KeyError: no resource has that name; the message lists the names there are.
+        """
+        for registration in self.registrations:
+            if registration.name == name:
+                return registration
+        raise KeyError(f"no resource named {name!r}; resources: {', '.join(r.name for r in self.registrations)}")
+
 
 def _plain(value: Any) -> Any:
     """A protobuf value as the engine receives it, as plain JSON; secrets become ``"[secret]"``."""

@@ -16,9 +16,8 @@ NAMESPACE = ":WorkersKvNamespace"
 SCRIPT = ":WorkersScript"
 
 
-def _bindings(plan: PlanResult) -> dict[str, dict[str, Any]]:
-    (script,) = plan.find(SCRIPT)
-    return {b["name"]: b for b in script.inputs["bindings"]}
+def _bindings(plan: PlanResult, script: str = "api-script") -> dict[str, dict[str, Any]]:
+    return {b["name"]: b for b in plan.named(script).inputs["bindings"]}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -112,7 +111,7 @@ def test_program_binds_namespaces_ai_and_plain_vars(plans: dict[str, PlanResult]
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_program_worker_is_an_es_module_with_the_health_worker(plans: dict[str, PlanResult], stack: str) -> None:
-    (script,) = plans[stack].find(SCRIPT)
+    script = plans[stack].named("api-script")
     assert script.type == "cloudflare:index/workersScript:WorkersScript"
     assert script.inputs["scriptName"] == f"jobmatch-ai-api-{stack}"
     assert script.inputs["mainModule"] == "worker.js"
@@ -161,13 +160,13 @@ def test_program_uses_the_configured_bundle_route_and_domain(write_stack: StackW
     (project / "dist").mkdir()
     (project / "dist" / "app.js").write_text("export default { fetch() { return new Response('app'); } };\n")
     plan = run_plan("test", project)
-    (script,) = plan.find(SCRIPT)
+    script = plan.named("api-script")
     assert (script.inputs["scriptName"], script.inputs["mainModule"]) == ("jobs-api", "app.js")
     assert script.inputs["content"].startswith("export default { fetch()")
     assert script.inputs["compatibilityDate"] == "2025-06-01"
-    (route,) = plan.find(":WorkersRoute")
+    route = plan.named("api-route")
     assert route.inputs == {"pattern": "api.example.com/*", "script": "jobs-api", "zoneId": zone}
-    (domain,) = plan.find(":WorkersCustomDomain")
+    domain = plan.named("api-domain")
     assert domain.inputs == {
         "accountId": ACCOUNT,
         "hostname": "jobs.example.com",
@@ -203,13 +202,14 @@ def test_program_plans_of_one_stack_are_identical_when_repeated(plans: dict[str,
 def test_program_sets_the_workers_dev_subdomain_per_stack(
     plans: dict[str, PlanResult], stack: str, enabled: bool
 ) -> None:
-    (subdomain,) = plans[stack].find(":WorkersScriptSubdomain")
+    subdomain = plans[stack].named("api-subdomain")
     assert subdomain.type == "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain"
     assert subdomain.inputs == {"accountId": ACCOUNT, "enabled": enabled, "scriptName": f"jobmatch-ai-api-{stack}"}
 
 
 def test_program_leaves_workers_dev_alone_when_not_configured(write_stack: StackWriter) -> None:
-    assert run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain") == []
+    subdomains = run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain")
+    assert [s.name for s in subdomains] == ["dataplane-subdomain"]
 
 
 def test_program_manifest_with_real_secrets_is_deterministic_and_shows_no_secret(write_stack: StackWriter) -> None:
@@ -235,6 +235,7 @@ def test_program_manifest_with_real_secrets_is_deterministic_and_shows_no_secret
     assert "placeholder" not in text and "salt" not in text
     bindings = _bindings(first)
     assert {name for name, b in bindings.items() if b["type"] == "secret_text"} == {"OPENAI_API_KEY", "CF_AIG_TOKEN"}
+    assert _bindings(first, "dataplane-script")["DUALCACHE_TOKEN"]["text"] == SECRET
     assert all(bindings[name]["text"] == SECRET for name in ("OPENAI_API_KEY", "CF_AIG_TOKEN"))
     exported = StackOutputs.from_data(first.outputs["dualcache"])  # a plain object, not "[secret]"
     assert SECRET not in json.dumps(exported.model_dump(mode="json"))

@@ -795,7 +795,7 @@ def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
     assert out == (
         "### dualcache plan: stack `dev`\n\n"
         "Compared with the base plan (`dev.json`).\n\n"
-        "**0 to add, 1 to change, 3 to replace, 0 to remove**; 2 policy changes; 2 output changes.\n\n"
+        "**0 to add, 2 to change, 3 to replace, 0 to remove**; 2 policy changes; 2 output changes.\n\n"
         "#### Replaced: deleted and created again (3)\n\n"
         f"- `{NAMESPACE}` **kv-job-analysis-cache**\n"
         f'  - `(import)`: `null` → `"{ACCOUNT}/{adopted}"` '
@@ -807,9 +807,12 @@ def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
         '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n'
         "- `cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain` **api-subdomain**\n"
         '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n\n'
-        "#### Changed in place (1)\n\n"
+        "#### Changed in place (2)\n\n"
         f"- `{GATEWAY}` **ai-gateway**\n"
-        "  - `cacheTtl`: `3600` → `7200`\n\n"
+        "  - `cacheTtl`: `3600` → `7200`\n"
+        # The data plane binds the same namespaces, so the adopted id reaches it too (an update in place).
+        f"- `{SCRIPT}` **dataplane-script**\n"
+        f'  - `bindings[name=JOB_ANALYSIS_CACHE].namespaceId`: `"{old_ns_id}"` → `"{adopted}"`\n\n'
         "#### Policy changes (2)\n\n"
         "- `embeddings.gateway_ttl`: `600` → `900`\n"
         "- `spam_detection.kv_ttl`: `604800` → `86400`\n\n"

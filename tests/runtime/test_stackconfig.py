@@ -95,10 +95,9 @@ def test_stackconfig_derives_names_from_project_and_stack() -> None:
 def test_stackconfig_rejects_an_invalid_default_worker_name() -> None:
     with pytest.raises(ConfigError, match=r"default jobmatch-ai:worker\.name 'jobmatch-ai-api-Prod'"):
         StackConfig.from_values({"accountId": ACCOUNT}, project="jobmatch-ai", stack="Prod")
-    ok = StackConfig.from_values(
-        {"accountId": ACCOUNT, "worker": {"name": "api-prod"}}, project="jobmatch-ai", stack="Prod"
-    )
-    assert ok.worker_name == "api-prod"
+    named = {"worker": {"name": "api-prod"}, "gateway": {"id": "gw-prod"}, "dataPlane": {"name": "dp-prod"}}
+    ok = StackConfig.from_values({"accountId": ACCOUNT, **named}, project="jobmatch-ai", stack="Prod")
+    assert (ok.worker_name, ok.gateway_id, ok.data_plane_name) == ("api-prod", "gw-prod", "dp-prod")
 
 
 def test_stackconfig_offline_namespace_ids_are_stable_distinct_and_keep_adopted_ids() -> None:
