@@ -68,6 +68,7 @@ class Registration:
         retain_on_delete: Whether ``retain_on_delete`` is set.
         ignore_changes: The ``ignore_changes`` property names.
         custom: False for component resources.
+        parent: The URN of the parent resource (a component, or the stack), when given.
     """
 
     type: str
@@ -78,6 +79,7 @@ class Registration:
     retain_on_delete: bool
     ignore_changes: tuple[str, ...]
     custom: bool
+    parent: str | None = None
 
     def manifest_entry(self) -> dict[str, Any]:
         """The manifest's view of this resource."""
@@ -187,6 +189,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=bool(request.retainOnDelete) if request.HasField("retainOnDelete") else False,
                 ignore_changes=tuple(request.ignoreChanges),
                 custom=bool(request.custom),
+                parent=request.parent or None,
             )
             with self._lock:
                 self.registrations.append(registration)
