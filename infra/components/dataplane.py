@@ -59,7 +59,7 @@ def data_plane_bindings(args: DataPlaneWorkerArgs) -> list[cloudflare.WorkersScr
         )
         for binding in Namespace
     ]
-    token = pulumi.Output.secret(args.token)
+    token: pulumi.Output[str] = pulumi.Output.secret(args.token)
     result.append(cloudflare.WorkersScriptBindingArgs(name=TOKEN_BINDING, type="secret_text", text=token))
     result.append(cloudflare.WorkersScriptBindingArgs(name="AI", type="ai"))
     result.append(cloudflare.WorkersScriptBindingArgs(name="AI_GATEWAY_SLUG", type="plain_text", text=args.gateway_id))
