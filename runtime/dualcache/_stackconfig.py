@@ -410,10 +410,10 @@ def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, 
 def secret_placement_error(full_key: str, *, is_secret: bool, project: str, stack: str, source: str) -> str | None:
     """Say what is wrong when a key is a secret and should not be, or is plain text and should be a secret.
 
-    Secrets (``<project>:openaiApiKey``, ``<project>:gatewayToken``, the provider's credentials) must be
-    set with ``pulumi config set --secret``. The keys of :data:`PLAIN_KEYS` must not be secrets: their
-    values go into plain-text Worker bindings and the ``dualcache`` stack output, which would expose them.
-    The message never contains the value.
+    Secrets (``<project>:openaiApiKey``, ``<project>:gatewayToken``, ``<project>:dataPlaneToken``, the
+    provider's credentials) must be set with ``pulumi config set --secret <namespace>:<key>``. The keys of
+    :data:`PLAIN_KEYS` must not be secrets: their values go into plain-text Worker bindings and the
+    ``dualcache`` stack output, which would expose them. The message never contains the value.
 
     Returns:
         The error message, or ``None`` when the key is placed right (or is none of these keys).
