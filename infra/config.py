@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dualcache import ConfigError, StackConfig
 from dualcache._stackconfig import (
+    DATA_PLANE_TOKEN_KEY,
     PLACEHOLDER_ACCOUNT_ID,
     PLACEHOLDER_NAMESPACE_ID,
     PROVIDER_CREDENTIAL_KEYS,
@@ -29,8 +30,12 @@ from dualcache._stackconfig import (
 
 __all__ = ["InfraConfig", "read_config"]
 
-OBJECT_KEYS = frozenset({"gateway", "namespaces", "worker", "policies"})
+OBJECT_KEYS = frozenset({"gateway", "namespaces", "worker", "dataPlane", "policies"})
 """Keys whose values are structured (YAML mappings, which Pulumi hands over as JSON)."""
+MIN_DATA_PLANE_TOKEN_LENGTH = 32
+"""Shortest ``dataPlaneToken`` a real deployment accepts (``openssl rand -hex 32`` gives 64 characters)."""
+OFFLINE_DATA_PLANE_TOKEN = "offline-plan-stand-in-for-the-data-plane-token"
+"""The token the offline plan binds (as a secret, shown ``[secret]``) when the stack sets none."""
 
 
 class InfraConfig(BaseModel):
@@ -41,6 +46,9 @@ class InfraConfig(BaseModel):
         project_dir: The directory holding ``Pulumi.yaml`` (bundles are resolved against it).
         openai_api_key: ``<project>:openaiApiKey`` as a secret output, when set.
         gateway_token: ``<project>:gatewayToken`` (sent as ``cf-aig-authorization``) as a secret output, when set.
+        data_plane_token: ``<project>:dataPlaneToken`` (the data-plane Worker's ``DUALCACHE_TOKEN``) as a secret
+            output. Always present: when the stack sets none, the offline plan gets a secret stand-in (a real
+            deployment refuses to run instead).
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -49,6 +57,7 @@ class InfraConfig(BaseModel):
     project_dir: Path
     openai_api_key: pulumi.Output[str] | None = None
     gateway_token: pulumi.Output[str] | None = None
+    data_plane_token: pulumi.Output[str]
 
     def bundle_path(self) -> Path | None:
         """The app bundle named by ``worker.bundle``, resolved against the project directory; None = none named."""
@@ -90,8 +99,9 @@ def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
     Raises:
         ConfigError: an unknown key, a value out of bounds, a secret set in plain text (ours or the
             provider's ``cloudflare:apiToken``), a plain key set as a secret, a bundle file that does not
-            exist; when ``deploying``, also a placeholder account or namespace id. The message names
-            ``<project>:<key>``, the bad value and what is allowed.
+            exist; when ``deploying``, also a placeholder account or namespace id, a missing or short
+            ``dataPlaneToken`` and a data plane on workers.dev without ``workersDevSubdomain``. The message
+            names ``<project>:<key>``, the bad value (never a secret's) and what is allowed.
     """
     project = pulumi.get_project()
     stack = pulumi.get_stack()
@@ -139,11 +149,18 @@ def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
                     f"{PLACEHOLDER_NAMESPACE_ID!r}; set the id of your existing namespace (dashboard → Storage & "
                     "Databases → KV, or `wrangler kv namespace list`), or drop the entry to create a new namespace"
                 )
+    if deploying:
+        _check_data_plane_for_deploy(settings, raw, project=project, stack=stack, source=source)
+    if DATA_PLANE_TOKEN_KEY in secrets_set:
+        data_plane_token = config.require_secret(DATA_PLANE_TOKEN_KEY)
+    else:  # only offline: a deployment was refused above
+        data_plane_token = pulumi.Output.secret(OFFLINE_DATA_PLANE_TOKEN)
     result = InfraConfig(
         stack=settings,
         project_dir=project_dir,
         openai_api_key=config.get_secret("openaiApiKey") if "openaiApiKey" in secrets_set else None,
         gateway_token=config.get_secret("gatewayToken") if "gatewayToken" in secrets_set else None,
+        data_plane_token=data_plane_token,
     )
     bundle = result.bundle_path()
     if bundle is not None and not bundle.is_file():
@@ -153,6 +170,37 @@ def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
             "the bundled health Worker"
         )
     return result
+
+
+def _check_data_plane_for_deploy(
+    settings: StackConfig, raw: dict[str, str], *, project: str, stack: str, source: str
+) -> None:
+    """What a real deployment needs of the data plane: a strong enough token and a known URL.
+
+    ``raw`` holds the decrypted token in a real run (the language host passes secrets decrypted); only its
+    length is looked at, and no message contains it.
+    """
+    key = f"{project}:{DATA_PLANE_TOKEN_KEY}"
+    set_token = f'`pulumi config set --secret {key} "$(openssl rand -hex 32)" -s {stack}`'
+    token = raw.get(DATA_PLANE_TOKEN_KEY)
+    if token is None:
+        raise ConfigError(
+            f"{source}: {key} is not set; the data-plane Worker needs it as its DUALCACHE_TOKEN (services send it "
+            f"as DUALCACHE_DATA_PLANE_TOKEN). Set it with {set_token}"
+        )
+    if len(token) < MIN_DATA_PLANE_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{source}: {key} is shorter than {MIN_DATA_PLANE_TOKEN_LENGTH} characters; it guards every cache "
+            f"read and write, so set a random one with {set_token}"
+        )
+    if settings.data_plane_url is None:
+        raise ConfigError(
+            f"{source}: the data-plane Worker {settings.data_plane_name!r} is served on workers.dev, but "
+            f"{project}:workersDevSubdomain is not set, so its URL (the data_plane_url output) is unknown; set your "
+            "account's subdomain (the `<subdomain>` of `<subdomain>.workers.dev`, shown under Workers & Pages → "
+            f"Overview) with `pulumi config set workersDevSubdomain <subdomain> -s {stack}`, or give it a "
+            f"{project}:dataPlane.customDomain or dataPlane.route"
+        )
 
 
 def _parse_object(project: str, key: str, text: str, source: str) -> Any:

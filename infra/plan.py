@@ -68,6 +68,7 @@ class Registration:
         retain_on_delete: Whether ``retain_on_delete`` is set.
         ignore_changes: The ``ignore_changes`` property names.
         custom: False for component resources.
+        parent: The URN of the parent resource (a component, or the stack), when given.
     """
 
     type: str
@@ -78,6 +79,7 @@ class Registration:
     retain_on_delete: bool
     ignore_changes: tuple[str, ...]
     custom: bool
+    parent: str | None = None
 
     def manifest_entry(self) -> dict[str, Any]:
         """The manifest's view of this resource."""
@@ -117,6 +119,17 @@ class PlanResult:
     def find(self, type_suffix: str) -> list[Registration]:
         """The registrations whose type token ends with ``type_suffix`` (for example ``:AiGateway``)."""
         return [r for r in self.registrations if r.type.endswith(type_suffix)]
+
+    def named(self, name: str) -> Registration:
+        """The registration with the logical name ``name`` (for example ``dataplane-script``).
+
+        Raises:
+            KeyError: no resource has that name; the message lists the names there are.
+        """
+        for registration in self.registrations:
+            if registration.name == name:
+                return registration
+        raise KeyError(f"no resource named {name!r}; resources: {', '.join(r.name for r in self.registrations)}")
 
 
 def _plain(value: Any) -> Any:
@@ -176,6 +189,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=bool(request.retainOnDelete) if request.HasField("retainOnDelete") else False,
                 ignore_changes=tuple(request.ignoreChanges),
                 custom=bool(request.custom),
+                parent=request.parent or None,
             )
             with self._lock:
                 self.registrations.append(registration)

@@ -8,15 +8,26 @@ import pulumi
 
 from dualcache import Namespace, StackOutputs
 from dualcache._outputs import OUTPUT_NAME
-from infra.components import ApiWorker, ApiWorkerArgs, Gateway, GatewayArgs, KvNamespaces, KvNamespacesArgs
+from infra.components import (
+    ApiWorker,
+    ApiWorkerArgs,
+    DataPlaneWorker,
+    DataPlaneWorkerArgs,
+    Gateway,
+    GatewayArgs,
+    KvNamespaces,
+    KvNamespacesArgs,
+)
 from infra.config import InfraConfig, read_config
 
-__all__ = ["HEALTH_WORKER", "PROJECT_DIR", "main", "worker_source"]
+__all__ = ["DATA_PLANE_WORKER", "HEALTH_WORKER", "PROJECT_DIR", "main", "worker_source"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 """The directory holding ``Pulumi.yaml`` when the program runs from this checkout."""
 HEALTH_WORKER = Path(__file__).resolve().parent / "worker" / "health.js"
 """The bundled health Worker, deployed when no app bundle is configured."""
+DATA_PLANE_WORKER = Path(__file__).resolve().parent / "worker" / "dataplane.js"
+"""dualcache's data-plane Worker (the KV API of infra/worker/DATAPLANE.md), deployed in every stack."""
 
 
 def worker_source(cfg: InfraConfig) -> str:
@@ -57,22 +68,42 @@ def main(project_dir: Path | None = None, *, deploying: bool = False) -> None:
         ),
     )
 
+    data_plane = DataPlaneWorker(
+        "dataplane",
+        DataPlaneWorkerArgs(
+            account_id=stack.account_id,
+            script_name=stack.data_plane_name,
+            settings=stack.data_plane,
+            content=DATA_PLANE_WORKER.read_text(encoding="utf-8"),
+            namespace_ids=kv.ids,
+            gateway_id=gateway.gateway_id,
+            token=cfg.data_plane_token,
+        ),
+    )
+
     bindings = list(Namespace)
 
     def contract(args: list[str]) -> dict[str, object]:
-        gateway_id, worker_name, *ids = args
+        gateway_id, worker_name, data_plane_name, *ids = args
         outputs = StackOutputs(
             stack=stack.stack,
             account_id=stack.account_id,
             gateway_id=gateway_id,
             namespaces=dict(zip(bindings, ids, strict=True)),
             worker_name=worker_name,
+            # From config, not from a resource (pulumi-cloudflare has no lookup of the account's workers.dev
+            # subdomain); None when the data plane is on workers.dev and `workersDevSubdomain` is not set.
+            data_plane_url=stack.data_plane_url,
+            data_plane_worker_name=data_plane_name,
             policies=stack.policies,
         )
         return outputs.model_dump(mode="json")
 
-    # Built only from non-secret values, so the output is never a secret (a test checks this).
+    # Built only from non-secret values, so the output is never a secret and never holds the data-plane
+    # token (tests check both).
     pulumi.export(
         OUTPUT_NAME,
-        pulumi.Output.all(gateway.gateway_id, worker.script_name, *(kv.ids[b] for b in bindings)).apply(contract),
+        pulumi.Output.all(
+            gateway.gateway_id, worker.script_name, data_plane.script_name, *(kv.ids[b] for b in bindings)
+        ).apply(contract),
     )

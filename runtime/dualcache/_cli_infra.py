@@ -21,9 +21,19 @@ from dualcache._cli import add_project_dir_argument, find_project_dir
 from dualcache._exceptions import ConfigError, InvalidInputError
 from dualcache._outputs import OUTPUT_NAME, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace
-from dualcache._stackconfig import SECRET_KEYS, StackConfig, load_stack_config
+from dualcache._stackconfig import DATA_PLANE_TOKEN_KEY, StackConfig, load_stack_config
 
-__all__ = ["PULUMI_INSTALL_HINT", "plan_manifest", "register", "render_plan_text", "render_wrangler_toml"]
+__all__ = [
+    "DATA_PLANE_WRANGLER_FILE",
+    "PULUMI_INSTALL_HINT",
+    "WRANGLER_SPLIT_MARKER",
+    "plan_manifest",
+    "plan_warnings",
+    "register",
+    "render_data_plane_wrangler_toml",
+    "render_plan_text",
+    "render_wrangler_toml",
+]
 
 PULUMI_INSTALL_HINT = (
     "install the Pulumi CLI: `curl -fsSL https://get.pulumi.com | sh` (Linux, macOS), "
@@ -31,6 +41,13 @@ PULUMI_INSTALL_HINT = (
     "see https://www.pulumi.com/docs/install/"
 )
 _SECRET_BINDINGS = {"openaiApiKey": "OPENAI_API_KEY", "gatewayToken": "CF_AIG_TOKEN"}
+"""The API Worker's secrets: config key → binding name."""
+DATA_PLANE_WRANGLER_FILE = "wrangler.dataplane.toml"
+"""Where the data-plane Worker's wrangler config is meant to be saved (the project root: ``main`` is relative)."""
+WRANGLER_SPLIT_MARKER = "# ----- 8< -----"
+"""The comment line that separates the two TOML documents ``dualcache wrangler`` prints by default."""
+_DATA_PLANE_MAIN = "infra/worker/dataplane.js"
+_WORKERS = ("both", "api", "data-plane")
 
 
 def register(subparsers: Any) -> None:
@@ -81,10 +98,19 @@ def register(subparsers: Any) -> None:
 
     wrangler = subparsers.add_parser(
         "wrangler",
-        help="print the [env.<stack>] wrangler.toml section with the stack's bindings",
-        description="Print the wrangler.toml [env.<stack>] section with the same bindings as the Pulumi program, "
+        help="print the wrangler configs of the stack's Workers (the API Worker's [env.<stack>], the data plane's)",
+        description="Print the wrangler.toml [env.<stack>] section of the API Worker and the wrangler config of "
+        f"dualcache's data-plane Worker ({DATA_PLANE_WRANGLER_FILE}), with the same bindings as the Pulumi program, "
         "for teams that deploy Worker code with wrangler. Namespace ids come from --outputs when given, else from "
-        "the offline plan (stand-ins until the stack is deployed).",
+        "the offline plan (stand-ins until the stack is deployed). By default both are printed, separated by a "
+        f"line starting with {WRANGLER_SPLIT_MARKER!r}; --worker prints one.",
+    )
+    wrangler.add_argument(
+        "--worker",
+        choices=_WORKERS,
+        default="both",
+        help="which Worker's config to print: both (default), api (the [env.<stack>] section) or data-plane "
+        f"(a complete {DATA_PLANE_WRANGLER_FILE})",
     )
     wrangler.add_argument("--stack", "-s", required=True, help="stack name")
     wrangler.add_argument(
@@ -139,14 +165,51 @@ def _short(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def render_plan_text(manifest: dict[str, Any]) -> str:
-    """A human-readable rendering of a manifest (what ``dualcache plan`` prints)."""
+def plan_warnings(config: StackConfig) -> list[str]:
+    """What the offline plan of ``config`` stands in for, and what a real ``pulumi preview``/``up`` would refuse.
+
+    Args:
+        config: The stack's settings (see :func:`dualcache.load_stack_config`).
+
+    Returns:
+        One sentence per problem; empty when the stack is complete.
+    """
+    key = f"{config.project}:{DATA_PLANE_TOKEN_KEY}"
+    warnings = []
+    if DATA_PLANE_TOKEN_KEY not in config.secrets_set:
+        warnings.append(
+            f"{key} is not set: the plan binds a stand-in as DUALCACHE_TOKEN (shown [secret]); `pulumi preview` "
+            f'and `up` refuse to run until you set it with `pulumi config set --secret {key} "$(openssl rand -hex 32)"'
+            f" -s {config.stack}`"
+        )
+    if config.data_plane_url is None:
+        warnings.append(
+            f"data_plane_url is null: the data-plane Worker {config.data_plane_name!r} is on workers.dev and "
+            f"{config.project}:workersDevSubdomain (your account's `<subdomain>.workers.dev`) is not set, so its URL "
+            "is unknown; services would fall back to the KV REST API. `pulumi preview` and `up` refuse this; set "
+            f"`pulumi config set workersDevSubdomain <subdomain> -s {config.stack}`, or a dataPlane.customDomain "
+            "or dataPlane.route"
+        )
+    return warnings
+
+
+def render_plan_text(manifest: dict[str, Any], warnings: list[str] | None = None) -> str:
+    """A human-readable rendering of a manifest (what ``dualcache plan`` prints).
+
+    Args:
+        manifest: The manifest (see :func:`plan_manifest`).
+        warnings: Sentences printed under "Warnings" before the resources (see :func:`plan_warnings`).
+    """
     lines = [
         f"Plan of stack {manifest['stack']!r} — offline, Pulumi mock engine: namespace ids are stand-ins "
         "(the local emulator uses the same ones); secrets show as [secret].",
         "",
-        f"Resources ({len(manifest['resources'])}):",
     ]
+    if warnings:
+        lines.append("Warnings:")
+        lines += [f"  ! {warning}" for warning in warnings]
+        lines.append("")
+    lines.append(f"Resources ({len(manifest['resources'])}):")
     for res in manifest["resources"]:
         flags = []
         if res.get("protect"):
@@ -183,7 +246,8 @@ def render_plan_text(manifest: dict[str, Any]) -> str:
 
 def _render_contract(value: dict[str, Any]) -> list[str]:
     lines = [f"  {OUTPUT_NAME} (StackOutputs):"]
-    for key in ("stack", "account_id", "gateway_id", "worker_name", "api_base_url", "gateway_base_url"):
+    keys = ("stack", "account_id", "gateway_id", "worker_name", "data_plane_worker_name", "data_plane_url")
+    for key in (*keys, "api_base_url", "gateway_base_url"):
         lines.append(f"      {key}: {_short(value.get(key))}")
     lines.append("      namespaces:")
     for binding, ns_id in value.get("namespaces", {}).items():
@@ -213,6 +277,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     manifest = plan.plan_manifest(args.stack, project_dir)
     text: str = plan.manifest_json(manifest)
     snapshot: Path = plan.snapshot_path(project_dir, args.stack)
+    warnings = plan_warnings(load_stack_config(project_dir, args.stack))
+    if args.json or args.write or args.check:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         sys.stdout.write(text)
         return 0
@@ -223,7 +291,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         return _check_snapshot(snapshot, text, args.stack)
-    sys.stdout.write(render_plan_text(manifest))
+    sys.stdout.write(render_plan_text(manifest, warnings))
     return 0
 
 
@@ -300,13 +368,7 @@ def render_wrangler_toml(config: StackConfig, outputs: StackOutputs, *, ids_sour
     ]
     if config.worker.workers_dev is not None:
         lines.append(f"workers_dev = {'true' if config.worker.workers_dev else 'false'}")
-    routes = []
-    if config.worker.route is not None:
-        routes.append(
-            f"{{ pattern = {_toml(config.worker.route.pattern)}, zone_id = {_toml(config.worker.route.zone_id)} }}"
-        )
-    if config.worker.custom_domain is not None:
-        routes.append(f"{{ pattern = {_toml(config.worker.custom_domain.hostname)}, custom_domain = true }}")
+    routes = _routes(config.worker.route, config.worker.custom_domain)
     if routes:
         lines.append(f"routes = [{', '.join(routes)}]")
     for binding in Namespace:
@@ -316,9 +378,63 @@ def render_wrangler_toml(config: StackConfig, outputs: StackOutputs, *, ids_sour
     lines.append(f"AI_GATEWAY_SLUG = {_toml(outputs.gateway_id)}")
     lines.append(f"CLOUDFLARE_ACCOUNT_ID = {_toml(outputs.account_id)}")
     lines += ["", "# Secrets never go in this file. Set them per environment:"]
-    for key in sorted(SECRET_KEYS):
+    for key in sorted(_SECRET_BINDINGS):
         state = "set in this stack" if key in config.secrets_set else "not set in this stack"
         lines.append(f"#   wrangler secret put {_SECRET_BINDINGS[key]} --env {outputs.stack}   ({key}: {state})")
+    return "\n".join(lines) + "\n"
+
+
+def _routes(route: Any, custom_domain: Any) -> list[str]:
+    routes = []
+    if route is not None:
+        routes.append(f"{{ pattern = {_toml(route.pattern)}, zone_id = {_toml(route.zone_id)} }}")
+    if custom_domain is not None:
+        routes.append(f"{{ pattern = {_toml(custom_domain.hostname)}, custom_domain = true }}")
+    return routes
+
+
+def render_data_plane_wrangler_toml(config: StackConfig, outputs: StackOutputs, *, ids_source: str) -> str:
+    """A complete wrangler config of dualcache's data-plane Worker, with the program's bindings.
+
+    Meant to be saved as :data:`DATA_PLANE_WRANGLER_FILE` in the project root (``main`` is relative to the
+    file) and deployed with ``wrangler deploy -c wrangler.dataplane.toml``. The token is never in it: a
+    comment says to run ``wrangler secret put DUALCACHE_TOKEN``.
+
+    Args:
+        config: The stack's settings (data-plane name, compatibility date, route, custom domain, workers.dev).
+        outputs: Where the namespace ids come from (real outputs, or the offline plan's).
+        ids_source: A phrase saying where the ids come from, written as a comment.
+    """
+    dp = config.data_plane
+    name = outputs.data_plane_worker_name or config.data_plane_name
+    url = outputs.data_plane_url or config.data_plane_url
+    token_key = f"{config.project}:{DATA_PLANE_TOKEN_KEY}"
+    lines = [
+        f"# wrangler config of dualcache's data-plane Worker, stack {outputs.stack!r}, generated by "
+        f"`dualcache wrangler --stack {outputs.stack} --worker data-plane`.",
+        f"# Save it as {DATA_PLANE_WRANGLER_FILE} in the project root; deploy with "
+        f"`wrangler deploy -c {DATA_PLANE_WRANGLER_FILE}`.",
+        f"# Namespace ids: {ids_source}.",
+        f"# URL (data_plane_url): {url or 'unknown until workersDevSubdomain, dataPlane.route or customDomain is set'}",
+        f"# The token is a secret and never goes in this file. Set it, the same value as the stack's {token_key}:",
+        f"#   wrangler secret put DUALCACHE_TOKEN -c {DATA_PLANE_WRANGLER_FILE}",
+        "# Services send it as `Authorization: Bearer <token>`, read from DUALCACHE_DATA_PLANE_TOKEN.",
+        f"name = {_toml(name)}",
+        f"main = {_toml(_DATA_PLANE_MAIN)}",
+        f"account_id = {_toml(outputs.account_id)}",
+        f"compatibility_date = {_toml(dp.compatibility_date)}",
+        f"workers_dev = {'true' if dp.on_workers_dev else 'false'}",
+    ]
+    routes = _routes(dp.route, dp.custom_domain)
+    if routes:
+        lines.append(f"routes = [{', '.join(routes)}]")
+    for binding in Namespace:
+        lines += ["", "[[kv_namespaces]]", f"binding = {_toml(binding.value)}"]
+        lines.append(f"id = {_toml(outputs.namespace_id(binding))}")
+    lines += ["", "# GET /health probes the gateway through Workers AI, as the health Worker does.", "[ai]"]
+    lines += ['binding = "AI"', "", "[vars]"]
+    lines.append(f"AI_GATEWAY_SLUG = {_toml(outputs.gateway_id)}")
+    lines.append(f"CLOUDFLARE_ACCOUNT_ID = {_toml(outputs.account_id)}")
     return "\n".join(lines) + "\n"
 
 
@@ -337,5 +453,15 @@ def _cmd_wrangler(args: argparse.Namespace) -> int:
             "from the offline plan, stand-ins until the stack is deployed; "
             f"for the real ids run `dualcache outputs --stack {args.stack}` and pass --outputs"
         )
-    sys.stdout.write(render_wrangler_toml(config, outputs, ids_source=source))
+    worker: str = args.worker
+    parts = []
+    if worker in ("both", "api"):
+        parts.append(render_wrangler_toml(config, outputs, ids_source=source))
+    if worker in ("both", "data-plane"):
+        parts.append(render_data_plane_wrangler_toml(config, outputs, ids_source=source))
+    separator = (
+        f"\n{WRANGLER_SPLIT_MARKER} the data-plane Worker's config follows: save it as {DATA_PLANE_WRANGLER_FILE} "
+        "(or print it alone with --worker data-plane)\n\n"
+    )
+    sys.stdout.write(separator.join(parts))
     return 0

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dualcache._exceptions import ConfigError
 from dualcache._policy import Namespace, Policies
+from dualcache._stackconfig import GATEWAY_ID_PATTERN
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -56,7 +57,7 @@ class StackOutputs(BaseModel):
 
     stack: str = Field(min_length=1)
     account_id: str
-    gateway_id: str = Field(min_length=1, max_length=64)
+    gateway_id: str = Field(min_length=1, max_length=64, pattern=GATEWAY_ID_PATTERN)
     api_base_url: str = DEFAULT_API_BASE_URL
     gateway_base_url: str = DEFAULT_GATEWAY_BASE_URL
     namespaces: dict[Namespace, str]

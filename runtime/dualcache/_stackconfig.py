@@ -23,17 +23,21 @@ from dualcache._exceptions import ConfigError
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Policies
 
 __all__ = [
+    "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
+    "GATEWAY_ID_PATTERN",
     "PLACEHOLDER_ACCOUNT_ID",
     "PLACEHOLDER_NAMESPACE_ID",
     "SECRET_KEYS",
     "CustomDomainSettings",
+    "DataPlaneSettings",
     "GatewaySettings",
     "NamespaceSettings",
     "RateLimitSettings",
     "RouteSettings",
     "StackConfig",
     "WorkerSettings",
+    "is_valid_gateway_id",
     "load_stack_config",
     "secret_placement_error",
     "split_config_key",
@@ -47,9 +51,11 @@ Fine for the offline plan and the emulator; a real deployment (``pulumi preview`
 """
 PLACEHOLDER_NAMESPACE_ID = "fedcba9876543210fedcba9876543210"
 """The id of the existing namespace ``Pulumi.prod.yaml`` adopts until the user puts theirs in (refused likewise)."""
-SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken"})
+DATA_PLANE_TOKEN_KEY = "dataPlaneToken"
+"""The config key of the data-plane Worker's bearer token (bound as ``DUALCACHE_TOKEN``); a secret only."""
+SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken", DATA_PLANE_TOKEN_KEY})
 """Config keys that may only be set as Pulumi secrets (``pulumi config set --secret``)."""
-PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "policies"})
+PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "dataPlane", "workersDevSubdomain", "policies"})
 """Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
 PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
 """The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
@@ -58,9 +64,32 @@ _HEX32 = r"^[0-9a-f]{32}$"
 # Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
 # 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
 _WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
-# Gateway ids are 1-64 characters (cloudflare-facts §2.1) and a path segment of the gateway URL.
-_GATEWAY_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
+# create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
+GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
+"""The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""
+_GATEWAY_ID_RE = re.compile(GATEWAY_ID_PATTERN)
+_GATEWAY_ID_RULE = (
+    f"1..64 characters matching {GATEWAY_ID_PATTERN} (lowercase letters, digits and '_', single '-' between)"
+)
+# The account's workers.dev subdomain is one DNS label (`<subdomain>.workers.dev`).
+_DNS_LABEL = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+# A route the data plane can be addressed by: a whole hostname, every path (the Worker serves its API at `/`).
+_HOST_ROUTE = re.compile(r"^(?P<host>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)/\*$")
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def is_valid_gateway_id(value: str) -> bool:
+    """Whether ``value`` is an id Cloudflare accepts for an AI Gateway (:data:`GATEWAY_ID_PATTERN`, 1..64)."""
+    return 1 <= len(value) <= 64 and _GATEWAY_ID_RE.match(value) is not None
+
+
+def _check_worker_name(value: str | None) -> str | None:
+    if value is not None and (not _WORKER_NAME.match(value) or value.endswith("-")):
+        raise ValueError(
+            "must be 1..63 characters of lowercase letters, digits, '_' and '-', not starting or ending with '-'"
+        )
+    return value
 
 
 def _check_hex32(value: str) -> str:
@@ -92,7 +121,7 @@ class RateLimitSettings(_Settings):
 class GatewaySettings(_Settings):
     """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
 
-    id: str | None = Field(default=None, pattern=_GATEWAY_ID)
+    id: str | None = None
     cache_ttl: int = 0
     cache_invalidate_on_update: bool = True
     collect_logs: bool = True
@@ -100,6 +129,13 @@ class GatewaySettings(_Settings):
     rate_limiting: RateLimitSettings = RateLimitSettings()
     log_management: int | None = Field(default=None, ge=10_000, le=10_000_000)
     log_management_strategy: Literal["STOP_INSERTING", "DELETE_OLDEST"] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_valid_gateway_id(value):
+            raise ValueError(f"is not a valid gateway id; use {_GATEWAY_ID_RULE}")
+        return value
 
     @field_validator("cache_ttl")
     @classmethod
@@ -147,11 +183,45 @@ class WorkerSettings(_Settings):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and (not _WORKER_NAME.match(value) or value.endswith("-")):
+        return _check_worker_name(value)
+
+
+class DataPlaneSettings(_Settings):
+    """dualcache's own data-plane Worker (``infra/worker/dataplane.js``): name and where it is reachable.
+
+    Reachable on its ``workers.dev`` subdomain by default; on a custom domain or a route when one is
+    configured (then ``workers.dev`` is off unless ``workersDev: true`` says otherwise). The Worker serves
+    its API at the root path, so a route must cover a whole hostname (``data.example.com/*``).
+    """
+
+    name: str | None = None
+    compatibility_date: str = Field(default="2025-03-11", pattern=_DATE)
+    route: RouteSettings | None = None
+    custom_domain: CustomDomainSettings | None = None
+    workers_dev: bool | None = None
+    """Whether the Worker answers on ``workers.dev``; None = yes unless a route or custom domain is set."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        return _check_worker_name(value)
+
+    @field_validator("route")
+    @classmethod
+    def _check_route(cls, value: RouteSettings | None) -> RouteSettings | None:
+        if value is not None and not _HOST_ROUTE.match(value.pattern):
             raise ValueError(
-                "must be 1..63 characters of lowercase letters, digits, '_' and '-', not starting or ending with '-'"
+                "must cover one whole hostname, `<hostname>/*` (for example `kv.example.com/*`): the data-plane "
+                "Worker serves its API at the root path, so a path prefix or a wildcard host gives it no base URL"
             )
         return value
+
+    @property
+    def on_workers_dev(self) -> bool:
+        """Whether the Worker answers on its ``workers.dev`` subdomain (see :attr:`workers_dev`)."""
+        if self.workers_dev is not None:
+            return self.workers_dev
+        return self.route is None and self.custom_domain is None
 
 
 class StackConfig(_Settings):
@@ -163,7 +233,9 @@ class StackConfig(_Settings):
         account_id: The Cloudflare account id.
         gateway: AI Gateway settings.
         namespaces: KV namespace settings.
-        worker: Worker settings.
+        worker: Worker settings (the API Worker, the user's app).
+        data_plane: dualcache's data-plane Worker settings.
+        workers_dev_subdomain: The account's ``workers.dev`` subdomain (``<subdomain>.workers.dev``), when set.
         policies: Per-operation cache policies (defaults with the stack's overrides applied).
         secrets_set: Which of :data:`SECRET_KEYS` are set (as secrets); values are never held here.
     """
@@ -174,6 +246,8 @@ class StackConfig(_Settings):
     gateway: GatewaySettings = GatewaySettings()
     namespaces: NamespaceSettings = NamespaceSettings()
     worker: WorkerSettings = WorkerSettings()
+    data_plane: DataPlaneSettings = DataPlaneSettings()
+    workers_dev_subdomain: str | None = Field(default=None, pattern=_DNS_LABEL)
     policies: Policies = Policies()
     secrets_set: frozenset[str] = frozenset()
 
@@ -186,6 +260,31 @@ class StackConfig(_Settings):
     def worker_name(self) -> str:
         """The Worker's script name: the configured one, else ``<project>-api-<stack>``."""
         return self.worker.name or f"{self.project}-api-{self.stack}"
+
+    @property
+    def data_plane_name(self) -> str:
+        """The data-plane Worker's script name: the configured one, else ``<project>-dualcache-<stack>``."""
+        return self.data_plane.name or f"{self.project}-dualcache-{self.stack}"
+
+    @property
+    def data_plane_url(self) -> str | None:
+        """The data plane's base URL, derived from config; None when it cannot be known offline.
+
+        A custom domain gives ``https://<hostname>``, else a route ``https://<hostname>``, else (on
+        ``workers.dev``) ``https://<script>.<workersDevSubdomain>.workers.dev``. Without
+        ``workersDevSubdomain`` the account's subdomain is unknown here (pulumi-cloudflare has no lookup of
+        it), so the URL is None; a real deployment refuses that (see infra/config.py).
+        """
+        dp = self.data_plane
+        if dp.custom_domain is not None:
+            return f"https://{dp.custom_domain.hostname}"
+        if dp.route is not None:
+            match = _HOST_ROUTE.match(dp.route.pattern)
+            assert match is not None  # checked by DataPlaneSettings
+            return f"https://{match.group('host')}"
+        if self.workers_dev_subdomain is not None:
+            return f"https://{self.data_plane_name}.{self.workers_dev_subdomain}.workers.dev"
+        return None
 
     def namespace_title(self, binding: Namespace) -> str:
         """The title of a namespace: ``<project>-<stack>-<BINDING>``."""
@@ -250,10 +349,30 @@ class StackConfig(_Settings):
                 f"names) is not a valid Worker name; set {self.project}:worker.name to 1..63 characters of lowercase "
                 "letters, digits, '_' and '-'"
             )
-        if self.gateway.id is None and not re.match(_GATEWAY_ID, self.gateway_id):
+        if self.gateway.id is None and not is_valid_gateway_id(self.gateway_id):
             raise ConfigError(
                 f"{source}: the default {self.project}:gateway.id {self.gateway_id!r} (from the project and stack "
-                f"names) is not a valid gateway id; set {self.project}:gateway.id to 1..64 letters, digits, '_' and '-'"
+                f"names) is not a valid gateway id; set {self.project}:gateway.id to {_GATEWAY_ID_RULE}"
+            )
+        if self.data_plane.name is None and (
+            not _WORKER_NAME.match(self.data_plane_name) or self.data_plane_name.endswith("-")
+        ):
+            raise ConfigError(
+                f"{source}: the default {self.project}:dataPlane.name {self.data_plane_name!r} (from the project and "
+                f"stack names) is not a valid Worker name; set {self.project}:dataPlane.name to 1..63 characters of "
+                "lowercase letters, digits, '_' and '-'"
+            )
+        if self.data_plane_name == self.worker_name:
+            raise ConfigError(
+                f"{source}: {self.project}:dataPlane.name and the API Worker's name are both {self.worker_name!r}; "
+                "the data plane is a Worker of its own, give it another name"
+            )
+        dp = self.data_plane
+        if dp.workers_dev is False and dp.route is None and dp.custom_domain is None:
+            raise ConfigError(
+                f"{source}: {self.project}:dataPlane.workersDev is false and no dataPlane.route or "
+                "dataPlane.customDomain is set, so the data-plane Worker would be reachable nowhere; set a route or "
+                "custom domain, or drop workersDev to serve it on workers.dev"
             )
 
 
@@ -291,10 +410,10 @@ def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, 
 def secret_placement_error(full_key: str, *, is_secret: bool, project: str, stack: str, source: str) -> str | None:
     """Say what is wrong when a key is a secret and should not be, or is plain text and should be a secret.
 
-    Secrets (``<project>:openaiApiKey``, ``<project>:gatewayToken``, the provider's credentials) must be
-    set with ``pulumi config set --secret``. The keys of :data:`PLAIN_KEYS` must not be secrets: their
-    values go into plain-text Worker bindings and the ``dualcache`` stack output, which would expose them.
-    The message never contains the value.
+    Secrets (``<project>:openaiApiKey``, ``<project>:gatewayToken``, ``<project>:dataPlaneToken``, the
+    provider's credentials) must be set with ``pulumi config set --secret <namespace>:<key>``. The keys of
+    :data:`PLAIN_KEYS` must not be secrets: their values go into plain-text Worker bindings and the
+    ``dualcache`` stack output, which would expose them. The message never contains the value.
 
     Returns:
         The error message, or ``None`` when the key is placed right (or is none of these keys).
@@ -302,10 +421,9 @@ def secret_placement_error(full_key: str, *, is_secret: bool, project: str, stac
     namespace, _, name = full_key.partition(":")
     must_be_secret = full_key in PROVIDER_CREDENTIAL_KEYS or (namespace == project and name in SECRET_KEYS)
     if must_be_secret and not is_secret:
-        short = name if namespace == project else full_key
         return (
-            f"{source}: {full_key} is in plain text; set it with `pulumi config set --secret {short} ... -s {stack}` "
-            "(which replaces the plain value in the stack file)"
+            f"{source}: {full_key} is in plain text; set it with `pulumi config set --secret {full_key} ... "
+            f"-s {stack}` (which replaces the plain value in the stack file)"
         )
     if is_secret and namespace == project and name in PLAIN_KEYS:
         return (

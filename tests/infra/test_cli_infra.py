@@ -16,7 +16,7 @@ import pytest
 from _infra_support import ACCOUNT, REPO, STACKS, StackWriter, base_config
 
 from dualcache import ConfigError, Namespace, StackOutputs, load_stack_config
-from dualcache._cli_infra import plan_manifest, register, render_plan_text
+from dualcache._cli_infra import WRANGLER_SPLIT_MARKER, plan_manifest, plan_warnings, register, render_plan_text
 from infra.plan import PlanResult, manifest_json
 
 
@@ -106,6 +106,33 @@ def test_plan_text_shows_secrets_masked(write_stack: StackWriter, capsys: pytest
     assert "v1:c2VjcmV0" not in out and "placeholder" not in out
 
 
+def test_plan_warns_about_a_missing_token_and_workers_dev_subdomain(
+    write_stack: StackWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = write_stack(base_config())
+    (project / "infra").mkdir()
+    (project / "infra" / "plan.py").write_text("# marks the project dir\n")
+    assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
+    out = capsys.readouterr().out
+    # Runs without the token, binds a stand-in shown as [secret], and says what a real preview/up needs.
+    assert "DUALCACHE_TOKEN        secret_text   [secret]" in out
+    assert "! jobmatch-ai:dataPlaneToken is not set" in out
+    assert "pulumi config set --secret jobmatch-ai:dataPlaneToken" in out
+    assert "! data_plane_url is null" in out and "      data_plane_url: null" in out
+    assert "stand-in-for" not in out
+
+    complete = base_config() | {
+        "jobmatch-ai:dataPlaneToken": {"secure": "v1:dG9rZW4="},
+        "jobmatch-ai:workersDevSubdomain": "acme",
+    }
+    assert plan_warnings(load_stack_config(write_stack(complete), "test")) == []
+    assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert "Warnings:" not in out
+    assert "      data_plane_url: https://jobmatch-ai-dualcache-test.acme.workers.dev" in out
+    assert "      data_plane_worker_name: jobmatch-ai-dualcache-test" in out
+
+
 _OFFLINE = """
 import socket, sys
 def refuse(*args, **kwargs):
@@ -124,6 +151,7 @@ def test_plan_needs_no_pulumi_cli_home_credentials_or_network(tmp_path: Path) ->
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": str(tmp_path / "empty-bin"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "runtime"), str(REPO)])  # this checkout, not an installed copy
     proc = subprocess.run(
         [sys.executable, "-c", _OFFLINE, stack], cwd=REPO, env=env, capture_output=True, text=True, check=False
     )
@@ -221,8 +249,10 @@ def test_wrangler_uses_ids_from_an_outputs_file(tmp_path: Path, capsys: pytest.C
     outputs = _outputs("prod")
     path = tmp_path / "outputs.prod.json"
     outputs.dump(path)
-    assert _run(["wrangler", "--stack", "prod", "--outputs", str(path), "--project-dir", str(REPO)]) == 0
+    argv = ["wrangler", "--stack", "prod", "--outputs", str(path), "--project-dir", str(REPO), "--worker", "api"]
+    assert _run(argv) == 0
     doc = tomllib.loads(capsys.readouterr().out)
+    assert set(doc) == {"env"}
     env = doc["env"]["prod"]
     assert (env["name"], env["account_id"], env["compatibility_date"]) == (
         "jobmatch-ai-api-prod",
@@ -239,7 +269,11 @@ def test_wrangler_uses_ids_from_an_outputs_file(tmp_path: Path, capsys: pytest.C
 def test_wrangler_uses_ids_from_the_plan_without_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["wrangler", "--stack", "staging", "--project-dir", str(REPO)]) == 0
     text = capsys.readouterr().out
-    env = tomllib.loads(text)["env"]["staging"]
+    api, data_plane = _split_wrangler(text)
+    env = tomllib.loads(api)["env"]["staging"]
+    assert {ns["binding"]: ns["id"] for ns in tomllib.loads(data_plane)["kv_namespaces"]} == {
+        b.value: cfg_id for b, cfg_id in _plan_ids("staging").items()
+    }
     cfg = load_stack_config(REPO, "staging")
     assert {ns["binding"]: ns["id"] for ns in env["kv_namespaces"]} == {
         b.value: cfg.offline_namespace_id(b) for b in Namespace
@@ -255,11 +289,78 @@ def test_wrangler_writes_route_and_custom_domain(write_stack: StackWriter, capsy
     outputs = tmp = project / "o.json"
     _outputs("dev").dump(tmp)
     assert _run(["wrangler", "--stack", "dev", "--outputs", str(outputs), "--project-dir", str(project)]) == 0
-    env = tomllib.loads(capsys.readouterr().out)["env"]["dev"]
+    env = tomllib.loads(_split_wrangler(capsys.readouterr().out)[0])["env"]["dev"]
     assert env["routes"] == [
         {"pattern": "api.example.com/*", "zone_id": zone},
         {"pattern": "x.example.com", "custom_domain": True},
     ]
+
+
+def _split_wrangler(text: str) -> tuple[str, str]:
+    """The two TOML documents `dualcache wrangler` prints by default: the API section, the data plane's file."""
+    api, marker, rest = text.partition(WRANGLER_SPLIT_MARKER)
+    assert marker, text
+    return api, rest.split("\n", 1)[1]
+
+
+def _plan_ids(stack: str) -> dict[Namespace, str]:
+    cfg = load_stack_config(REPO, stack)
+    return {b: cfg.offline_namespace_id(b) for b in Namespace}
+
+
+def test_wrangler_prints_the_data_plane_config_with_six_namespaces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outputs = _outputs("prod")
+    path = tmp_path / "outputs.prod.json"
+    outputs.dump(path)
+    argv = ["wrangler", "--stack", "prod", "--outputs", str(path), "--project-dir", str(REPO)]
+    assert _run([*argv, "--worker", "data-plane"]) == 0
+    text = capsys.readouterr().out
+    doc = tomllib.loads(text)
+    assert (doc["name"], doc["main"], doc["account_id"], doc["compatibility_date"]) == (
+        "jobmatch-ai-dualcache-prod",
+        "infra/worker/dataplane.js",
+        ACCOUNT,
+        "2025-03-11",
+    )
+    assert (REPO / doc["main"]).is_file()
+    assert doc["workers_dev"] is True and "routes" not in doc
+    assert doc["kv_namespaces"] == [{"binding": b.value, "id": outputs.namespace_id(b)} for b in Namespace]
+    assert doc["ai"] == {"binding": "AI"}
+    assert doc["vars"] == {"AI_GATEWAY_SLUG": "jobmatch-ai-prod", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT}
+    assert "DUALCACHE_TOKEN" not in doc["vars"]
+    assert "#   wrangler secret put DUALCACHE_TOKEN -c wrangler.dataplane.toml" in text
+    # Both at once: the same data-plane document follows the API section.
+    assert _run(argv) == 0
+    api, data_plane = _split_wrangler(capsys.readouterr().out)
+    assert tomllib.loads(data_plane) == doc
+    assert tomllib.loads(api)["env"]["prod"]["name"] == "jobmatch-ai-api-prod"
+
+
+def test_wrangler_data_plane_follows_its_route_domain_and_workers_dev(
+    write_stack: StackWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zone = "33333333333333333333333333333333"
+    data_plane = {
+        "name": "kv-plane",
+        "route": {"pattern": "kv.example.com/*", "zoneId": zone},
+        "customDomain": {"hostname": "cache.example.com"},
+    }
+    project = write_stack(base_config() | {"jobmatch-ai:dataPlane": data_plane}, stack="dev")
+    outputs = project / "o.json"
+    _outputs("dev").dump(outputs)
+    argv = ["wrangler", "--stack", "dev", "--outputs", str(outputs), "--project-dir", str(project)]
+    assert _run([*argv, "--worker", "data-plane"]) == 0
+    text = capsys.readouterr().out
+    doc = tomllib.loads(text)
+    assert doc["name"] == "kv-plane"  # the outputs file predates the data plane: the name comes from config
+    assert doc["workers_dev"] is False
+    assert doc["routes"] == [
+        {"pattern": "kv.example.com/*", "zone_id": zone},
+        {"pattern": "cache.example.com", "custom_domain": True},
+    ]
+    assert "# URL (data_plane_url): https://cache.example.com" in text
 
 
 def test_wrangler_rejects_outputs_of_another_stack(tmp_path: Path) -> None:

@@ -99,7 +99,8 @@ _ADOPT = "jobmatch-ai:namespaces"
         ),
         pytest.param(
             {"jobmatch-ai:openaiApiKey": "sk-plain"},
-            r"jobmatch-ai:openaiApiKey is in plain text; set it with `pulumi config set --secret openaiApiKey",
+            r"jobmatch-ai:openaiApiKey is in plain text; set it with "
+            r"`pulumi config set --secret jobmatch-ai:openaiApiKey",
             id="secret-in-plain-text",
         ),
         pytest.param(
@@ -188,7 +189,7 @@ def test_config_reads_an_unquoted_compatibility_date(write_stack: StackWriter) -
         stack_file.read_text().replace("compatibilityDate: '2025-03-11'", "compatibilityDate: 2025-06-01")
     )
     assert "compatibilityDate: 2025-06-01" in stack_file.read_text()
-    (script,) = run_plan("test", project).find(":WorkersScript")
+    script = run_plan("test", project).named("api-script")
     assert script.inputs["compatibilityDate"] == "2025-06-01"
 
 

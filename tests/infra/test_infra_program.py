@@ -16,9 +16,8 @@ NAMESPACE = ":WorkersKvNamespace"
 SCRIPT = ":WorkersScript"
 
 
-def _bindings(plan: PlanResult) -> dict[str, dict[str, Any]]:
-    (script,) = plan.find(SCRIPT)
-    return {b["name"]: b for b in script.inputs["bindings"]}
+def _bindings(plan: PlanResult, script: str = "api-script") -> dict[str, dict[str, Any]]:
+    return {b["name"]: b for b in plan.named(script).inputs["bindings"]}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -112,7 +111,7 @@ def test_program_binds_namespaces_ai_and_plain_vars(plans: dict[str, PlanResult]
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_program_worker_is_an_es_module_with_the_health_worker(plans: dict[str, PlanResult], stack: str) -> None:
-    (script,) = plans[stack].find(SCRIPT)
+    script = plans[stack].named("api-script")
     assert script.type == "cloudflare:index/workersScript:WorkersScript"
     assert script.inputs["scriptName"] == f"jobmatch-ai-api-{stack}"
     assert script.inputs["mainModule"] == "worker.js"
@@ -161,13 +160,13 @@ def test_program_uses_the_configured_bundle_route_and_domain(write_stack: StackW
     (project / "dist").mkdir()
     (project / "dist" / "app.js").write_text("export default { fetch() { return new Response('app'); } };\n")
     plan = run_plan("test", project)
-    (script,) = plan.find(SCRIPT)
+    script = plan.named("api-script")
     assert (script.inputs["scriptName"], script.inputs["mainModule"]) == ("jobs-api", "app.js")
     assert script.inputs["content"].startswith("export default { fetch()")
     assert script.inputs["compatibilityDate"] == "2025-06-01"
-    (route,) = plan.find(":WorkersRoute")
+    route = plan.named("api-route")
     assert route.inputs == {"pattern": "api.example.com/*", "script": "jobs-api", "zoneId": zone}
-    (domain,) = plan.find(":WorkersCustomDomain")
+    domain = plan.named("api-domain")
     assert domain.inputs == {
         "accountId": ACCOUNT,
         "hostname": "jobs.example.com",
@@ -203,13 +202,14 @@ def test_program_plans_of_one_stack_are_identical_when_repeated(plans: dict[str,
 def test_program_sets_the_workers_dev_subdomain_per_stack(
     plans: dict[str, PlanResult], stack: str, enabled: bool
 ) -> None:
-    (subdomain,) = plans[stack].find(":WorkersScriptSubdomain")
+    subdomain = plans[stack].named("api-subdomain")
     assert subdomain.type == "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain"
     assert subdomain.inputs == {"accountId": ACCOUNT, "enabled": enabled, "scriptName": f"jobmatch-ai-api-{stack}"}
 
 
 def test_program_leaves_workers_dev_alone_when_not_configured(write_stack: StackWriter) -> None:
-    assert run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain") == []
+    subdomains = run_plan("test", write_stack(base_config())).find(":WorkersScriptSubdomain")
+    assert [s.name for s in subdomains] == ["dataplane-subdomain"]
 
 
 def test_program_manifest_with_real_secrets_is_deterministic_and_shows_no_secret(write_stack: StackWriter) -> None:
@@ -235,6 +235,183 @@ def test_program_manifest_with_real_secrets_is_deterministic_and_shows_no_secret
     assert "placeholder" not in text and "salt" not in text
     bindings = _bindings(first)
     assert {name for name, b in bindings.items() if b["type"] == "secret_text"} == {"OPENAI_API_KEY", "CF_AIG_TOKEN"}
+    assert _bindings(first, "dataplane-script")["DUALCACHE_TOKEN"]["text"] == SECRET
     assert all(bindings[name]["text"] == SECRET for name in ("OPENAI_API_KEY", "CF_AIG_TOKEN"))
     exported = StackOutputs.from_data(first.outputs["dualcache"])  # a plain object, not "[secret]"
     assert SECRET not in json.dumps(exported.model_dump(mode="json"))
+
+
+# -- the data-plane Worker ------------------------------------------------------------------------------------
+
+DATA_PLANE_JS = REPO / "infra" / "worker" / "dataplane.js"
+TOKEN_KEY = "jobmatch-ai:dataPlaneToken"
+ZONE = "44444444444444444444444444444444"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_declares_the_data_plane_worker_in_its_own_component(plans: dict[str, PlanResult], stack: str) -> None:
+    plan = plans[stack]
+    script = plan.named("dataplane-script")
+    assert script.type == "cloudflare:index/workersScript:WorkersScript"
+    assert script.custom and script.parent is not None
+    assert script.parent.endswith("$dualcache:infra:DataPlaneWorker::dataplane"), script.parent
+    assert script.inputs["scriptName"] == f"jobmatch-ai-dualcache-{stack}"
+    assert script.inputs["mainModule"] == "dataplane.js"
+    assert script.inputs["content"] == DATA_PLANE_JS.read_text(encoding="utf-8")
+    assert script.inputs["accountId"] == ACCOUNT
+    # The API Worker stays the user's app: another script, with none of the data plane's bindings.
+    api = plan.named("api-script")
+    assert api.inputs["scriptName"] == f"jobmatch-ai-api-{stack}"
+    assert "DUALCACHE_TOKEN" not in _bindings(plan)
+    assert [s.name for s in plan.find(SCRIPT)] == ["api-script", "dataplane-script"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_binds_the_data_plane_to_the_namespaces_token_and_health_needs(
+    plans: dict[str, PlanResult], stack: str
+) -> None:
+    plan = plans[stack]
+    bindings = _bindings(plan, "dataplane-script")
+    ids = plan.outputs["dualcache"]["namespaces"]
+    assert list(bindings) == [
+        *(b.value for b in Namespace),
+        "DUALCACHE_TOKEN",
+        "AI",
+        "AI_GATEWAY_SLUG",
+        "CLOUDFLARE_ACCOUNT_ID",
+    ]
+    for binding in Namespace:
+        assert bindings[binding.value] == {
+            "name": binding.value,
+            "type": "kv_namespace",
+            "namespaceId": ids[binding.value],
+        }
+    assert bindings["DUALCACHE_TOKEN"] == {"name": "DUALCACHE_TOKEN", "type": "secret_text", "text": SECRET}
+    assert bindings["AI"] == {"name": "AI", "type": "ai"}
+    assert bindings["AI_GATEWAY_SLUG"]["text"] == f"jobmatch-ai-{stack}"
+    assert bindings["CLOUDFLARE_ACCOUNT_ID"] == {"name": "CLOUDFLARE_ACCOUNT_ID", "type": "plain_text", "text": ACCOUNT}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_exports_the_data_plane_name_and_no_url_without_a_subdomain(
+    plans: dict[str, PlanResult], stack: str
+) -> None:
+    exported = plans[stack].outputs["dualcache"]
+    assert exported != SECRET
+    assert exported["data_plane_worker_name"] == f"jobmatch-ai-dualcache-{stack}"
+    # The committed stacks set no workersDevSubdomain: the URL is unknown offline (a real up refuses this).
+    assert exported["data_plane_url"] is None
+    subdomain = plans[stack].named("dataplane-subdomain")
+    assert subdomain.inputs == {"accountId": ACCOUNT, "enabled": True, "scriptName": f"jobmatch-ai-dualcache-{stack}"}
+
+
+def test_program_token_is_nowhere_in_the_manifest_or_outputs(write_stack: StackWriter) -> None:
+    from infra.config import OFFLINE_DATA_PLANE_TOKEN
+    from infra.plan import SECRET_PLACEHOLDER
+
+    ciphertext = "v1:ZGF0YS1wbGFuZQ==:dG9rZW4tY2lwaGVydGV4dC0wNA=="
+    with_token = run_plan("test", write_stack(base_config() | {TOKEN_KEY: {"secure": ciphertext}}))
+    without = run_plan("test", write_stack(base_config(), stack="bare"))
+    for plan in (with_token, without):
+        text = manifest_json(plan.manifest())
+        outputs = json.dumps(plan.outputs)
+        for leaked in (SECRET_PLACEHOLDER.format(key=TOKEN_KEY), OFFLINE_DATA_PLANE_TOKEN, *ciphertext.split(":")[1:]):
+            assert leaked not in text and leaked not in outputs, plan.stack
+        assert _bindings(plan, "dataplane-script")["DUALCACHE_TOKEN"]["text"] == SECRET
+        assert "token" not in {k.lower() for k in plan.outputs["dualcache"]}
+    assert set(with_token.outputs["dualcache"]) == set(StackOutputs.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("data_plane", "subdomain", "url", "workers_dev"),
+    [
+        pytest.param({}, "acme", "https://jobmatch-ai-dualcache-test.acme.workers.dev", True, id="workers-dev"),
+        pytest.param({"name": "kv-edge"}, "acme", "https://kv-edge.acme.workers.dev", True, id="workers-dev-named"),
+        pytest.param(
+            {"route": {"pattern": "kv.example.com/*", "zoneId": ZONE}},
+            None,
+            "https://kv.example.com",
+            False,
+            id="route",
+        ),
+        pytest.param(
+            {"customDomain": {"hostname": "cache.example.com", "zoneId": ZONE}},
+            "acme",
+            "https://cache.example.com",
+            False,
+            id="custom-domain",
+        ),
+        pytest.param(
+            {"customDomain": {"hostname": "cache.example.com"}, "workersDev": True},
+            "acme",
+            "https://cache.example.com",
+            True,
+            id="custom-domain-and-workers-dev",
+        ),
+    ],
+)
+def test_program_data_plane_is_reachable_where_config_says(
+    write_stack: StackWriter, data_plane: dict[str, Any], subdomain: str | None, url: str, workers_dev: bool
+) -> None:
+    config = base_config() | {"jobmatch-ai:dataPlane": data_plane}
+    if subdomain is not None:
+        config["jobmatch-ai:workersDevSubdomain"] = subdomain
+    plan = run_plan("test", write_stack(config))
+    name = data_plane.get("name", "jobmatch-ai-dualcache-test")
+    assert plan.named("dataplane-script").inputs["scriptName"] == name
+    subdomain = plan.named("dataplane-subdomain").inputs
+    assert subdomain == {"accountId": ACCOUNT, "enabled": workers_dev, "scriptName": name}
+    routes = {r.name: r.inputs for r in plan.find(":WorkersRoute")}
+    domains = {r.name: r.inputs for r in plan.find(":WorkersCustomDomain")}
+    if "route" in data_plane:
+        assert routes == {"dataplane-route": {"pattern": "kv.example.com/*", "script": name, "zoneId": ZONE}}
+    else:
+        assert routes == {}
+    if "customDomain" in data_plane:
+        expected = {"accountId": ACCOUNT, "hostname": "cache.example.com", "service": name}
+        if "zoneId" in data_plane["customDomain"]:
+            expected["zoneId"] = ZONE
+        assert domains == {"dataplane-domain": expected}
+    else:
+        assert domains == {}
+    outputs = StackOutputs.from_data(plan.outputs["dualcache"])
+    assert (outputs.data_plane_url, outputs.data_plane_worker_name) == (url, name)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param(
+            {TOKEN_KEY: "a" * 64},
+            r"jobmatch-ai:dataPlaneToken is in plain text; set it with `pulumi config set --secret "
+            r"jobmatch-ai:dataPlaneToken",
+            id="plain-text-token",
+        ),
+        pytest.param(
+            {"jobmatch-ai:dataPlane": {"workersDev": False}},
+            r"jobmatch-ai:dataPlane\.workersDev is false and no dataPlane\.route or dataPlane\.customDomain",
+            id="reachable-nowhere",
+        ),
+        pytest.param(
+            {"jobmatch-ai:dataPlane": {"route": {"pattern": "example.com/dualcache/*", "zoneId": ZONE}}},
+            r"jobmatch-ai:dataPlane\.route = .*must cover one whole hostname, `<hostname>/\*`",
+            id="route-with-a-path",
+        ),
+        pytest.param(
+            {"jobmatch-ai:dataPlane": {"name": "jobmatch-ai-api-test"}},
+            r"dataPlane\.name and the API Worker's name are both 'jobmatch-ai-api-test'",
+            id="same-name-as-the-api-worker",
+        ),
+        pytest.param(
+            {"jobmatch-ai:workersDevSubdomain": "Acme.dev"},
+            r"jobmatch-ai:workersDevSubdomain = 'Acme\.dev'",
+            id="subdomain-not-a-dns-label",
+        ),
+    ],
+)
+def test_program_rejects_bad_data_plane_config(write_stack: StackWriter, config: dict[str, Any], message: str) -> None:
+    from dualcache import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        run_plan("test", write_stack(base_config() | config))
+    assert "a" * 64 not in str(info.value)

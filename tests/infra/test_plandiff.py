@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dualcache._exceptions import ConfigError, InvalidInputError
 from infra.plandiff import (
     DEFAULT_MAX_CHARS,
     SECRET,
     ChangeKind,
+    Replacement,
     base_manifest_from_git,
     diff_manifests,
     exit_status,
@@ -795,7 +797,7 @@ def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
     assert out == (
         "### dualcache plan: stack `dev`\n\n"
         "Compared with the base plan (`dev.json`).\n\n"
-        "**0 to add, 1 to change, 3 to replace, 0 to remove**; 2 policy changes; 2 output changes.\n\n"
+        "**0 to add, 2 to change, 3 to replace, 0 to remove**; 2 policy changes; 2 output changes.\n\n"
         "#### Replaced: deleted and created again (3)\n\n"
         f"- `{NAMESPACE}` **kv-job-analysis-cache**\n"
         f'  - `(import)`: `null` → `"{ACCOUNT}/{adopted}"` '
@@ -807,9 +809,12 @@ def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
         '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n'
         "- `cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain` **api-subdomain**\n"
         '  - `scriptName`: `"jobmatch-ai-api-dev"` → `"renamed-api"` (forces replacement)\n\n'
-        "#### Changed in place (1)\n\n"
+        "#### Changed in place (2)\n\n"
         f"- `{GATEWAY}` **ai-gateway**\n"
-        "  - `cacheTtl`: `3600` → `7200`\n\n"
+        "  - `cacheTtl`: `3600` → `7200`\n"
+        # The data plane binds the same namespaces, so the adopted id reaches it too (an update in place).
+        f"- `{SCRIPT}` **dataplane-script**\n"
+        f'  - `bindings[name=JOB_ANALYSIS_CACHE].namespaceId`: `"{old_ns_id}"` → `"{adopted}"`\n\n'
         "#### Policy changes (2)\n\n"
         "- `embeddings.gateway_ttl`: `600` → `900`\n"
         "- `spam_detection.kv_ttl`: `604800` → `86400`\n\n"
@@ -821,3 +826,30 @@ def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
     # and the plan's stand-in for the secret are checked by name for a readable failure.
     for part in [SECURE_VALUE, *SECURE_VALUE.split(":"), "offline-plan-placeholder"]:
         assert part not in out
+
+
+def test_plandiff_data_plane_rename_replaces_its_script_and_subdomain_and_a_domain_is_added(
+    tmp_path: Path,
+) -> None:
+    from infra.plan import plan_manifest
+
+    shutil.copy(PROJECT_DIR / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    stack = yaml.safe_load((PROJECT_DIR / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(stack), encoding="utf-8")
+    base = plan_manifest("dev", tmp_path)
+    stack["config"]["jobmatch-ai:dataPlane"] = {"name": "kv-plane", "customDomain": {"hostname": "kv.example.com"}}
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(stack), encoding="utf-8")
+    diff = diff_manifests(base, plan_manifest("dev", tmp_path))
+
+    kinds = {(r.name, r.kind) for r in diff.resources}
+    assert kinds == {
+        ("dataplane-script", ChangeKind.REPLACE),
+        ("dataplane-subdomain", ChangeKind.REPLACE),
+        ("dataplane-domain", ChangeKind.ADD),
+    }
+    script = next(r for r in diff.resources if r.name == "dataplane-script")
+    assert [c.path for c in script.changes if c.replacement is Replacement.YES] == ["scriptName"]
+    subdomain = next(r for r in diff.resources if r.name == "dataplane-subdomain")
+    assert {c.path: c.new for c in subdomain.changes} == {"enabled": False, "scriptName": "kv-plane"}
+    # The token binding is unchanged ([secret] on both sides) and never shown.
+    assert all("DUALCACHE_TOKEN" not in c.path for c in script.changes)

@@ -75,6 +75,12 @@ def test_outputs_from_env_unset_says_what_to_set(monkeypatch: pytest.MonkeyPatch
         pytest.param({"api_base_url": "ftp://x"}, r"api_base_url: 'ftp://x' is not an http\(s\) URL", id="url"),
         pytest.param({"secret": "x"}, r"secret: Extra inputs are not permitted", id="extra-field"),
         pytest.param({"gateway_id": ""}, r"gateway_id", id="empty-gateway-id"),
+        pytest.param(
+            {"gateway_id": "JobMatch-AI--Dev-"},
+            r"gateway_id: String should match pattern '\^\[a-z0-9_\]\+\(\?:-\[a-z0-9_\]\+\)\*\$'",
+            id="gateway-id-against-the-schema-pattern",
+        ),
+        pytest.param({"gateway_id": "g" * 65}, r"gateway_id: String should have at most 64", id="gateway-id-too-long"),
     ],
 )
 def test_outputs_rejects_invalid_data_naming_the_field(changes: dict[str, Any], message: str) -> None:

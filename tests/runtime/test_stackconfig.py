@@ -95,10 +95,9 @@ def test_stackconfig_derives_names_from_project_and_stack() -> None:
 def test_stackconfig_rejects_an_invalid_default_worker_name() -> None:
     with pytest.raises(ConfigError, match=r"default jobmatch-ai:worker\.name 'jobmatch-ai-api-Prod'"):
         StackConfig.from_values({"accountId": ACCOUNT}, project="jobmatch-ai", stack="Prod")
-    ok = StackConfig.from_values(
-        {"accountId": ACCOUNT, "worker": {"name": "api-prod"}}, project="jobmatch-ai", stack="Prod"
-    )
-    assert ok.worker_name == "api-prod"
+    named = {"worker": {"name": "api-prod"}, "gateway": {"id": "gw-prod"}, "dataPlane": {"name": "dp-prod"}}
+    ok = StackConfig.from_values({"accountId": ACCOUNT, **named}, project="jobmatch-ai", stack="Prod")
+    assert (ok.worker_name, ok.gateway_id, ok.data_plane_name) == ("api-prod", "gw-prod", "dp-prod")
 
 
 def test_stackconfig_offline_namespace_ids_are_stable_distinct_and_keep_adopted_ids() -> None:
@@ -191,3 +190,98 @@ def test_load_stack_config_rejects_provider_credentials_in_plain_text(tmp_path: 
     ) as info:
         load_stack_config(_project(tmp_path, config), "qa")
     assert token not in str(info.value)
+
+
+# -- gateway ids: Cloudflare's schema pattern ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gateway_id",
+    [
+        pytest.param("JobMatch-AI--Dev-", id="upper-double-and-trailing-dash"),
+        pytest.param("jobmatch--dev", id="double-dash"),
+        pytest.param("-dev", id="leading-dash"),
+        pytest.param("dev-", id="trailing-dash"),
+        pytest.param("Dev", id="uppercase"),
+        pytest.param("job.match", id="dot"),
+        pytest.param("a" * 65, id="65-chars"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_stackconfig_rejects_gateway_ids_cloudflare_rejects(gateway_id: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(gateway={"id": gateway_id})
+    message = str(info.value)
+    assert f"jobmatch-ai:gateway.id = {gateway_id!r}" in message
+    assert "^[a-z0-9_]+(?:-[a-z0-9_]+)*$" in message and "1..64" in message
+
+
+@pytest.mark.parametrize("gateway_id", ["jobmatch-ai-dev", "a", "gw_2-eu", "a" * 64, "x-y-z_1"])
+def test_stackconfig_accepts_gateway_ids_of_the_schema_pattern(gateway_id: str) -> None:
+    assert _validate(gateway={"id": gateway_id}).gateway_id == gateway_id
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_stackconfig_committed_stacks_default_gateway_ids_pass(stack: str) -> None:
+    assert load_stack_config(REPO, stack).gateway_id == f"jobmatch-ai-{stack}"
+
+
+def test_stackconfig_rejects_a_default_gateway_id_cloudflare_rejects() -> None:
+    with pytest.raises(ConfigError, match=r"default jobmatch-ai:gateway\.id 'jobmatch-ai-EU' .*\^\[a-z0-9_\]\+"):
+        StackConfig.from_values({"accountId": ACCOUNT, "worker": {"name": "api"}}, project="jobmatch-ai", stack="EU")
+
+
+# -- the data plane --------------------------------------------------------------------------------------------
+
+
+def test_stackconfig_data_plane_defaults_to_workers_dev_named_after_the_stack() -> None:
+    cfg = _validate()
+    assert cfg.data_plane_name == "jobmatch-ai-dualcache-dev"
+    assert cfg.data_plane.on_workers_dev is True
+    assert cfg.data_plane_url is None  # the account's workers.dev subdomain is not known
+    with_subdomain = _validate(workersDevSubdomain="acme")
+    assert with_subdomain.data_plane_url == "https://jobmatch-ai-dualcache-dev.acme.workers.dev"
+
+
+@pytest.mark.parametrize(
+    ("data_plane", "url", "on_workers_dev"),
+    [
+        pytest.param({"customDomain": {"hostname": "kv.example.com"}}, "https://kv.example.com", False, id="domain"),
+        pytest.param(
+            {"route": {"pattern": "edge.example.com/*", "zoneId": ACCOUNT}},
+            "https://edge.example.com",
+            False,
+            id="route",
+        ),
+        pytest.param(
+            {
+                "route": {"pattern": "edge.example.com/*", "zoneId": ACCOUNT},
+                "customDomain": {"hostname": "kv.example.com"},
+                "workersDev": True,
+            },
+            "https://kv.example.com",
+            True,
+            id="domain-wins-over-route-and-workers-dev",
+        ),
+        pytest.param({"name": "edge-kv"}, "https://edge-kv.acme.workers.dev", True, id="named-on-workers-dev"),
+    ],
+)
+def test_stackconfig_data_plane_url_follows_domain_route_and_workers_dev(
+    data_plane: dict[str, Any], url: str, on_workers_dev: bool
+) -> None:
+    cfg = _validate(dataPlane=data_plane, workersDevSubdomain="acme")
+    assert (cfg.data_plane_url, cfg.data_plane.on_workers_dev) == (url, on_workers_dev)
+
+
+def test_load_stack_config_rejects_a_plain_text_data_plane_token(tmp_path: Path) -> None:
+    token = "f" * 64
+    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:dataPlaneToken": token}
+    with pytest.raises(
+        ConfigError,
+        match=r"jobmatch-ai:dataPlaneToken is in plain text; set it with "
+        r"`pulumi config set --secret jobmatch-ai:dataPlaneToken \.\.\. -s qa`",
+    ) as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    assert token not in str(info.value)
+    config["jobmatch-ai:dataPlaneToken"] = {"secure": "v1:dG9rZW4="}
+    assert "dataPlaneToken" in load_stack_config(_project(tmp_path, config), "qa").secrets_set
