@@ -93,6 +93,9 @@ CODE_GATEWAY_NOT_FOUND = 7002
 CODE_GATEWAY_AUTH = 2009
 CODE_RATE_LIMITED = 2003
 CODE_FAULT = 9999
+CODE_DP_ROUTE = 10003
+CODE_DP_METHOD = 10004
+"""The data-plane Worker's own codes for no such route / method (infra/worker/dataplane.js)."""
 DATA_PLANE_AUTH_ERROR = {"code": CODE_AUTH, "message": "Authentication error"}
 """The one error a data-plane request without the right token gets (DATAPLANE.md: it never says why)."""
 WAI_NO_SUCH_MODEL = 5007
@@ -512,11 +515,27 @@ class LimitViolation(Exception):
     where the REST API and the data plane differ in how a violation is reported.
     """
 
-    def __init__(self, field: str, limit: int, message: str) -> None:
+    def __init__(
+        self,
+        field: str,
+        limit: int | None,
+        message: str,
+        *,
+        oversize: bool = False,
+        extra: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.limit = limit
         self.message = message
+        self.oversize = oversize
+        self.index: int | None = None
+        self.extra = dict(extra or {})
+
+    def at(self, index: int) -> LimitViolation:
+        """This violation, as one of item ``index`` of a batch."""
+        self.index = index
+        return self
 
 
 @dataclass(frozen=True)
@@ -531,8 +550,11 @@ class KVProfile:
         bulk_get_max: Keys per bulk read.
         bulk_body_max: Largest body (bytes) of a bulk request.
         put_body_max: Largest body (bytes) of a single put, or ``None`` (only the value limit applies).
-        statuses: Status of a violation per field, where it is not 400.
-        error_fields: A violation's error object also carries ``field`` and ``limit``.
+        oversize_status: Fields whose size violations are 413 (every other violation is 400).
+        error_fields: A violation's error object also carries ``field``, ``limit`` and a batch item's
+            ``index``, with a code per field.
+        max_expiration: The latest expiration (unix seconds) accepted.
+        empty_bulk_get: A bulk read of no keys is an empty result (else a 400).
         expiration_on_request: A value GET returns the ``expiration`` header only with ``?expiration=true``.
         metadata_header: A value GET returns the metadata as ASCII JSON in ``cf-kv-metadata``.
         legacy_bulk_delete: ``DELETE /bulk`` deletes too, besides ``POST /bulk/delete``.
@@ -545,8 +567,10 @@ class KVProfile:
     bulk_get_max: int
     bulk_body_max: int
     put_body_max: int | None
-    statuses: tuple[tuple[str, int], ...]
+    oversize_status: tuple[str, ...]
     error_fields: bool
+    max_expiration: int
+    empty_bulk_get: bool
     expiration_on_request: bool
     metadata_header: bool
     legacy_bulk_delete: bool
@@ -555,9 +579,32 @@ class KVProfile:
         """The answer to ``violation`` on this surface."""
         error: dict[str, Any] = {"code": CODE_BAD_REQUEST, "message": violation.message}
         if self.error_fields:
-            error.update(field=violation.field, limit=violation.limit)
-        status = dict(self.statuses).get(violation.field, 400)
+            error.update(code=DATA_PLANE_FIELD_CODES.get(violation.field, CODE_BAD_REQUEST), field=violation.field)
+            if violation.limit is not None:
+                error["limit"] = violation.limit
+            if violation.index is not None:
+                error["index"] = violation.index
+            error.update(violation.extra)
+        status = 413 if violation.oversize and violation.field in self.oversize_status else 400
         return HTTPError(envelope(None, status=status, errors=[error]))
+
+
+DATA_PLANE_FIELD_CODES = {
+    "key": 10020,
+    "metadata": 10021,
+    "value": 10022,
+    "expiration_ttl": 10023,
+    "expiration": 10024,
+    "body": 10025,
+    "keys": 10026,
+    "limit": 10027,
+    "type": 10028,
+    "cursor": 10029,
+    "prefix": 10030,
+}
+"""The data-plane Worker's error code per violated field (its own numbering, infra/worker/dataplane.js)."""
+DATA_PLANE_MAX_SECONDS = 2**31 - 1
+"""The binding takes ``expiration`` / ``expirationTtl`` as 32-bit integers, so the Worker refuses larger ones."""
 
 
 REST_KV = KVProfile(
@@ -570,8 +617,11 @@ REST_KV = KVProfile(
     put_body_max=None,
     # The REST status of an oversized value is not in the fact sheet; 413 Payload Too Large is what an
     # HTTP server says. Every other violation is 400.
-    statuses=(("value", 413), ("body", 413)),
+    oversize_status=("value", "body"),
     error_fields=False,
+    max_expiration=MAX_EXPIRATION,
+    # Whether REST takes a bulk read of no keys is not in the fact sheet; it is refused here.
+    empty_bulk_get=False,
     expiration_on_request=False,
     metadata_header=False,
     legacy_bulk_delete=True,
@@ -586,8 +636,10 @@ DATA_PLANE_KV = KVProfile(
     bulk_get_max=DATA_PLANE_BATCH_MAX,
     bulk_body_max=DATA_PLANE_BULK_BODY_MAX_BYTES,
     put_body_max=DATA_PLANE_PUT_BODY_MAX_BYTES,
-    statuses=(("body", 413),),
+    oversize_status=("body",),
     error_fields=True,
+    max_expiration=DATA_PLANE_MAX_SECONDS,
+    empty_bulk_get=True,
     expiration_on_request=True,
     metadata_header=True,
     legacy_bulk_delete=False,
@@ -631,6 +683,7 @@ def _check_value_size(value: bytes, *, key: str) -> None:
             "value",
             VALUE_MAX_BYTES,
             f"value of key {key!r} is {len(value)} bytes; the maximum is {VALUE_MAX_BYTES} (25 MiB)",
+            oversize=True,
         )
 
 
@@ -639,10 +692,14 @@ async def _read_body(request: Request, limit: int | None) -> bytes:
     if limit is not None:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise LimitViolation("body", limit, f"request body is {declared} bytes; the maximum is {limit} bytes")
+            raise LimitViolation(
+                "body", limit, f"request body is {declared} bytes; the maximum is {limit} bytes", oversize=True
+            )
     body = await request.body()
     if limit is not None and len(body) > limit:
-        raise LimitViolation("body", limit, f"request body is {len(body)} bytes; the maximum is {limit} bytes")
+        raise LimitViolation(
+            "body", limit, f"request body is {len(body)} bytes; the maximum is {limit} bytes", oversize=True
+        )
     return body
 
 
@@ -660,8 +717,10 @@ def _int_query(request: Request, name: str, limit: int) -> int | None:
     return int(number)
 
 
-def _expiration(now: float, expiration: Any, expiration_ttl: Any, *, key: str) -> int | None:
-    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds."""
+def _expiration(
+    now: float, expiration: Any, expiration_ttl: Any, *, key: str, latest: int = MAX_EXPIRATION
+) -> int | None:
+    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds, at most ``latest``."""
     for name, value in (("expiration", expiration), ("expiration_ttl", expiration_ttl)):
         if value is not None and (
             isinstance(value, bool)
@@ -671,14 +730,15 @@ def _expiration(now: float, expiration: Any, expiration_ttl: Any, *, key: str) -
         ):
             raise LimitViolation(name, KV_MIN_TTL, f"Invalid {name} {value!r} for key {key!r}: must be an integer")
     resolved = now + expiration_ttl if expiration_ttl is not None else expiration
-    if resolved is not None and resolved > MAX_EXPIRATION:
-        # Cloudflare's upper bound is not in the fact sheet; this one keeps the value storable (SQLite INTEGER).
+    if resolved is not None and resolved > latest:
+        # Cloudflare's REST upper bound is not in the fact sheet; year 9999 keeps the value storable (SQLite
+        # INTEGER). The data plane's is the binding's 32-bit range.
         name = "expiration_ttl" if expiration_ttl is not None else "expiration"
         raise LimitViolation(
             name,
-            MAX_EXPIRATION if expiration_ttl is None else int(MAX_EXPIRATION - now),
+            KV_MIN_TTL,  # the field's limit as the Worker reports it; the upper bound is in the message
             f"Invalid {name} {expiration_ttl if expiration_ttl is not None else expiration} for key {key!r}: "
-            f"the expiration must be before {MAX_EXPIRATION} (year 9999)",
+            f"the expiration must be before {latest}" + (" (year 9999)" if latest == MAX_EXPIRATION else ""),
         )
     if expiration_ttl is not None:
         if expiration_ttl < KV_MIN_TTL:
@@ -845,7 +905,7 @@ class _KV:
             else:
                 value = body
             _check_value_size(value, key=key)
-            exp = _expiration(now, expiration, ttl, key=key)
+            exp = _expiration(now, expiration, ttl, key=key, latest=profile.max_expiration)
             state.store.kv_put_many(namespace_id, [KVEntry(key, value, metadata_text, exp)])
             return envelope({})
         if request.method == "DELETE":
@@ -871,16 +931,20 @@ class _KV:
         self.namespace(account_id, namespace_id)
         self.count("list")
         params = request.query_params
-        limit = _int_query(request, "limit", LIST_LIMIT_MAX)
-        limit = LIST_LIMIT_MAX if limit is None else limit
-        if not LIST_LIMIT_MIN <= limit <= LIST_LIMIT_MAX:
-            # The REST minimum is not attested (facts §6, "10?"): 10 is taken, as in issue 10 and DATAPLANE.md,
-            # so a client that works here never sends a limit production might refuse.
-            raise LimitViolation(
-                "limit",
-                LIST_LIMIT_MIN if limit < LIST_LIMIT_MIN else LIST_LIMIT_MAX,
-                f"limit={limit} must be {LIST_LIMIT_MIN}..{LIST_LIMIT_MAX}",
-            )
+        raw_limit = params.get("limit")
+        limit = LIST_LIMIT_MAX
+        if raw_limit is not None and raw_limit != "":
+            limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 7 else -1
+            if not LIST_LIMIT_MIN <= limit <= LIST_LIMIT_MAX:
+                # The REST minimum is not attested (facts §6, "10?"): 10 is taken, as in issue 10 and
+                # DATAPLANE.md, so a client that works here never sends a limit production might refuse.
+                shown = str(limit) if limit >= 0 else repr(raw_limit)
+                raise LimitViolation(
+                    "limit",
+                    LIST_LIMIT_MAX,
+                    f"limit={shown} must be an integer {LIST_LIMIT_MIN}..{LIST_LIMIT_MAX}",
+                    extra={"min": LIST_LIMIT_MIN},
+                )
         cursor = params.get("cursor") or None
         after: str | None = None
         if cursor:
@@ -922,70 +986,95 @@ class _KV:
     async def _bulk_write(self, request: Request, namespace_id: str) -> Response:
         state = self.state
         self.count("bulk_write")
-        await _read_body(request, self.profile.bulk_body_max)
-        data = await _json_body(request)
+        data = await self._bulk_json(request)
         if not isinstance(data, list):
-            raise cf_error(400, CODE_BAD_REQUEST, "bulk write body must be a JSON array of {key, value, ...}")
+            raise LimitViolation("body", None, "bulk write body must be a JSON array of {key, value, ...}")
         most = self.profile.bulk_write_max
         if len(data) > most:
-            raise LimitViolation("keys", most, f"bulk write of {len(data)} pairs; the maximum is {most}")
+            raise LimitViolation("keys", most, f"bulk write of {len(data)} keys; the maximum is {most} keys")
         now = state.clock.now()
         entries = []
         for index, item in enumerate(data):
-            if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
-                raise cf_error(400, CODE_BAD_REQUEST, f"item {index} must be an object with a string 'key'")
-            key = item["key"]
-            _check_key(key)
-            raw = item.get("value")
-            if not isinstance(raw, str):
-                raise cf_error(400, CODE_BAD_REQUEST, f"item {index} (key {key!r}): 'value' must be a string")
-            if item.get("base64"):
-                try:
-                    value = base64.b64decode(raw, validate=True)
-                except ValueError:
-                    raise cf_error(400, CODE_BAD_REQUEST, f"item {index} (key {key!r}): value is not base64") from None
-            else:
-                value = raw.encode("utf-8")
-            _check_value_size(value, key=key)
-            metadata = _check_metadata(item.get("metadata"), key=key)
-            exp = _expiration(now, item.get("expiration"), item.get("expiration_ttl"), key=key)
-            entries.append(KVEntry(key, value, metadata, exp))
+            try:
+                entries.append(self._bulk_item(index, item, now))
+            except LimitViolation as violation:
+                raise violation.at(index) from None
         state.store.kv_put_many(namespace_id, entries)
         return envelope({"successful_key_count": len(entries), "unsuccessful_keys": []})
 
+    async def _bulk_json(self, request: Request) -> Any:
+        await _read_body(request, self.profile.bulk_body_max)
+        try:
+            return await _json_body(request)
+        except HTTPError:
+            raise LimitViolation("body", None, "the request body is not valid JSON") from None
+
+    def _bulk_item(self, index: int, item: Any, now: float) -> KVEntry:
+        if not isinstance(item, Mapping):
+            raise LimitViolation("body", None, f"item {index} must be an object with a string 'key'")
+        key = item.get("key")
+        if not isinstance(key, str):
+            raise LimitViolation("key", KEY_MAX_BYTES, f"item {index} must be an object with a string 'key'")
+        _check_key(key)
+        raw = item.get("value")
+        if not isinstance(raw, str):
+            raise LimitViolation("value", None, f"item {index} (key {key!r}): 'value' must be a string")
+        if item.get("base64"):
+            try:
+                value = base64.b64decode(raw, validate=True)
+            except ValueError:
+                raise LimitViolation("value", None, f"item {index} (key {key!r}): value is not base64") from None
+        else:
+            value = raw.encode("utf-8")
+        _check_value_size(value, key=key)
+        metadata = _check_metadata(item.get("metadata"), key=key)
+        exp = _expiration(
+            now, item.get("expiration"), item.get("expiration_ttl"), key=key, latest=self.profile.max_expiration
+        )
+        return KVEntry(key, value, metadata, exp)
+
+    @staticmethod
+    def _check_keys(keys: list[str]) -> None:
+        for index, key in enumerate(keys):
+            try:
+                _check_key(key)
+            except LimitViolation as violation:
+                raise violation.at(index) from None
+
     async def _bulk_delete(self, request: Request, namespace_id: str) -> Response:
         self.count("bulk_delete")
-        await _read_body(request, self.profile.bulk_body_max)
-        data = await _json_body(request)
+        data = await self._bulk_json(request)
         if not isinstance(data, list) or not all(isinstance(k, str) for k in data):
-            raise cf_error(400, CODE_BAD_REQUEST, "bulk delete body must be a JSON array of key names")
+            raise LimitViolation("body", None, "bulk delete body must be a JSON array of key names")
         most = self.profile.bulk_delete_max
         if len(data) > most:
-            raise LimitViolation("keys", most, f"bulk delete of {len(data)} keys; the maximum is {most}")
-        for key in data:
-            _check_key(key)
+            raise LimitViolation("keys", most, f"bulk delete of {len(data)} keys; the maximum is {most} keys")
+        self._check_keys(data)
         self.state.store.kv_delete_many(namespace_id, data)
         return envelope({"successful_key_count": len(data), "unsuccessful_keys": []})
 
     async def _bulk_get(self, request: Request, namespace_id: str) -> Response:
         self.count("bulk_get")
-        await _read_body(request, self.profile.bulk_body_max)
-        data = await _json_body(request)
+        data = await self._bulk_json(request)
         most = self.profile.bulk_get_max
         keys = data.get("keys") if isinstance(data, Mapping) else None
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-            raise cf_error(400, CODE_BAD_REQUEST, f'bulk get body must be {{"keys": [1..{most} key names], ...}}')
+        if (
+            not isinstance(keys, list)
+            or not (keys or self.profile.empty_bulk_get)
+            or not all(isinstance(k, str) for k in keys)
+        ):
+            least = 0 if self.profile.empty_bulk_get else 1
+            raise LimitViolation("keys", most, f'bulk get body must be {{"keys": [{least}..{most} key names], ...}}')
         if len(keys) > most:
-            raise LimitViolation("keys", most, f"bulk get of {len(keys)} keys; the maximum is {most}")
+            raise LimitViolation("keys", most, f"bulk get of {len(keys)} keys; the maximum is {most} keys")
         assert isinstance(data, Mapping)
         kind = data.get("type", "text")
         if kind not in ("text", "json"):
-            raise cf_error(400, CODE_BAD_REQUEST, f"type={kind!r}: must be 'text' or 'json'")
+            raise LimitViolation("type", None, f"type={kind!r}: must be 'text' or 'json'")
         with_metadata = data.get("withMetadata", False)
         if not isinstance(with_metadata, bool):
-            raise cf_error(400, CODE_BAD_REQUEST, f"withMetadata={with_metadata!r}: must be true or false")
-        for key in keys:
-            _check_key(key)
+            raise LimitViolation("withMetadata", None, f"withMetadata={with_metadata!r}: must be true or false")
+        self._check_keys(keys)
         found = self.state.store.kv_get_many(namespace_id, keys, self.state.clock.now())
         values: dict[str, Any] = {}
         for key in keys:
@@ -1416,6 +1505,17 @@ def _fault_reply(provider: str, status: int) -> ModelReply:
 # -- the app ------------------------------------------------------------------------------------------
 
 
+def _data_plane_methods(seg: list[str]) -> tuple[str, ...] | None:
+    """The methods the data plane serves on ``/kv/{B}/`` + ``seg`` (DATAPLANE.md's routes), or None: no route."""
+    if len(seg) >= 2 and seg[0] == "values":
+        return ("GET", "PUT", "DELETE")
+    if len(seg) >= 2 and seg[0] == "metadata":
+        return ("GET",)
+    return {("keys",): ("GET",), ("bulk",): ("PUT",), ("bulk", "get"): ("POST",), ("bulk", "delete"): ("POST",)}.get(
+        tuple(seg)
+    )
+
+
 def _method_not_allowed(request: Request) -> HTTPError:
     # Real code not in the fact sheet.
     return cf_error(405, CODE_METHOD, f"method {request.method} is not allowed on {request.url.path}")
@@ -1510,23 +1610,29 @@ class _Handler:
             if request.method != "GET":
                 raise _method_not_allowed(request)
             return await self.data_plane_health(request, plane)
-        given = _bearer(request.headers.get("authorization"))
-        if given is None or not hmac.compare_digest(given.encode("utf-8"), plane.token.encode("utf-8")):
+        # Exactly "Bearer <token>", as the Worker reads it: no other case of the scheme, no extra spaces.
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode("utf-8"), plane.token.encode("utf-8")):
             # Missing and wrong get the same answer: it never says which (DATAPLANE.md, Auth).
             self.state.count("data_plane", "unauthorized")
             raise HTTPError(envelope(None, status=401, errors=[dict(DATA_PLANE_AUTH_ERROR)]))
-        if len(seg) >= 3 and seg[0] == "kv":
-            fault = await self.state.apply_fault("kv")  # KV down is down whichever way it is reached
-            if fault is not None:
-                raise self.state.fault_error("kv", fault)
-            namespace_id = plane.namespaces.get(seg[1])
-            if namespace_id is None or self.state.store.namespace(plane.account_id, namespace_id) is None:
-                valid = ", ".join(plane.namespaces)
-                raise cf_error(404, CODE_NAMESPACE_NOT_FOUND, f"no KV binding {seg[1]!r}; bindings: {valid}")
-            served = await self.data_plane_kv.item(request, plane.account_id, namespace_id, raw[2:], seg[2:])
-            if served is not None:
-                return served
-        raise cf_error(404, CODE_ROUTE, f"no data-plane route {request.method} {request.url.path}")
+        allowed = _data_plane_methods(seg[2:]) if len(seg) >= 3 and seg[0] == "kv" else None
+        if allowed is None:
+            raise cf_error(404, CODE_DP_ROUTE, f"no data-plane route {request.method} {request.url.path}")
+        if request.method not in allowed:
+            methods = ", ".join(allowed)
+            raise cf_error(405, CODE_DP_METHOD, f"use {methods} on this path", headers={"allow": methods})
+        namespace_id = plane.namespaces.get(seg[1])
+        if namespace_id is None or self.state.store.namespace(plane.account_id, namespace_id) is None:
+            valid = ", ".join(plane.namespaces)
+            raise cf_error(404, CODE_NAMESPACE_NOT_FOUND, f"namespace not found: {seg[1]!r} is not one of {valid}")
+        fault = await self.state.apply_fault("kv")  # KV down is down whichever way it is reached
+        if fault is not None:
+            raise self.state.fault_error("kv", fault)
+        served = await self.data_plane_kv.item(request, plane.account_id, namespace_id, raw[2:], seg[2:])
+        assert served is not None  # _data_plane_methods admits only routes item() serves
+        return served
 
     async def data_plane_health(self, request: Request, plane: DataPlane) -> Response:
         """``GET /health``, as the Worker answers it: bindings present, a KV probe and a gateway probe."""
