@@ -464,7 +464,7 @@ def test_data_plane_health_needs_no_token_and_probes_kv_and_gateway(dp: DataPlan
     report = r.json()
     assert report["ok"] is True
     assert {b.value for b in Namespace} <= {name for name, present in report["bindings"].items() if present}
-    assert report["secrets"] == {"DUALCACHE_TOKEN": True}
+    assert report["secrets"] == {"OPENAI_API_KEY": False, "CF_AIG_TOKEN": False}  # health.js's shape
     assert report["checks"]["kv"]["ok"] and report["checks"]["gateway"]["ok"]
     assert report["checks"]["gateway"]["dimensions"] == 768
     assert emu.control.stats()["data_plane"]["health"] == 1

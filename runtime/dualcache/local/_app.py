@@ -1641,8 +1641,14 @@ class _Handler:
         bindings = {
             name: state.store.namespace(plane.account_id, ns) is not None for name, ns in plane.namespaces.items()
         }
-        bindings.update(AI=True, AI_GATEWAY_SLUG=True)
-        report: dict[str, Any] = {"bindings": bindings, "secrets": {"DUALCACHE_TOKEN": True}, "checks": {}}
+        bindings.update(AI=True, AI_GATEWAY_SLUG=True, CLOUDFLARE_ACCOUNT_ID=True)
+        # The report's shape is health.js's (the Worker's GET /health is that code): the secrets it lists are
+        # the app's provider keys, which the emulator does not hold; they do not count towards "ok".
+        report: dict[str, Any] = {
+            "bindings": bindings,
+            "secrets": {"OPENAI_API_KEY": False, "CF_AIG_TOKEN": False},
+            "checks": {},
+        }
         if request.query_params.get("probes") != "0":
             report["checks"] = {
                 "kv": await _timed(lambda: self._probe_kv(plane)),
@@ -1681,7 +1687,8 @@ class _Handler:
             raise RuntimeError(f"the gateway answered {fault}")
         reply = run_workers_ai(HEALTH_MODEL, {"text": ["health check"]})
         dimensions = len(json.loads(reply.body)["result"]["data"][0])
-        return {"gateway": plane.gateway_id, "model": HEALTH_MODEL, "dimensions": dimensions}
+        log_id = new_log_id(self.state.clock.now())
+        return {"gateway": plane.gateway_id, "model": HEALTH_MODEL, "dimensions": dimensions, "logId": log_id}
 
     async def invoke(self, provider: str, model: str, data: Any, request: Request, *, path: str) -> ModelReply:
         """Call the model (upstream): count it, apply upstream faults, answer locally or forward."""
