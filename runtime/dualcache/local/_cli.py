@@ -151,7 +151,7 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"  data-plane token     {DATA_PLANE_TOKEN_ENV_VAR}={data_plane_token}  (generated)", flush=True)
         print(f"  outputs              {outputs_path}  (DUALCACHE_OUTPUTS={outputs_path})", flush=True)
         print(f"  state                {store.path}", flush=True)
-        print(f"  authentication       {'Bearer token required' if args.token else 'off'}", flush=True)
+        print(f"  API authentication   {'Bearer token required' if args.token else 'off'}", flush=True)
         if args.openai_upstream:
             print(f"  openai/* forwarded to {_without_userinfo(args.openai_upstream)}", flush=True)
         print("  models are local, deterministic stand-ins; press Ctrl-C to stop", flush=True)
