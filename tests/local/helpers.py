@@ -77,3 +77,32 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class DataPlaneClient:
+    """Requests to one binding of the emulator's data plane, with (or without) its bearer token."""
+
+    def __init__(self, client: httpx.Client, data_plane_url: str, token: str | None, binding: str = "SESSIONS") -> None:
+        self.client = client
+        self.url = data_plane_url
+        self.headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        self.base = f"{data_plane_url}/kv/{binding}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.client.request(method, f"{self.base}/{path}", headers=headers, **kwargs)
+
+    def put(self, encoded_key: str, value: bytes, **params: Any) -> httpx.Response:
+        return self.request("PUT", f"values/{encoded_key}", content=value, params=params)
+
+    def get(self, encoded_key: str, **params: Any) -> httpx.Response:
+        return self.request("GET", f"values/{encoded_key}", params=params)
+
+
+def violation(response: httpx.Response) -> tuple[int, str, int]:
+    """``(status, field, limit)`` of a data-plane limit violation (asserting the envelope's shape)."""
+    body = response.json()
+    assert body["success"] is False and body["result"] is None and body["messages"] == []
+    (error,) = body["errors"]
+    assert isinstance(error["code"], int) and error["message"]
+    return response.status_code, error["field"], error["limit"]

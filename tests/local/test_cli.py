@@ -22,13 +22,15 @@ from dualcache.local._server import connect_host, is_loopback
 CONSOLE_SCRIPT = Path(sys.executable).with_name("dualcache")
 
 
-def start(command: list[str], data: Path, project_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], StackOutputs]:
+def start(
+    command: list[str], data: Path, project_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], StackOutputs]:
     process = subprocess.Popen(
         [*command, "dev", "--port", "0", "--data", str(data), "--project-dir", str(project_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
     outputs_file = data / "outputs.dev.json"
     # A restart on the same folder finds the previous run's file (it stays after Ctrl-C): wait for the
@@ -195,3 +197,91 @@ def test_cli_dev_host_helpers(host: str, loopback: bool, connect: str) -> None:
 )
 def test_cli_dev_prints_upstream_without_credentials(url: str, printed: str) -> None:
     assert _without_userinfo(url) == printed
+
+
+def test_cli_dev_serves_the_data_plane_with_a_generated_token_it_prints(tmp_path: Path, project_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DUALCACHE_DATA_PLANE_TOKEN"}
+    process, outputs = start([sys.executable, "-m", "dualcache.local"], tmp_path, project_dir, env=env)
+    try:
+        assert outputs.data_plane_url == outputs.api_base_url.removesuffix("/client/v4") + "/dataplane"
+        assert outputs.data_plane_worker_name == "jobmatch-ai-dualcache-dev"
+        kv = f"{outputs.data_plane_url}/kv/SESSIONS/values/k"
+        assert httpx.put(kv, content=b"v").status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=20)
+    (line,) = [x for x in stdout.splitlines() if "data-plane token" in x]
+    token = re.search(r"DUALCACHE_DATA_PLANE_TOKEN=(\S+)", line)
+    assert token is not None and len(token.group(1)) >= 32 and "(generated)" in line
+    assert token.group(1) not in (tmp_path / "outputs.dev.json").read_text(encoding="utf-8")
+    assert f"data plane           {outputs.data_plane_url}" in stdout
+
+
+@pytest.mark.parametrize("via", ["flag", "environment"])
+def test_cli_dev_takes_the_data_plane_token_from_flag_or_environment(
+    tmp_path: Path, project_dir: Path, via: str
+) -> None:
+    secret = f"dp-token-{via}"
+    env = {**os.environ, "DUALCACHE_DATA_PLANE_TOKEN": secret if via == "environment" else "env-loses"}
+    extra = ["--data-plane-token", secret] if via == "flag" else []
+    process, outputs = start([sys.executable, "-m", "dualcache.local"], tmp_path, project_dir, *extra, env=env)
+    try:
+        kv = f"{outputs.data_plane_url}/kv/SESSIONS/values/k"
+        assert httpx.put(kv, content=b"v", headers={"authorization": f"Bearer {secret}"}).status_code == 200
+        assert httpx.get(kv, headers={"authorization": "Bearer env-loses"}).status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    assert secret not in stdout and secret not in stderr
+    assert secret not in (tmp_path / "outputs.dev.json").read_text(encoding="utf-8")
+    source = "--data-plane-token" if via == "flag" else "$DUALCACHE_DATA_PLANE_TOKEN"
+    assert f"data-plane token     from {source}" in stdout
+
+
+def test_cli_dev_refuses_a_bad_data_plane_token_without_repeating_it(
+    tmp_path: Path, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUALCACHE_DATA_PLANE_TOKEN", "two words")
+    with pytest.raises(ConfigError, match=re.escape("$DUALCACHE_DATA_PLANE_TOKEN")) as info:
+        run_dev(_args(tmp_path, project_dir))
+    assert "two words" not in str(info.value)
+    assert not tmp_path.joinpath("outputs.dev.json").exists()
+
+
+def test_cli_dev_help_warns_that_a_flag_shows_in_the_process_list(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dev", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "visible to other users in the process list" in help_text
+    assert "$DUALCACHE_DATA_PLANE_TOKEN" in help_text
+
+
+def test_cli_dev_second_on_one_data_folder_fails_with_one_line_naming_folder_and_pid(
+    tmp_path: Path, project_dir: Path
+) -> None:
+    command = [sys.executable, "-m", "dualcache.local"]
+    first, outputs = start(command, tmp_path, project_dir)
+    try:
+        written = (tmp_path / "outputs.dev.json").read_text(encoding="utf-8")
+        second = subprocess.run(
+            [*command, "dev", "--port", "0", "--data", str(tmp_path), "--project-dir", str(project_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        (line,) = second.stderr.strip().splitlines()
+        assert line.startswith("dualcache dev: error: data folder ")
+        assert repr(str(tmp_path)) in line and f"process {first.pid}" in line
+        assert second.stdout == ""
+        assert (tmp_path / "outputs.dev.json").read_text(encoding="utf-8") == written  # not rewritten
+        assert httpx.get(outputs.api_base_url.removesuffix("/client/v4") + "/__emulator/stats").status_code == 200
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=20)
+    again, _ = start(command, tmp_path, project_dir)  # the lock went with the first process
+    again.send_signal(signal.SIGINT)
+    again.communicate(timeout=20)
+    assert again.returncode == 0

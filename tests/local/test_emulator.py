@@ -230,3 +230,40 @@ def test_emulator_on_an_occupied_port_is_a_config_error_before_any_state(
         second.start()
     assert not (tmp_path / "second").exists()
     assert httpx.get(f"{shared_emulator.url}/__emulator/stats").status_code == 200  # the first one is unharmed
+
+
+def test_emulator_second_on_one_data_folder_is_refused_naming_folder_and_pid(project_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    from dualcache import ConfigError
+
+    with Emulator(project_dir=project_dir, data_dir=tmp_path) as first:
+        before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+        second = Emulator(project_dir=project_dir, data_dir=tmp_path)
+        with pytest.raises(ConfigError) as info:
+            second.start()
+        message = str(info.value)
+        assert "\n" not in message
+        assert repr(str(tmp_path)) in message and f"process {os.getpid()}" in message
+        assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing written
+        assert httpx.get(f"{first.url}/__emulator/stats").status_code == 200  # the first one is unharmed
+        with pytest.raises(UsageError):
+            _ = second.outputs
+    with Emulator(project_dir=project_dir, data_dir=tmp_path) as again:  # released when the first stopped
+        assert httpx.get(f"{again.url}/__emulator/stats").status_code == 200
+
+
+def test_emulator_releases_the_lock_when_start_fails_after_taking_it(project_dir: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from dualcache.local._lock import DataDirLock
+
+    (tmp_path / "emulator.sqlite3").mkdir()  # SQLite cannot open a directory: the store fails after the lock
+    with pytest.raises(sqlite3.OperationalError, match="unable to open database"):
+        Emulator(project_dir=project_dir, data_dir=tmp_path).start()
+    lock = DataDirLock(tmp_path)
+    lock.acquire()  # nobody holds it any more
+    assert lock.held
+    lock.release()
+    lock.release()  # idempotent
+    assert not lock.held

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import uuid
 from typing import Any
 
 import httpx
@@ -103,6 +104,53 @@ def test_gateway_management_rejects_invalid_settings(
     r = client.post(f"/client/v4/accounts/{emu.outputs.account_id}/ai-gateway/gateways", json=body)
     assert r.status_code == 400
     assert fragment in r.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "gateway_id",
+    [
+        pytest.param("JobMatch-AI--Dev-", id="issue-10-example"),
+        pytest.param("Upper", id="upper-case"),
+        pytest.param("-lead", id="leading-hyphen"),
+        pytest.param("trail-", id="trailing-hyphen"),
+        pytest.param("a--b", id="double-hyphen"),
+        pytest.param("a.b", id="dot"),
+        pytest.param("a b", id="space"),
+        pytest.param("a/b", id="slash"),
+    ],
+)
+def test_gateway_management_refuses_ids_outside_cloudflare_s_schema(
+    client: httpx.Client, gateways: Gateways, gateway_id: str
+) -> None:
+    r = client.post(f"/client/v4/accounts/{gateways.account_id}/ai-gateway/gateways", json=gateways.body(gateway_id))
+    assert r.status_code == 400
+    assert error_codes(r)
+    message = r.json()["errors"][0]["message"]
+    assert repr(gateway_id) in message and "^[a-z0-9_]+(?:-[a-z0-9_]+)*$" in message
+    listed = client.get(f"/client/v4/accounts/{gateways.account_id}/ai-gateway/gateways", params={"per_page": 1000})
+    assert gateway_id not in [g["id"] for g in listed.json()["result"]]
+
+
+@pytest.mark.parametrize("gateway_id", ["a", "a_b", "0-9", "snake_case-and-kebab", "x" * 64])
+def test_gateway_management_accepts_ids_inside_the_schema(
+    client: httpx.Client, gateways: Gateways, gateway_id: str
+) -> None:
+    gateway_id = gateway_id if len(gateway_id) == 64 else f"{gateway_id}-{uuid.uuid4().hex[:8]}"
+    base = f"/client/v4/accounts/{gateways.account_id}/ai-gateway/gateways"
+    assert client.post(base, json=gateways.body(gateway_id)).status_code == 200
+    assert client.get(f"{base}/{gateway_id}").json()["result"]["id"] == gateway_id
+    assert client.delete(f"{base}/{gateway_id}").status_code == 200
+
+
+def test_gateway_management_item_routes_refuse_an_invalid_id(client: httpx.Client, gateways: Gateways) -> None:
+    base = f"/client/v4/accounts/{gateways.account_id}/ai-gateway/gateways"
+    for r in (
+        client.get(f"{base}/Bad-Id"),
+        client.put(f"{base}/bad--id", json=gateways.body("bad--id")),
+        client.delete(f"{base}/bad-"),
+    ):
+        assert r.status_code == 400 and "not a valid gateway id" in r.json()["errors"][0]["message"]
+    assert client.get(f"{base}/valid-but-absent").status_code == 404
 
 
 def test_gateway_management_rejects_duplicate_id(client: httpx.Client, gateways: Gateways) -> None:

@@ -230,6 +230,7 @@ def test_kv_list_pages_with_cursor_until_cursor_is_empty(kv: KVNamespace) -> Non
     "params",
     [
         pytest.param({"limit": 0}, id="limit-0"),
+        pytest.param({"limit": 9}, id="limit-9"),
         pytest.param({"limit": 1001}, id="limit-1001"),
         pytest.param({"cursor": "!!!not-a-cursor"}, id="bad-cursor"),
     ],
@@ -238,6 +239,22 @@ def test_kv_list_rejects_bad_parameters(kv: KVNamespace, params: dict[str, objec
     r = kv.client.get(f"{kv.base}/keys", params=params)
     assert r.status_code == 400
     assert error_codes(r)
+
+
+@pytest.mark.parametrize("limit", [10, 1000])
+def test_kv_list_accepts_limits_at_the_edges(kv: KVNamespace, limit: int) -> None:
+    # The REST minimum is not attested (facts §6); 10 is the one the emulator and DATAPLANE.md take.
+    kv.client.put(f"{kv.base}/bulk", json=[{"key": f"k{i:02d}", "value": "v"} for i in range(11)])
+    r = kv.client.get(f"{kv.base}/keys", params={"limit": limit})
+    assert r.status_code == 200
+    assert len(r.json()["result"]) == min(limit, 11)
+    assert bool(r.json()["result_info"]["cursor"]) is (limit < 11)
+
+
+def test_kv_list_limit_below_10_names_the_range(kv: KVNamespace) -> None:
+    r = kv.client.get(f"{kv.base}/keys", params={"limit": 9})
+    assert r.json()["errors"][0]["message"] == "limit=9 must be an integer 10..1000"
+    assert set(r.json()["errors"][0]) == {"code", "message"}  # REST's error objects carry no field/limit
 
 
 def test_kv_bulk_write_with_base64_metadata_and_ttl(kv: KVNamespace) -> None:

@@ -2,7 +2,9 @@
 
 It serves the Workers KV REST API, the AI Gateway management API and proxy (``workers-ai`` and
 ``openai``, with the gateway's caching, rate limiting and authentication) and the direct Workers AI
-endpoint, answered by local, deterministic stand-in models. State lives in SQLite under a data folder.
+endpoint, answered by local, deterministic stand-in models, and the data-plane API of dualcache's own
+Worker (``infra/worker/DATAPLANE.md``) over the same KV store. State lives in SQLite under a data folder,
+which one emulator at a time may use (it is locked while the server runs).
 
 Needs the ``local`` extra (starlette, uvicorn): ``pip install 'dualcache[local]'``. The public names
 are loaded on first use, so that ``dualcache``'s command line (which registers ``dev`` from
@@ -14,7 +16,8 @@ Example::
     from dualcache.local import Emulator
 
     with Emulator(stack="dev", project_dir=".", data_dir=tmp) as emu:
-        outputs = emu.outputs          # StackOutputs pointing at the emulator
+        outputs = emu.outputs          # StackOutputs pointing at the emulator (data_plane_url too)
+        token = emu.data_plane_token   # the data plane's bearer token (never in the outputs)
         emu.control.advance_clock(3600)
 
     with emulated(stack="dev", project_dir=".", data_dir=tmp) as outputs:   # just the outputs
@@ -28,12 +31,14 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dualcache.local._app import EmulatorState, FaultSpec, create_app
+    from dualcache.local._app import DataPlane, EmulatorState, FaultSpec, create_app
     from dualcache.local._clock import Clock
     from dualcache.local._server import (
+        DATA_PLANE_TOKEN_ENV_VAR,
         DEFAULT_DATA_DIR,
         Emulator,
         EmulatorControl,
+        data_plane_for,
         emulated,
         gateway_settings,
         provision,
@@ -42,14 +47,17 @@ if TYPE_CHECKING:
     from dualcache.local._store import Store
 
 __all__ = [
+    "DATA_PLANE_TOKEN_ENV_VAR",
     "DEFAULT_DATA_DIR",
     "Clock",
+    "DataPlane",
     "Emulator",
     "EmulatorControl",
     "EmulatorState",
     "FaultSpec",
     "Store",
     "create_app",
+    "data_plane_for",
     "emulated",
     "gateway_settings",
     "provision",
@@ -58,14 +66,17 @@ __all__ = [
 ]
 
 _WHERE = {
+    "DATA_PLANE_TOKEN_ENV_VAR": "_server",
     "DEFAULT_DATA_DIR": "_server",
     "Clock": "_clock",
+    "DataPlane": "_app",
     "Emulator": "_server",
     "EmulatorControl": "_server",
     "EmulatorState": "_app",
     "FaultSpec": "_app",
     "Store": "_store",
     "create_app": "_app",
+    "data_plane_for": "_server",
     "emulated": "_server",
     "gateway_settings": "_server",
     "provision": "_server",

@@ -15,17 +15,19 @@ import contextlib
 import email.parser
 import email.policy
 import hashlib
+import hmac
 import json
 import logging
 import math
 import os
 import random
+import re
 import struct
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +44,7 @@ from dualcache.local import _models
 from dualcache.local._clock import Clock
 from dualcache.local._store import CachedResponse, KVEntry, Store
 
-__all__ = ["EmulatorState", "FaultSpec", "create_app"]
+__all__ = ["DataPlane", "EmulatorState", "FaultSpec", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +55,26 @@ METADATA_MAX_BYTES = 1024
 BULK_WRITE_MAX = 10_000
 BULK_GET_MAX = 100
 BULK_BODY_MAX_BYTES = 100 * 1000 * 1000
+LIST_LIMIT_MIN = 10
+"""The smallest ``limit`` a key listing takes. Cloudflare's REST minimum is not attested (facts §6: "10?");
+issue 10 and DATAPLANE.md take 10, so both surfaces refuse 1..9 rather than accept what production may not."""
 LIST_LIMIT_MAX = 1000
+DATA_PLANE_BATCH_MAX = 100
+"""Keys per bulk read, write or delete on the data plane (DATAPLANE.md)."""
+DATA_PLANE_BULK_BODY_MAX_BYTES = 32 * 1024 * 1024
+DATA_PLANE_PUT_BODY_MAX_BYTES = 25 * 1024 * 1024 + 1024
+DATA_PLANE_PATH = "dataplane"
+"""The data plane is served under ``{emulator}/dataplane`` (its ``data_plane_url``)."""
+DEFAULT_RETRY_AFTER = 60
+"""``retry-after`` (seconds) of an injected 429 unless the fault says otherwise. Facts §1.2: a 429 of the
+Cloudflare API carries ``retry-after`` (seconds); its value is not attested (the block lasts up to 5 minutes).
+``ratelimit`` / ``x-ratelimit-*`` headers are named there but their exact shape is not, so none are sent."""
 EMBED_BATCH_MAX = 100
 CACHEABLE_REQUEST_MAX_BYTES = 25 * 1000 * 1000
 MAX_EXPIRATION = 253_402_300_799
 """9999-12-31T23:59:59Z: the latest expiration the emulator stores."""
+HEALTH_MODEL = "@cf/baai/bge-base-en-v1.5"
+"""The model the data plane's ``GET /health`` embeds with, as the health Worker does."""
 CUSTOM_KEY_DEFAULT_TTL = 300
 """``cf-aig-cache-key`` on a gateway with caching off caches for 5 minutes (facts §2.2)."""
 TIMEOUT_FAULT_SECONDS = 30.0
@@ -76,6 +93,11 @@ CODE_GATEWAY_NOT_FOUND = 7002
 CODE_GATEWAY_AUTH = 2009
 CODE_RATE_LIMITED = 2003
 CODE_FAULT = 9999
+CODE_DP_ROUTE = 10003
+CODE_DP_METHOD = 10004
+"""The data-plane Worker's own codes for no such route / method (infra/worker/dataplane.js)."""
+DATA_PLANE_AUTH_ERROR = {"code": CODE_AUTH, "message": "Authentication error"}
+"""The one error a data-plane request without the right token gets (DATAPLANE.md: it never says why)."""
 WAI_NO_SUCH_MODEL = 5007
 WAI_INCOMPLETE = 3003
 WAI_INVALID_DATA = 5004
@@ -87,6 +109,7 @@ _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
 _FORWARDED_HEADERS = ("authorization", "content-type", "accept", "openai-organization", "openai-project")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAULT_TARGETS = ("kv", "gateway", "upstream")
+SURFACES = ("api", "data_plane", "gateway", "other")
 FAULT_PROVIDERS = ("workers-ai", "openai")
 
 
@@ -142,6 +165,8 @@ class FaultSpec:
         seed: Seed of the RNG that draws errors, for reproducible runs.
         provider: For the ``upstream`` target only: restrict the fault to one provider (``workers-ai`` or
             ``openai``), so a test can fail Workers AI and keep OpenAI up; ``None`` hits every provider.
+        retry_after: For ``kv`` and ``gateway`` with ``status`` 429: the ``retry-after`` header (seconds) the
+            injected 429 carries, as the real API's does (default 60).
     """
 
     error_rate: float = 0.0
@@ -151,6 +176,7 @@ class FaultSpec:
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
     provider: str | None = None
+    retry_after: int = DEFAULT_RETRY_AFTER
 
     @classmethod
     def parse(cls, target: str, data: Any) -> FaultSpec:
@@ -164,6 +190,8 @@ class FaultSpec:
         allowed = {"error_rate", "status", "latency_ms", "timeout", "seed"}
         if target == "upstream":
             allowed.add("provider")
+        else:
+            allowed.add("retry_after")
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(
@@ -187,7 +215,12 @@ class FaultSpec:
         provider = data.get("provider")
         if provider is not None and provider not in FAULT_PROVIDERS:
             raise ValueError(f"faults.{target}.provider = {provider!r}: must be one of {', '.join(FAULT_PROVIDERS)}")
-        return cls(float(rate), status, float(latency), timeout, seed, random.Random(seed), provider)
+        retry_after = data.get("retry_after", DEFAULT_RETRY_AFTER)
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or not 0 <= retry_after <= 86_400:
+            raise ValueError(f"faults.{target}.retry_after = {retry_after!r}: must be an integer 0..86400 (seconds)")
+        if "retry_after" in data and status != 429:
+            raise ValueError(f"faults.{target}.retry_after is sent with 429 answers only; status is {status}")
+        return cls(float(rate), status, float(latency), timeout, seed, random.Random(seed), provider, retry_after)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as it was set."""
@@ -198,21 +231,57 @@ class FaultSpec:
             "timeout": self.timeout,
             "seed": self.seed,
             **({"provider": self.provider} if self.provider is not None else {}),
+            **({"retry_after": self.retry_after} if self.status == 429 else {}),
         }
+
+
+KV_OPERATIONS = ("get", "get_metadata", "put", "delete", "list", "bulk_get", "bulk_write", "bulk_delete")
 
 
 def _empty_stats() -> dict[str, Any]:
     return {
-        "kv": dict.fromkeys(
-            ("get", "get_metadata", "put", "delete", "list", "bulk_get", "bulk_write", "bulk_delete"), 0
-        ),
+        # KV operations through the Cloudflare REST API (what the account's API budget pays for).
+        "kv": dict.fromkeys(KV_OPERATIONS, 0),
+        # KV operations through the data plane (the Worker's API), its refused requests and health checks.
+        "data_plane": {**dict.fromkeys(KV_OPERATIONS, 0), "unauthorized": 0, "health": 0},
         "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused"), 0),
         "upstream": Counter(),
         "direct": Counter(),
         "faults": dict.fromkeys(FAULT_TARGETS, 0),
         "api": {"unauthorized": 0},
+        # Requests served per surface: ``api`` = Cloudflare API (``/client/v4``), ``data_plane``,
+        # ``gateway`` (the ``/v1`` proxy), ``other`` (no such route). Control calls are not counted.
+        "surfaces": dict.fromkeys(SURFACES, 0),
         "requests": 0,
     }
+
+
+def surface_of(segments: list[str]) -> str:
+    """Which surface a request path (split on ``/``, leading empty segment kept) belongs to."""
+    if segments[1:3] == ["client", "v4"]:
+        return "api"
+    if len(segments) >= 2 and segments[1] == DATA_PLANE_PATH:
+        return "data_plane"
+    if len(segments) >= 2 and segments[1] == "v1":
+        return "gateway"
+    return "other"
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    """What the emulated data plane serves: the Worker's token and bindings.
+
+    Attributes:
+        token: The bearer token every route but ``GET /health`` needs (the Worker's ``DUALCACHE_TOKEN``).
+        account_id: The account owning the namespaces.
+        namespaces: Namespace id of each binding name (``SESSIONS``, ...), as the Worker's KV bindings.
+        gateway_id: The gateway ``GET /health`` probes.
+    """
+
+    token: str = field(repr=False)
+    account_id: str
+    namespaces: Mapping[str, str]
+    gateway_id: str
 
 
 class EmulatorState:
@@ -226,6 +295,8 @@ class EmulatorState:
         openai_upstream: Base URL of an OpenAI-compatible server to forward ``openai/*`` to, instead
             of the local models.
         max_logged_requests: Size of the request log kept for ``GET /__emulator/requests``.
+        data_plane: Serve the data-plane API under ``/dataplane`` with these bindings and token; ``None``
+            leaves it out (every ``/dataplane`` path is then 404).
     """
 
     def __init__(
@@ -236,8 +307,10 @@ class EmulatorState:
         token: str | None = None,
         openai_upstream: str | None = None,
         max_logged_requests: int = 10_000,
+        data_plane: DataPlane | None = None,
     ) -> None:
         self.store = store
+        self.data_plane = data_plane
         self.clock = clock or Clock()
         self.token = token or None
         self.openai_upstream = openai_upstream.rstrip("/") if openai_upstream else None
@@ -268,8 +341,8 @@ class EmulatorState:
         with self._lock:
             return json.loads(json.dumps(self.stats))  # type: ignore[no-any-return]
 
-    def log_request(self, request: Request) -> None:
-        """Record a served request (lower-cased header names, credentials redacted)."""
+    def log_request(self, request: Request, surface: str) -> None:
+        """Record a served request of ``surface`` (lower-cased header names, credentials redacted)."""
         headers = {}
         for name, value in request.headers.items():
             lname = name.lower()
@@ -280,8 +353,10 @@ class EmulatorState:
             headers[lname] = value
         with self._lock:
             self.stats["requests"] += 1
+            self.stats["surfaces"][surface] += 1
             self.requests.append(
                 {
+                    "surface": surface,
                     "method": request.method,
                     # As sent (percent-encoding kept), so a test can see how a client encoded a key.
                     "path": _raw_path(request),
@@ -320,6 +395,14 @@ class EmulatorState:
             self.count("faults", target)
             return spec.status
         return None
+
+    def fault_error(self, target: str, status: int) -> HTTPError:
+        """The Cloudflare-envelope answer of an injected ``status`` on ``target``; a 429 carries ``retry-after``."""
+        spec = self.faults.get(target)
+        retry_after = spec.retry_after if spec is not None else DEFAULT_RETRY_AFTER
+        headers = {"retry-after": str(retry_after)} if status == 429 else None
+        name = "KV" if target == "kv" else target
+        return cf_error(status, CODE_FAULT, f"injected fault (dualcache emulator): {name} answered {status}", headers)
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -425,13 +508,152 @@ def _iso(ts: float) -> str:
 # -- KV ---------------------------------------------------------------------------------------------
 
 
+class LimitViolation(Exception):
+    """A request broke one of KV's limits: the field, the limit, and a message naming the value.
+
+    Raised by the checks below; the surface's :class:`KVProfile` turns it into the answer, the one place
+    where the REST API and the data plane differ in how a violation is reported.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        limit: int | None,
+        message: str,
+        *,
+        oversize: bool = False,
+        extra: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.limit = limit
+        self.message = message
+        self.oversize = oversize
+        self.index: int | None = None
+        self.extra = dict(extra or {})
+
+    def at(self, index: int) -> LimitViolation:
+        """This violation, as one of item ``index`` of a batch."""
+        self.index = index
+        return self
+
+
+@dataclass(frozen=True)
+class KVProfile:
+    """How one surface (the REST API or the data plane) serves the one KV store: limits and error shapes.
+
+    Attributes:
+        name: ``rest`` or ``data_plane``.
+        stats_group: The stats group its KV operations are counted in.
+        bulk_write_max: Pairs per bulk write.
+        bulk_delete_max: Keys per bulk delete.
+        bulk_get_max: Keys per bulk read.
+        bulk_body_max: Largest body (bytes) of a bulk request.
+        put_body_max: Largest body (bytes) of a single put, or ``None`` (only the value limit applies).
+        oversize_status: Fields whose size violations are 413 (every other violation is 400).
+        error_fields: A violation's error object also carries ``field``, ``limit`` and a batch item's
+            ``index``, with a code per field.
+        max_expiration: The latest expiration (unix seconds) accepted.
+        empty_bulk_get: A bulk read of no keys is an empty result (else a 400).
+        expiration_on_request: A value GET returns the ``expiration`` header only with ``?expiration=true``.
+        metadata_header: A value GET returns the metadata as ASCII JSON in ``cf-kv-metadata``.
+        legacy_bulk_delete: ``DELETE /bulk`` deletes too, besides ``POST /bulk/delete``.
+    """
+
+    name: str
+    stats_group: str
+    bulk_write_max: int
+    bulk_delete_max: int
+    bulk_get_max: int
+    bulk_body_max: int
+    put_body_max: int | None
+    oversize_status: tuple[str, ...]
+    error_fields: bool
+    max_expiration: int
+    empty_bulk_get: bool
+    expiration_on_request: bool
+    metadata_header: bool
+    legacy_bulk_delete: bool
+
+    def violation(self, violation: LimitViolation) -> HTTPError:
+        """The answer to ``violation`` on this surface."""
+        error: dict[str, Any] = {"code": CODE_BAD_REQUEST, "message": violation.message}
+        if self.error_fields:
+            error.update(code=DATA_PLANE_FIELD_CODES.get(violation.field, CODE_BAD_REQUEST), field=violation.field)
+            if violation.limit is not None:
+                error["limit"] = violation.limit
+            if violation.index is not None:
+                error["index"] = violation.index
+            error.update(violation.extra)
+        status = 413 if violation.oversize and violation.field in self.oversize_status else 400
+        return HTTPError(envelope(None, status=status, errors=[error]))
+
+
+DATA_PLANE_FIELD_CODES = {
+    "key": 10020,
+    "metadata": 10021,
+    "value": 10022,
+    "expiration_ttl": 10023,
+    "expiration": 10024,
+    "body": 10025,
+    "keys": 10026,
+    "limit": 10027,
+    "type": 10028,
+    "cursor": 10029,
+    "prefix": 10030,
+}
+"""The data-plane Worker's error code per violated field (its own numbering, infra/worker/dataplane.js)."""
+DATA_PLANE_MAX_SECONDS = 2**31 - 1
+"""The binding takes ``expiration`` / ``expirationTtl`` as 32-bit integers, so the Worker refuses larger ones."""
+
+
+REST_KV = KVProfile(
+    name="rest",
+    stats_group="kv",
+    bulk_write_max=BULK_WRITE_MAX,
+    bulk_delete_max=BULK_WRITE_MAX,
+    bulk_get_max=BULK_GET_MAX,
+    bulk_body_max=BULK_BODY_MAX_BYTES,
+    put_body_max=None,
+    # The REST status of an oversized value is not in the fact sheet; 413 Payload Too Large is what an
+    # HTTP server says. Every other violation is 400.
+    oversize_status=("value", "body"),
+    error_fields=False,
+    max_expiration=MAX_EXPIRATION,
+    # Whether REST takes a bulk read of no keys is not in the fact sheet; it is refused here.
+    empty_bulk_get=False,
+    expiration_on_request=False,
+    metadata_header=False,
+    legacy_bulk_delete=True,
+)
+"""The Workers KV REST API (facts §1)."""
+
+DATA_PLANE_KV = KVProfile(
+    name="data_plane",
+    stats_group="data_plane",
+    bulk_write_max=DATA_PLANE_BATCH_MAX,
+    bulk_delete_max=DATA_PLANE_BATCH_MAX,
+    bulk_get_max=DATA_PLANE_BATCH_MAX,
+    bulk_body_max=DATA_PLANE_BULK_BODY_MAX_BYTES,
+    put_body_max=DATA_PLANE_PUT_BODY_MAX_BYTES,
+    oversize_status=("body",),
+    error_fields=True,
+    max_expiration=DATA_PLANE_MAX_SECONDS,
+    empty_bulk_get=True,
+    expiration_on_request=True,
+    metadata_header=True,
+    legacy_bulk_delete=False,
+)
+"""The data-plane Worker's API (infra/worker/DATAPLANE.md): 100 keys a batch, 32 MiB bodies, ``field``/``limit``."""
+
+
 def _check_key(key: str) -> None:
     if key in ("", ".", ".."):
-        raise cf_error(400, CODE_BAD_REQUEST, f"Invalid key name {key!r}: a key cannot be empty, '.' or '..'")
+        raise LimitViolation("key", KEY_MAX_BYTES, f"Invalid key name {key!r}: a key cannot be empty, '.' or '..'")
     size = len(key.encode("utf-8"))
     if size > KEY_MAX_BYTES:
         # Status for an over-long key is not in the fact sheet; 400 like the other validation errors.
-        raise cf_error(400, CODE_BAD_REQUEST, f"key name is {size} bytes; the maximum is {KEY_MAX_BYTES} bytes")
+        raise LimitViolation("key", KEY_MAX_BYTES, f"key name is {size} bytes; the maximum is {KEY_MAX_BYTES} bytes")
 
 
 def _check_metadata(metadata: Any, *, key: str) -> str | None:
@@ -442,27 +664,63 @@ def _check_metadata(metadata: Any, *, key: str) -> str | None:
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
-        raise cf_error(400, CODE_BAD_REQUEST, f"metadata of key {key!r} is not valid JSON (NaN or Infinity)") from None
+        raise LimitViolation(
+            "metadata", METADATA_MAX_BYTES, f"metadata of key {key!r} is not valid JSON (NaN or Infinity)"
+        ) from None
     size = len(text.encode("utf-8"))
     if size > METADATA_MAX_BYTES:
-        raise cf_error(
-            400, CODE_BAD_REQUEST, f"metadata of key {key!r} is {size} bytes serialized; the maximum is 1024 bytes"
+        raise LimitViolation(
+            "metadata",
+            METADATA_MAX_BYTES,
+            f"metadata of key {key!r} is {size} bytes serialized; the maximum is {METADATA_MAX_BYTES} bytes",
         )
     return text
 
 
 def _check_value_size(value: bytes, *, key: str) -> None:
     if len(value) > VALUE_MAX_BYTES:
-        # The exact status is not in the fact sheet; 413 Payload Too Large is what an HTTP server says.
-        raise cf_error(
-            413,
-            CODE_BAD_REQUEST,
+        raise LimitViolation(
+            "value",
+            VALUE_MAX_BYTES,
             f"value of key {key!r} is {len(value)} bytes; the maximum is {VALUE_MAX_BYTES} (25 MiB)",
+            oversize=True,
         )
 
 
-def _expiration(now: float, expiration: Any, expiration_ttl: Any, *, key: str) -> int | None:
-    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds."""
+async def _read_body(request: Request, limit: int | None) -> bytes:
+    """The request body; a :class:`LimitViolation` of ``body`` when it is over ``limit`` bytes."""
+    if limit is not None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise LimitViolation(
+                "body", limit, f"request body is {declared} bytes; the maximum is {limit} bytes", oversize=True
+            )
+    body = await request.body()
+    if limit is not None and len(body) > limit:
+        raise LimitViolation(
+            "body", limit, f"request body is {len(body)} bytes; the maximum is {limit} bytes", oversize=True
+        )
+    return body
+
+
+def _int_query(request: Request, name: str, limit: int) -> int | None:
+    """An integer query parameter; a :class:`LimitViolation` of ``name`` when it is not one."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        raise LimitViolation(name, limit, f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(number) or number != int(number):
+        raise LimitViolation(name, limit, f"{name}={raw!r} is not an integer")
+    return int(number)
+
+
+def _expiration(
+    now: float, expiration: Any, expiration_ttl: Any, *, key: str, latest: int = MAX_EXPIRATION
+) -> int | None:
+    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds, at most ``latest``."""
     for name, value in (("expiration", expiration), ("expiration_ttl", expiration_ttl)):
         if value is not None and (
             isinstance(value, bool)
@@ -470,31 +728,32 @@ def _expiration(now: float, expiration: Any, expiration_ttl: Any, *, key: str) -
             or not math.isfinite(value)
             or value != int(value)
         ):
-            raise cf_error(400, CODE_BAD_REQUEST, f"Invalid {name} {value!r} for key {key!r}: must be an integer")
+            raise LimitViolation(name, KV_MIN_TTL, f"Invalid {name} {value!r} for key {key!r}: must be an integer")
     resolved = now + expiration_ttl if expiration_ttl is not None else expiration
-    if resolved is not None and resolved > MAX_EXPIRATION:
-        # Cloudflare's upper bound is not in the fact sheet; this one keeps the value storable (SQLite INTEGER).
+    if resolved is not None and resolved > latest:
+        # Cloudflare's REST upper bound is not in the fact sheet; year 9999 keeps the value storable (SQLite
+        # INTEGER). The data plane's is the binding's 32-bit range.
         name = "expiration_ttl" if expiration_ttl is not None else "expiration"
-        raise cf_error(
-            400,
-            CODE_BAD_REQUEST,
+        raise LimitViolation(
+            name,
+            KV_MIN_TTL,  # the field's limit as the Worker reports it; the upper bound is in the message
             f"Invalid {name} {expiration_ttl if expiration_ttl is not None else expiration} for key {key!r}: "
-            f"the expiration must be before {MAX_EXPIRATION} (year 9999)",
+            f"the expiration must be before {latest}" + (" (year 9999)" if latest == MAX_EXPIRATION else ""),
         )
     if expiration_ttl is not None:
         if expiration_ttl < KV_MIN_TTL:
-            raise cf_error(
-                400,
-                CODE_BAD_REQUEST,
+            raise LimitViolation(
+                "expiration_ttl",
+                KV_MIN_TTL,
                 f"Invalid expiration_ttl of {expiration_ttl}. Please specify integer greater than or equal to "
                 f"{KV_MIN_TTL}.",
             )
         return int(now + expiration_ttl)
     if expiration is not None:
         if expiration < now + KV_MIN_TTL:
-            raise cf_error(
-                400,
-                CODE_BAD_REQUEST,
+            raise LimitViolation(
+                "expiration",
+                KV_MIN_TTL,
                 f"Invalid expiration of {expiration}. Expiration times must be at least {KV_MIN_TTL} seconds in "
                 "the future.",
             )
@@ -517,8 +776,37 @@ def _parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
 
 
 class _KV:
-    def __init__(self, state: EmulatorState) -> None:
+    """The KV routes of one surface, over the one store: ``profile`` says which limits and shapes apply."""
+
+    def __init__(self, state: EmulatorState, profile: KVProfile) -> None:
         self.state = state
+        self.profile = profile
+
+    def count(self, operation: str) -> None:
+        self.state.count(self.profile.stats_group, operation)
+
+    async def item(
+        self, request: Request, account_id: str, namespace_id: str, raw: list[str], seg: list[str]
+    ) -> Response | None:
+        """Serve a route under one namespace (``values/{key}``, ``metadata/{key}``, ``keys``, ``bulk[/...]``).
+
+        ``raw`` holds the path segments after the namespace as sent, ``seg`` the same decoded. Returns None
+        when no route matches.
+        """
+        n = len(seg)
+        try:
+            if n >= 2 and seg[0] in ("values", "metadata"):
+                key = unquote("/".join(raw[1:]))
+                if seg[0] == "values":
+                    return await self.value(request, account_id, namespace_id, key)
+                return await self.metadata(request, account_id, namespace_id, key)
+            if n == 1 and seg[0] == "keys":
+                return await self.keys(request, account_id, namespace_id)
+            if n in (1, 2) and seg[0] == "bulk":
+                return await self.bulk(request, account_id, namespace_id, seg[1] if n == 2 else None)
+        except LimitViolation as violation:
+            raise self.profile.violation(violation) from None
+        return None
 
     def namespace(self, account_id: str, namespace_id: str) -> None:
         if self.state.store.namespace(account_id, namespace_id) is None:
@@ -579,18 +867,26 @@ class _KV:
         self.namespace(account_id, namespace_id)
         _check_key(key)
         now = state.clock.now()
+        profile = self.profile
         if request.method == "GET":
-            state.count("kv", "get")
+            self.count("get")
             entry = state.store.kv_get(namespace_id, key, now)
             if entry is None:
                 raise cf_error(404, CODE_KEY_NOT_FOUND, "get: 'key not found'")
-            headers = {"expiration": str(entry.expiration)} if entry.expiration is not None else {}
+            headers: dict[str, str] = {}
+            if entry.expiration is not None and (
+                not profile.expiration_on_request or _truthy(request.query_params.get("expiration"))
+            ):
+                headers["expiration"] = str(entry.expiration)
+            if profile.metadata_header and entry.metadata is not None:
+                # ASCII JSON: a header holds Latin-1 only, so non-ASCII metadata travels as \uXXXX escapes.
+                headers["cf-kv-metadata"] = json.dumps(json.loads(entry.metadata), separators=(",", ":"))
             return Response(entry.value, media_type="application/octet-stream", headers=headers)
         if request.method == "PUT":
-            state.count("kv", "put")
-            expiration = _int_param(request.query_params.get("expiration"), "expiration")
-            ttl = _int_param(request.query_params.get("expiration_ttl"), "expiration_ttl")
-            body = await request.body()
+            self.count("put")
+            expiration = _int_query(request, "expiration", KV_MIN_TTL)
+            ttl = _int_query(request, "expiration_ttl", KV_MIN_TTL)
+            body = await _read_body(request, profile.put_body_max)
             content_type = request.headers.get("content-type", "")
             metadata_text: str | None = None
             if content_type.lower().startswith("multipart/form-data"):
@@ -602,16 +898,18 @@ class _KV:
                     try:
                         metadata = json.loads(parts["metadata"])
                     except (json.JSONDecodeError, UnicodeDecodeError):
-                        raise cf_error(400, CODE_BAD_REQUEST, "the 'metadata' part is not valid JSON") from None
+                        raise LimitViolation(
+                            "metadata", METADATA_MAX_BYTES, "the 'metadata' part is not valid JSON"
+                        ) from None
                     metadata_text = _check_metadata(metadata, key=key)
             else:
                 value = body
             _check_value_size(value, key=key)
-            exp = _expiration(now, expiration, ttl, key=key)
+            exp = _expiration(now, expiration, ttl, key=key, latest=profile.max_expiration)
             state.store.kv_put_many(namespace_id, [KVEntry(key, value, metadata_text, exp)])
             return envelope({})
         if request.method == "DELETE":
-            state.count("kv", "delete")
+            self.count("delete")
             state.store.kv_delete_many(namespace_id, [key])
             return envelope({})
         raise _method_not_allowed(request)
@@ -621,7 +919,7 @@ class _KV:
             raise _method_not_allowed(request)
         self.namespace(account_id, namespace_id)
         _check_key(key)
-        self.state.count("kv", "get_metadata")
+        self.count("get_metadata")
         entry = self.state.store.kv_get(namespace_id, key, self.state.clock.now())
         if entry is None:
             raise cf_error(404, CODE_KEY_NOT_FOUND, "get: 'key not found'")
@@ -631,13 +929,22 @@ class _KV:
         if request.method != "GET":
             raise _method_not_allowed(request)
         self.namespace(account_id, namespace_id)
-        self.state.count("kv", "list")
+        self.count("list")
         params = request.query_params
-        limit = _int_param(params.get("limit"), "limit")
-        limit = LIST_LIMIT_MAX if limit is None else limit
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            # The real minimum is not known (facts §6); any 1..1000 is accepted here.
-            raise cf_error(400, CODE_BAD_REQUEST, f"limit={limit} must be 1..{LIST_LIMIT_MAX}")
+        raw_limit = params.get("limit")
+        limit = LIST_LIMIT_MAX
+        if raw_limit is not None and raw_limit != "":
+            limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 7 else -1
+            if not LIST_LIMIT_MIN <= limit <= LIST_LIMIT_MAX:
+                # The REST minimum is not attested (facts §6, "10?"): 10 is taken, as in issue 10 and
+                # DATAPLANE.md, so a client that works here never sends a limit production might refuse.
+                shown = str(limit) if limit >= 0 else repr(raw_limit)
+                raise LimitViolation(
+                    "limit",
+                    LIST_LIMIT_MAX,
+                    f"limit={shown} must be an integer {LIST_LIMIT_MIN}..{LIST_LIMIT_MAX}",
+                    extra={"min": LIST_LIMIT_MIN},
+                )
         cursor = params.get("cursor") or None
         after: str | None = None
         if cursor:
@@ -668,7 +975,9 @@ class _KV:
         method = request.method
         if action is None and method == "PUT":
             return await self._bulk_write(request, namespace_id)
-        if (action is None and method == "DELETE") or (action == "delete" and method == "POST"):
+        if (action is None and method == "DELETE" and self.profile.legacy_bulk_delete) or (
+            action == "delete" and method == "POST"
+        ):
             return await self._bulk_delete(request, namespace_id)
         if action == "get" and method == "POST":
             return await self._bulk_get(request, namespace_id)
@@ -676,68 +985,96 @@ class _KV:
 
     async def _bulk_write(self, request: Request, namespace_id: str) -> Response:
         state = self.state
-        state.count("kv", "bulk_write")
-        body = await request.body()
-        if len(body) > BULK_BODY_MAX_BYTES:
-            raise cf_error(413, CODE_BAD_REQUEST, f"bulk write body is {len(body)} bytes; the maximum is 100 MB")
-        data = await _json_body(request)
+        self.count("bulk_write")
+        data = await self._bulk_json(request)
         if not isinstance(data, list):
-            raise cf_error(400, CODE_BAD_REQUEST, "bulk write body must be a JSON array of {key, value, ...}")
-        if len(data) > BULK_WRITE_MAX:
-            raise cf_error(400, CODE_BAD_REQUEST, f"bulk write of {len(data)} pairs; the maximum is {BULK_WRITE_MAX}")
+            raise LimitViolation("body", None, "bulk write body must be a JSON array of {key, value, ...}")
+        most = self.profile.bulk_write_max
+        if len(data) > most:
+            raise LimitViolation("keys", most, f"bulk write of {len(data)} keys; the maximum is {most} keys")
         now = state.clock.now()
         entries = []
         for index, item in enumerate(data):
-            if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
-                raise cf_error(400, CODE_BAD_REQUEST, f"item {index} must be an object with a string 'key'")
-            key = item["key"]
-            _check_key(key)
-            raw = item.get("value")
-            if not isinstance(raw, str):
-                raise cf_error(400, CODE_BAD_REQUEST, f"item {index} (key {key!r}): 'value' must be a string")
-            if item.get("base64"):
-                try:
-                    value = base64.b64decode(raw, validate=True)
-                except ValueError:
-                    raise cf_error(400, CODE_BAD_REQUEST, f"item {index} (key {key!r}): value is not base64") from None
-            else:
-                value = raw.encode("utf-8")
-            _check_value_size(value, key=key)
-            metadata = _check_metadata(item.get("metadata"), key=key)
-            exp = _expiration(now, item.get("expiration"), item.get("expiration_ttl"), key=key)
-            entries.append(KVEntry(key, value, metadata, exp))
+            try:
+                entries.append(self._bulk_item(index, item, now))
+            except LimitViolation as violation:
+                raise violation.at(index) from None
         state.store.kv_put_many(namespace_id, entries)
         return envelope({"successful_key_count": len(entries), "unsuccessful_keys": []})
 
+    async def _bulk_json(self, request: Request) -> Any:
+        await _read_body(request, self.profile.bulk_body_max)
+        try:
+            return await _json_body(request)
+        except HTTPError:
+            raise LimitViolation("body", None, "the request body is not valid JSON") from None
+
+    def _bulk_item(self, index: int, item: Any, now: float) -> KVEntry:
+        if not isinstance(item, Mapping):
+            raise LimitViolation("body", None, f"item {index} must be an object with a string 'key'")
+        key = item.get("key")
+        if not isinstance(key, str):
+            raise LimitViolation("key", KEY_MAX_BYTES, f"item {index} must be an object with a string 'key'")
+        _check_key(key)
+        raw = item.get("value")
+        if not isinstance(raw, str):
+            raise LimitViolation("value", None, f"item {index} (key {key!r}): 'value' must be a string")
+        if item.get("base64"):
+            try:
+                value = base64.b64decode(raw, validate=True)
+            except ValueError:
+                raise LimitViolation("value", None, f"item {index} (key {key!r}): value is not base64") from None
+        else:
+            value = raw.encode("utf-8")
+        _check_value_size(value, key=key)
+        metadata = _check_metadata(item.get("metadata"), key=key)
+        exp = _expiration(
+            now, item.get("expiration"), item.get("expiration_ttl"), key=key, latest=self.profile.max_expiration
+        )
+        return KVEntry(key, value, metadata, exp)
+
+    @staticmethod
+    def _check_keys(keys: list[str]) -> None:
+        for index, key in enumerate(keys):
+            try:
+                _check_key(key)
+            except LimitViolation as violation:
+                raise violation.at(index) from None
+
     async def _bulk_delete(self, request: Request, namespace_id: str) -> Response:
-        self.state.count("kv", "bulk_delete")
-        data = await _json_body(request)
+        self.count("bulk_delete")
+        data = await self._bulk_json(request)
         if not isinstance(data, list) or not all(isinstance(k, str) for k in data):
-            raise cf_error(400, CODE_BAD_REQUEST, "bulk delete body must be a JSON array of key names")
-        if len(data) > BULK_WRITE_MAX:
-            raise cf_error(400, CODE_BAD_REQUEST, f"bulk delete of {len(data)} keys; the maximum is {BULK_WRITE_MAX}")
-        for key in data:
-            _check_key(key)
+            raise LimitViolation("body", None, "bulk delete body must be a JSON array of key names")
+        most = self.profile.bulk_delete_max
+        if len(data) > most:
+            raise LimitViolation("keys", most, f"bulk delete of {len(data)} keys; the maximum is {most} keys")
+        self._check_keys(data)
         self.state.store.kv_delete_many(namespace_id, data)
         return envelope({"successful_key_count": len(data), "unsuccessful_keys": []})
 
     async def _bulk_get(self, request: Request, namespace_id: str) -> Response:
-        self.state.count("kv", "bulk_get")
-        data = await _json_body(request)
+        self.count("bulk_get")
+        data = await self._bulk_json(request)
+        most = self.profile.bulk_get_max
         keys = data.get("keys") if isinstance(data, Mapping) else None
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-            raise cf_error(400, CODE_BAD_REQUEST, 'bulk get body must be {"keys": [1..100 key names], ...}')
-        if len(keys) > BULK_GET_MAX:
-            raise cf_error(400, CODE_BAD_REQUEST, f"bulk get of {len(keys)} keys; the maximum is {BULK_GET_MAX}")
+        if (
+            not isinstance(keys, list)
+            or not (keys or self.profile.empty_bulk_get)
+            or not all(isinstance(k, str) for k in keys)
+        ):
+            least = 0 if self.profile.empty_bulk_get else 1
+            raise LimitViolation("keys", most, f'bulk get body must be {{"keys": [{least}..{most} key names], ...}}')
+        if len(keys) > most:
+            raise LimitViolation("keys", most, f"bulk get of {len(keys)} keys; the maximum is {most} keys")
         assert isinstance(data, Mapping)
         kind = data.get("type", "text")
         if kind not in ("text", "json"):
-            raise cf_error(400, CODE_BAD_REQUEST, f"type={kind!r}: must be 'text' or 'json'")
+            raise LimitViolation("type", None, f"type={kind!r}: must be 'text' or 'json'")
         with_metadata = data.get("withMetadata", False)
         if not isinstance(with_metadata, bool):
-            raise cf_error(400, CODE_BAD_REQUEST, f"withMetadata={with_metadata!r}: must be true or false")
-        for key in keys:
-            _check_key(key)
+            raise LimitViolation("withMetadata", None, f"withMetadata={with_metadata!r}: must be true or false")
+        self._check_keys(keys)
         found = self.state.store.kv_get_many(namespace_id, keys, self.state.clock.now())
         values: dict[str, Any] = {}
         for key in keys:
@@ -813,10 +1150,9 @@ def validate_gateway(data: Any, *, gateway_id: str | None) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if gateway_id is None:
         gid = data.get("id")
-        if not isinstance(gid, str) or not 1 <= len(gid) <= 64:
-            raise cf_error(400, CODE_BAD_REQUEST, f"id={gid!r}: required, 1..64 characters")
-        if "/" in gid:
-            raise cf_error(400, CODE_BAD_REQUEST, f"id={gid!r}: must not contain '/'")
+        if not isinstance(gid, str) or not 1 <= len(gid) <= GATEWAY_ID_MAX:
+            raise cf_error(400, CODE_BAD_REQUEST, f"id={gid!r}: required, 1..{GATEWAY_ID_MAX} characters")
+        check_gateway_id(gid)
         settings["id"] = gid
     else:
         settings["id"] = gateway_id
@@ -856,6 +1192,27 @@ def validate_gateway(data: Any, *, gateway_id: str | None) -> dict[str, Any]:
     return settings
 
 
+GATEWAY_ID_MAX = 64
+GATEWAY_ID_PATTERN = re.compile(r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$")
+"""The gateway id Cloudflare's API schema accepts (issue 10): lowercase letters, digits and ``_``, in runs
+joined by single ``-``; so no upper case, no leading, trailing or doubled ``-``."""
+
+
+def check_gateway_id(gateway_id: str) -> None:
+    """Refuse a gateway id Cloudflare's schema rejects, with a 400 envelope naming it.
+
+    Raises:
+        HTTPError: the id is not 1..64 characters matching :data:`GATEWAY_ID_PATTERN`.
+    """
+    if len(gateway_id) > GATEWAY_ID_MAX or not GATEWAY_ID_PATTERN.fullmatch(gateway_id):
+        raise cf_error(
+            400,
+            CODE_BAD_REQUEST,
+            f"id={gateway_id!r} is not a valid gateway id: 1..{GATEWAY_ID_MAX} characters of a-z, 0-9 and '_', "
+            "in groups joined by single '-' (pattern ^[a-z0-9_]+(?:-[a-z0-9_]+)*$)",
+        )
+
+
 class _Gateways:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
@@ -885,6 +1242,10 @@ class _Gateways:
 
     async def item(self, request: Request, account_id: str, gateway_id: str) -> Response:
         store = self.state.store
+        # Whether the real API checks the id of GET / PUT / DELETE against the schema before looking it up
+        # (400) or just finds nothing (404) is not in the fact sheet; an id that cannot exist is refused as
+        # a create would refuse it, so a client bug surfaces the same way on every route.
+        check_gateway_id(gateway_id)
         current = store.gateway(account_id, gateway_id)
         if current is None:
             raise cf_error(404, CODE_GATEWAY_NOT_FOUND, f"gateway {gateway_id!r} not found")
@@ -1144,6 +1505,17 @@ def _fault_reply(provider: str, status: int) -> ModelReply:
 # -- the app ------------------------------------------------------------------------------------------
 
 
+def _data_plane_methods(seg: list[str]) -> tuple[str, ...] | None:
+    """The methods the data plane serves on ``/kv/{B}/`` + ``seg`` (DATAPLANE.md's routes), or None: no route."""
+    if len(seg) >= 2 and seg[0] == "values":
+        return ("GET", "PUT", "DELETE")
+    if len(seg) >= 2 and seg[0] == "metadata":
+        return ("GET",)
+    return {("keys",): ("GET",), ("bulk",): ("PUT",), ("bulk", "get"): ("POST",), ("bulk", "delete"): ("POST",)}.get(
+        tuple(seg)
+    )
+
+
 def _method_not_allowed(request: Request) -> HTTPError:
     # Real code not in the fact sheet.
     return cf_error(405, CODE_METHOD, f"method {request.method} is not allowed on {request.url.path}")
@@ -1152,7 +1524,8 @@ def _method_not_allowed(request: Request) -> HTTPError:
 class _Handler:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
-        self.kv = _KV(state)
+        self.kv = _KV(state, REST_KV)
+        self.data_plane_kv = _KV(state, DATA_PLANE_KV)
         self.gateways = _Gateways(state)
 
     async def __call__(self, request: Request) -> Response:
@@ -1162,7 +1535,7 @@ class _Handler:
                 return await self.control(request, segments[2:])
             except HTTPError as exc:
                 return exc.response
-        self.state.log_request(request)
+        self.state.log_request(request, surface_of(segments))
         try:
             return await self.route(request, segments)
         except HTTPError as exc:
@@ -1178,6 +1551,8 @@ class _Handler:
             return await self.route_api(request, seg[4], raw[5:], seg[5:])
         if len(seg) >= 5 and seg[1] == "v1":
             return await self.proxy(request, seg[2], seg[3], seg[4], raw[5:])
+        if len(seg) >= 2 and seg[1] == DATA_PLANE_PATH and self.state.data_plane is not None:
+            return await self.route_data_plane(request, self.state.data_plane, raw[2:], seg[2:])
         raise cf_error(
             404, CODE_ROUTE, f"Could not route to {request.url.path}, perhaps your object identifier is invalid?"
         )
@@ -1201,21 +1576,15 @@ class _Handler:
         if n >= 3 and seg[:3] == ["storage", "kv", "namespaces"]:
             fault = await self.state.apply_fault("kv")
             if fault is not None:
-                raise cf_error(fault, CODE_FAULT, f"injected fault (dualcache emulator): KV answered {fault}")
+                raise self.state.fault_error("kv", fault)
             if n == 3:
                 return await self.kv.namespaces(request, account_id)
             namespace_id = seg[3]
             if n == 4:
                 return await self.kv.one_namespace(request, account_id, namespace_id)
-            if n >= 6 and seg[4] in ("values", "metadata"):
-                key = unquote("/".join(raw[5:]))
-                if seg[4] == "values":
-                    return await self.kv.value(request, account_id, namespace_id, key)
-                return await self.kv.metadata(request, account_id, namespace_id, key)
-            if n == 5 and seg[4] == "keys":
-                return await self.kv.keys(request, account_id, namespace_id)
-            if seg[4] == "bulk" and n in (5, 6):
-                return await self.kv.bulk(request, account_id, namespace_id, seg[5] if n == 6 else None)
+            served = await self.kv.item(request, account_id, namespace_id, raw[4:], seg[4:])
+            if served is not None:
+                return served
         if n >= 2 and seg[:2] == ["ai-gateway", "gateways"]:
             if n == 2:
                 return await self.gateways.collection(request, account_id)
@@ -1232,6 +1601,94 @@ class _Handler:
         raise cf_error(
             404, CODE_ROUTE, f"Could not route to {request.url.path}, perhaps your object identifier is invalid?"
         )
+
+    # -- the data plane ---------------------------------------------------------------------------
+
+    async def route_data_plane(self, request: Request, plane: DataPlane, raw: list[str], seg: list[str]) -> Response:
+        """``{data_plane_url}/...``: the data-plane Worker's API (DATAPLANE.md) over the same KV store."""
+        if seg == ["health"]:
+            if request.method != "GET":
+                raise _method_not_allowed(request)
+            return await self.data_plane_health(request, plane)
+        # Exactly "Bearer <token>", as the Worker reads it: no other case of the scheme, no extra spaces.
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode("utf-8"), plane.token.encode("utf-8")):
+            # Missing and wrong get the same answer: it never says which (DATAPLANE.md, Auth).
+            self.state.count("data_plane", "unauthorized")
+            raise HTTPError(envelope(None, status=401, errors=[dict(DATA_PLANE_AUTH_ERROR)]))
+        allowed = _data_plane_methods(seg[2:]) if len(seg) >= 3 and seg[0] == "kv" else None
+        if allowed is None:
+            raise cf_error(404, CODE_DP_ROUTE, f"no data-plane route {request.method} {request.url.path}")
+        if request.method not in allowed:
+            methods = ", ".join(allowed)
+            raise cf_error(405, CODE_DP_METHOD, f"use {methods} on this path", headers={"allow": methods})
+        namespace_id = plane.namespaces.get(seg[1])
+        if namespace_id is None or self.state.store.namespace(plane.account_id, namespace_id) is None:
+            valid = ", ".join(plane.namespaces)
+            raise cf_error(404, CODE_NAMESPACE_NOT_FOUND, f"namespace not found: {seg[1]!r} is not one of {valid}")
+        fault = await self.state.apply_fault("kv")  # KV down is down whichever way it is reached
+        if fault is not None:
+            raise self.state.fault_error("kv", fault)
+        served = await self.data_plane_kv.item(request, plane.account_id, namespace_id, raw[2:], seg[2:])
+        assert served is not None  # _data_plane_methods admits only routes item() serves
+        return served
+
+    async def data_plane_health(self, request: Request, plane: DataPlane) -> Response:
+        """``GET /health``, as the Worker answers it: bindings present, a KV probe and a gateway probe."""
+        state = self.state
+        state.count("data_plane", "health")
+        bindings = {
+            name: state.store.namespace(plane.account_id, ns) is not None for name, ns in plane.namespaces.items()
+        }
+        bindings.update(AI=True, AI_GATEWAY_SLUG=True, CLOUDFLARE_ACCOUNT_ID=True)
+        # The report's shape is health.js's (the Worker's GET /health is that code): the secrets it lists are
+        # the app's provider keys, which the emulator does not hold; they do not count towards "ok".
+        report: dict[str, Any] = {
+            "bindings": bindings,
+            "secrets": {"OPENAI_API_KEY": False, "CF_AIG_TOKEN": False},
+            "checks": {},
+        }
+        if request.query_params.get("probes") != "0":
+            report["checks"] = {
+                "kv": await _timed(lambda: self._probe_kv(plane)),
+                "gateway": await _timed(lambda: self._probe_gateway(plane)),
+            }
+        report["ok"] = all(bindings.values()) and all(c["ok"] for c in report["checks"].values())
+        return JSONResponse(report, status_code=200 if report["ok"] else 503, headers={"cache-control": "no-store"})
+
+    async def _probe_kv(self, plane: DataPlane) -> dict[str, Any]:
+        fault = await self.state.apply_fault("kv")
+        if fault is not None:
+            raise RuntimeError(f"KV answered {fault}")
+        namespace_id = plane.namespaces.get("API_CACHE")
+        if namespace_id is None:
+            raise RuntimeError("API_CACHE is not bound")
+        key = f"health:{uuid.uuid4().hex}"
+        now = self.state.clock.now()
+        value = f"ok {_iso(now)}".encode()
+        store = self.state.store
+        store.kv_put_many(namespace_id, [KVEntry(key, value, None, int(now + KV_MIN_TTL))])
+        read = store.kv_get(namespace_id, key, now)
+        store.kv_delete_many(namespace_id, [key])
+        if read is None or read.value != value:
+            raise RuntimeError("read back something else than the value written")
+        return {"namespace": "API_CACHE"}
+
+    async def _probe_gateway(self, plane: DataPlane) -> dict[str, Any]:
+        if self.state.store.gateway(plane.account_id, plane.gateway_id) is None:
+            raise RuntimeError(f"gateway {plane.gateway_id!r} does not exist")
+        fault = await self.state.apply_fault("gateway")
+        if fault is None:
+            self.state.count("gateway", "skips")  # the Worker's probe sets skipCache: it reaches the model
+            self.state.count("upstream", HEALTH_MODEL)
+            fault = await self.state.apply_fault("upstream", "workers-ai")
+        if fault is not None:
+            raise RuntimeError(f"the gateway answered {fault}")
+        reply = run_workers_ai(HEALTH_MODEL, {"text": ["health check"]})
+        dimensions = len(json.loads(reply.body)["result"]["data"][0])
+        log_id = new_log_id(self.state.clock.now())
+        return {"gateway": plane.gateway_id, "model": HEALTH_MODEL, "dimensions": dimensions, "logId": log_id}
 
     async def invoke(self, provider: str, model: str, data: Any, request: Request, *, path: str) -> ModelReply:
         """Call the model (upstream): count it, apply upstream faults, answer locally or forward."""
@@ -1293,7 +1750,7 @@ class _Handler:
             raise cf_error(404, CODE_GATEWAY_NOT_FOUND, f"gateway {gateway_id!r} not found in account {account_id}")
         fault = await state.apply_fault("gateway")
         if fault is not None:
-            raise cf_error(fault, CODE_FAULT, f"injected fault (dualcache emulator): gateway answered {fault}")
+            raise state.fault_error("gateway", fault)
         if gateway.get("authentication"):
             given = _bearer(request.headers.get("cf-aig-authorization"))
             # With an emulator token the header must carry it; without one any non-empty token passes.
@@ -1437,6 +1894,16 @@ async def _control_json(request: Request) -> Any:
         return json.loads(body) if body else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPError(_control_error(f"body is not JSON: {exc}")) from None
+
+
+async def _timed(probe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run one health probe: ``{"ok": True, "ms", ...detail}`` or ``{"ok": False, "ms", "error"}``."""
+    started = time.monotonic()
+    try:
+        detail = await probe()
+    except RuntimeError as exc:
+        return {"ok": False, "ms": round((time.monotonic() - started) * 1000), "error": str(exc)}
+    return {"ok": True, "ms": round((time.monotonic() - started) * 1000), **detail}
 
 
 def _control_error(message: str) -> JSONResponse:

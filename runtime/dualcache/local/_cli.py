@@ -38,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the local Cloudflare emulator (KV, AI Gateway, Workers AI) for a stack",
         description=(
             "Serve the Workers KV REST API, the AI Gateway (management and proxy) and Workers AI on loopback, "
-            "with local deterministic models, for the stack's namespaces and gateway. Writes DIR/outputs.STACK.json "
-            "(StackOutputs pointing at the emulator) and serves until interrupted (Ctrl-C)."
+            "with local deterministic models, for the stack's namespaces and gateway, and the data-plane API of "
+            "dualcache's Worker over the same KV (under /dataplane). Writes DIR/outputs.STACK.json "
+            "(StackOutputs pointing at the emulator, without any token) and serves until interrupted (Ctrl-C). "
+            "One emulator per DIR: a second one on the same folder is refused."
         ),
     )
     parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
@@ -59,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "'Authorization: Bearer <token>' (default: $DUALCACHE_DEV_TOKEN, else no authentication)",
     )
     parser.add_argument(
+        "--data-plane-token",
+        default=None,
+        metavar="TOKEN",
+        help="bearer token the data plane requires (default: $DUALCACHE_DATA_PLANE_TOKEN, else a random one, "
+        "printed at start). A command-line flag is visible to other users in the process list: prefer the "
+        "environment variable for a token that matters",
+    )
+    parser.add_argument(
         "--openai-upstream",
         default=None,
         metavar="URL",
@@ -67,6 +77,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_project_dir_argument(parser)
     parser.set_defaults(func=run_dev)
+
+
+def _data_plane_token(flag: str | None) -> tuple[str, str]:
+    """The data-plane token and where it came from: the flag, the environment, or ``""`` (generated)."""
+    from dualcache.local._server import DATA_PLANE_TOKEN_ENV_VAR, check_data_plane_token, new_data_plane_token
+
+    if flag is not None:
+        return check_data_plane_token(flag, source="--data-plane-token"), "--data-plane-token"
+    from_env = os.environ.get(DATA_PLANE_TOKEN_ENV_VAR)
+    if from_env:
+        source = f"${DATA_PLANE_TOKEN_ENV_VAR}"
+        return check_data_plane_token(from_env, source=source), source
+    return new_data_plane_token(), ""
 
 
 def run_dev(args: argparse.Namespace) -> int:
@@ -78,13 +101,23 @@ def run_dev(args: argparse.Namespace) -> int:
 
     from dualcache._stackconfig import load_stack_config
     from dualcache.local._app import EmulatorState, create_app
-    from dualcache.local._server import bind_socket, connect_host, is_loopback, provision, stack_outputs
+    from dualcache.local._lock import DataDirLock
+    from dualcache.local._server import (
+        DATA_PLANE_TOKEN_ENV_VAR,
+        bind_socket,
+        connect_host,
+        data_plane_for,
+        is_loopback,
+        provision,
+        stack_outputs,
+    )
     from dualcache.local._store import Store
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port number (0..65535)")
     if args.openai_upstream and not str(args.openai_upstream).startswith(("http://", "https://")):
         raise ConfigError(f"--openai-upstream {args.openai_upstream!r} is not an http(s) URL")
+    data_plane_token, token_source = _data_plane_token(args.data_plane_token)
     project_dir = args.project_dir if args.project_dir is not None else find_project_dir()
     config = load_stack_config(project_dir, args.stack)
 
@@ -92,9 +125,17 @@ def run_dev(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     url = f"http://{connect_host(args.host)}:{port}"
 
-    store = Store(args.data)
+    lock = DataDirLock(args.data)
+    store: Store | None = None
     try:
-        state = EmulatorState(store, token=args.token, openai_upstream=args.openai_upstream)
+        lock.acquire()  # another emulator on this folder: a one-line ConfigError, nothing written
+        store = Store(args.data)
+        state = EmulatorState(
+            store,
+            token=args.token,
+            openai_upstream=args.openai_upstream,
+            data_plane=data_plane_for(config, data_plane_token),
+        )
         provision(store, config, state.clock.now())
         outputs = stack_outputs(config, url)
         outputs_path = Path(args.data) / f"outputs.{config.stack}.json"
@@ -103,9 +144,14 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"dualcache dev: stack {config.stack!r} emulated at {url}{bound}", flush=True)
         print(f"  Cloudflare API base  {outputs.api_base_url}", flush=True)
         print(f"  AI Gateway base      {outputs.gateway_base_url}/{config.account_id}/{config.gateway_id}", flush=True)
+        print(f"  data plane           {outputs.data_plane_url}  (Worker {outputs.data_plane_worker_name})", flush=True)
+        if token_source:
+            print(f"  data-plane token     from {token_source}", flush=True)
+        else:
+            print(f"  data-plane token     {DATA_PLANE_TOKEN_ENV_VAR}={data_plane_token}  (generated)", flush=True)
         print(f"  outputs              {outputs_path}  (DUALCACHE_OUTPUTS={outputs_path})", flush=True)
         print(f"  state                {store.path}", flush=True)
-        print(f"  authentication       {'Bearer token required' if args.token else 'off'}", flush=True)
+        print(f"  API authentication   {'Bearer token required' if args.token else 'off'}", flush=True)
         if args.openai_upstream:
             print(f"  openai/* forwarded to {_without_userinfo(args.openai_upstream)}", flush=True)
         print("  models are local, deterministic stand-ins; press Ctrl-C to stop", flush=True)
@@ -133,7 +179,9 @@ def run_dev(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
             state.stopping.set()
     finally:
-        store.close()
+        if store is not None:
+            store.close()
         sock.close()
+        lock.release()
     print("dualcache dev: stopped", file=sys.stderr, flush=True)
     return 0

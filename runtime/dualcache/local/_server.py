@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,25 +20,69 @@ from dualcache._exceptions import ConfigError, UsageError
 from dualcache._outputs import StackOutputs
 from dualcache._policy import Namespace
 from dualcache._stackconfig import StackConfig, load_stack_config
-from dualcache.local._app import EmulatorState, create_app
+from dualcache.local._app import DATA_PLANE_PATH, DataPlane, EmulatorState, create_app
 from dualcache.local._clock import Clock
+from dualcache.local._lock import DataDirLock
 from dualcache.local._store import Store
 
 __all__ = [
+    "DATA_PLANE_TOKEN_ENV_VAR",
     "DEFAULT_DATA_DIR",
     "Emulator",
     "bind_socket",
+    "check_data_plane_token",
     "connect_host",
+    "data_plane_for",
+    "data_plane_worker_name",
     "EmulatorControl",
     "emulated",
     "is_loopback",
     "gateway_settings",
+    "new_data_plane_token",
     "provision",
     "stack_outputs",
 ]
 
 DEFAULT_DATA_DIR = Path(".dualcache")
+DATA_PLANE_TOKEN_ENV_VAR = "DUALCACHE_DATA_PLANE_TOKEN"
+"""The environment variable ``dualcache dev`` reads its data-plane token from (the runtime reads the same one)."""
 _START_TIMEOUT = 15.0
+_TOKEN_MAX = 4096
+
+
+def new_data_plane_token() -> str:
+    """A fresh random data-plane token (256 bits, URL-safe base64)."""
+    return secrets.token_urlsafe(32)
+
+
+def check_data_plane_token(token: str, *, source: str = "data_plane_token") -> str:
+    """Validate a data-plane token; return it.
+
+    Raises:
+        ConfigError: it is empty, too long or holds anything but visible ASCII (it travels in a header); the
+            message names ``source``, never the token.
+    """
+    if not token or len(token) > _TOKEN_MAX or not all("!" <= c <= "~" for c in token):
+        raise ConfigError(
+            f"{source}: the data-plane token must be 1..{_TOKEN_MAX} visible ASCII characters (no spaces); "
+            "the value given is not"
+        )
+    return token
+
+
+def data_plane_worker_name(config: StackConfig) -> str:
+    """The data-plane Worker's script name for ``config``'s stack: ``<project>-dualcache-<stack>`` (issue 8)."""
+    return f"{config.project}-dualcache-{config.stack}"
+
+
+def data_plane_for(config: StackConfig, token: str) -> DataPlane:
+    """The :class:`DataPlane` of ``config``'s stack: its six bindings, gateway and ``token``."""
+    return DataPlane(
+        token=token,
+        account_id=config.account_id,
+        namespaces={b.value: config.offline_namespace_id(b) for b in Namespace},
+        gateway_id=config.gateway_id,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -133,7 +178,10 @@ def provision(store: Store, config: StackConfig, now: float) -> None:
 
 
 def stack_outputs(config: StackConfig, base_url: str) -> StackOutputs:
-    """The :class:`StackOutputs` of ``config`` with both base URLs pointing at an emulator at ``base_url``."""
+    """The :class:`StackOutputs` of ``config`` with every base URL pointing at an emulator at ``base_url``.
+
+    The data plane is ``{base_url}/dataplane``; its token is never part of the outputs.
+    """
     base = base_url.rstrip("/")
     return StackOutputs(
         stack=config.stack,
@@ -143,6 +191,8 @@ def stack_outputs(config: StackConfig, base_url: str) -> StackOutputs:
         gateway_base_url=f"{base}/v1",
         namespaces={b: config.offline_namespace_id(b) for b in Namespace},
         worker_name=config.worker_name,
+        data_plane_url=f"{base}/{DATA_PLANE_PATH}",
+        data_plane_worker_name=data_plane_worker_name(config),
         policies=config.policies,
     )
 
@@ -165,13 +215,17 @@ class EmulatorControl:
         return response.json()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: ``kv`` operations by kind, ``gateway`` hits/misses/skips/rate_limited/refused,
-        ``upstream`` and ``direct`` model calls by model, injected ``faults``, total ``requests``."""
+        """Counters: ``kv`` operations by kind through the Cloudflare REST API, ``data_plane`` operations by
+        kind through the data plane (plus its ``unauthorized`` and ``health``), ``gateway``
+        hits/misses/skips/rate_limited/refused, ``upstream`` and ``direct`` model calls by model, injected
+        ``faults``, ``surfaces`` (requests per surface: ``api`` = Cloudflare API, ``data_plane``, ``gateway``,
+        ``other``) and total ``requests``."""
         result: dict[str, Any] = self._call("GET", "stats")
         return result
 
     def requests(self) -> list[dict[str, Any]]:
-        """Requests served since the last reset, oldest first: ``{"method", "path", "query", "headers"}``."""
+        """Requests served since the last reset, oldest first: ``{"surface", "method", "path", "query",
+        "headers", "time"}`` (``surface`` as in :meth:`stats`)."""
         result: list[dict[str, Any]] = self._call("GET", "requests")
         return result
 
@@ -191,7 +245,9 @@ class EmulatorControl:
     def set_faults(self, faults: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Replace the faults: per target ``kv``/``gateway``/``upstream`` a dict of ``error_rate``,
         ``status``, ``latency_ms``, ``timeout``, ``seed`` (and for ``upstream`` an optional ``provider``,
-        ``workers-ai`` or ``openai``, to fail only that one). ``{}`` clears them all.
+        ``workers-ai`` or ``openai``, to fail only that one; for ``kv`` and ``gateway`` with status 429 an
+        optional ``retry_after`` in seconds, default 60). ``{}`` clears them all. The ``kv`` target covers
+        the REST API and the data plane alike.
 
         Raises:
             ConfigError: the emulator rejected the spec (the message says why).
@@ -218,7 +274,11 @@ class Emulator:
 
     Use it as a context manager; entering provisions the stack and returns once the server answers,
     leaving stops the server and closes SQLite. Data in ``data_dir`` survives; a new Emulator on the same
-    directory sees it.
+    directory sees it. While one runs, its data folder is locked: another Emulator (or ``dualcache dev``)
+    on it is refused with a :class:`ConfigError`.
+
+    Besides the Cloudflare APIs it serves the data-plane API (``outputs.data_plane_url``) over the same KV
+    store, guarded by ``data_plane_token``.
 
     Args:
         stack: The stack whose settings (``Pulumi.<stack>.yaml``) are used.
@@ -230,12 +290,14 @@ class Emulator:
         host: Interface to bind (loopback by default).
         port: Port to bind; 0 picks a free one.
         clock: The clock to use (default: wall clock plus an offset moved by the control endpoint).
+        data_plane_token: The bearer token of the data plane; ``None`` generates a random one.
 
     Attributes:
         url: ``http://HOST:PORT`` once started.
         outputs: The :class:`StackOutputs` pointing at this emulator.
         config: The :class:`StackConfig` in use.
         token: The API token (``None`` = no authentication).
+        data_plane_token: The data plane's bearer token (known before start; never in ``outputs``).
         control: An :class:`EmulatorControl` for the control endpoints.
         state: The live :class:`EmulatorState` (counters, faults, store).
     """
@@ -252,13 +314,17 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
+        data_plane_token: str | None = None,
     ) -> None:
+        if data_plane_token is not None:
+            check_data_plane_token(data_plane_token)
         if config is None:
             if project_dir is None:
                 raise ConfigError("Emulator needs project_dir (the directory holding Pulumi.yaml) or config")
             config = load_stack_config(project_dir, stack)
         self.config = config
         self.token = token or None
+        self.data_plane_token = data_plane_token or new_data_plane_token()
         self.data_dir = Path(data_dir)
         self.host = host
         self._port = port
@@ -270,6 +336,7 @@ class Emulator:
         self._state: EmulatorState | None = None
         self._control: EmulatorControl | None = None
         self._outputs: StackOutputs | None = None
+        self._lock: DataDirLock | None = None
         self.url = ""
 
     @property
@@ -298,16 +365,26 @@ class Emulator:
         if self._thread is not None:
             raise UsageError("the Emulator is already running")
         sock = bind_socket(self.host, self._port)  # first: a port in use leaves no data folder behind
+        lock = DataDirLock(self.data_dir)
         store: Store | None = None
         try:
+            lock.acquire()  # before the store: a folder in use is left as it is
             store = Store(self.data_dir)
-            state = EmulatorState(store, clock=self._clock, token=self.token, openai_upstream=self._openai_upstream)
+            state = EmulatorState(
+                store,
+                clock=self._clock,
+                token=self.token,
+                openai_upstream=self._openai_upstream,
+                data_plane=data_plane_for(self.config, self.data_plane_token),
+            )
             provision(store, self.config, state.clock.now())
         except BaseException:
             if store is not None:
                 store.close()
+            lock.release()
             sock.close()
             raise
+        self._lock = lock
         port = sock.getsockname()[1]
         self.url = f"http://{connect_host(self.host)}:{port}"
         app = create_app(state)
@@ -345,8 +422,10 @@ class Emulator:
             self._state.store.close()
         if self._sock is not None:
             self._sock.close()  # uvicorn closed its server; this releases our reference
+        if self._lock is not None:
+            self._lock.release()
         self._server = self._thread = self._control = self._state = self._sock = None
-        self._outputs = None
+        self._outputs = self._lock = None
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -365,11 +444,14 @@ def emulated(
     token: str | None = None,
     config: StackConfig | None = None,
     openai_upstream: str | None = None,
+    *,
+    data_plane_token: str | None = None,
 ) -> Iterator[StackOutputs]:
     """Run an :class:`Emulator` for the ``with`` block and give the :class:`StackOutputs` pointing at it.
 
     For code that only needs somewhere to point a service (``DualCache.from_outputs(outputs, ...)``);
-    use :class:`Emulator` itself for the control endpoints. Arguments are :class:`Emulator`'s.
+    use :class:`Emulator` itself for the control endpoints. Arguments are :class:`Emulator`'s; pass
+    ``data_plane_token`` to reach the data plane (the outputs never carry it).
 
     Example::
 
@@ -377,6 +459,12 @@ def emulated(
             async with DualCache.from_outputs(outputs) as cache: ...
     """
     with Emulator(
-        stack, project_dir, data_dir, token=token, config=config, openai_upstream=openai_upstream
+        stack,
+        project_dir,
+        data_dir,
+        token=token,
+        config=config,
+        openai_upstream=openai_upstream,
+        data_plane_token=data_plane_token,
     ) as emulator:
         yield emulator.outputs
