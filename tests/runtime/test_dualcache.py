@@ -43,9 +43,14 @@ OUTPUTS = StackOutputs(
 
 
 class Env:
-    """A cache wired to a FakeCloud and memory KV backends that the test can inspect."""
+    """A cache wired to a FakeCloud and memory KV backends that the test can inspect.
+
+    KV writes are synchronous unless the test passes ``write_behind``: a test then sees a record in KV as
+    soon as the call returns. The write-behind tests below pass it.
+    """
 
     def __init__(self, clock: FakeClock, **kwargs: Any) -> None:
+        kwargs.setdefault("write_behind", False)
         self.cloud = FakeCloud(delay=kwargs.pop("delay", 0.0))
         self.clock = clock
         self.backends: dict[Namespace, MemoryKVBackend] = {}
