@@ -52,7 +52,7 @@ from dualcache._records import (
     should_read_kv,
     should_write_kv,
 )
-from dualcache._singleflight import Flight, SingleFlight
+from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
 from dualcache._writebehind import WriteBehind, WriteBehindPolicy
 
@@ -245,6 +245,7 @@ class DualCache:
         self._kv_factory = kv
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
+        self._reads = SharedReads()
         self._memo: OrderedDict[str, tuple[bytes, list[float]]] = OrderedDict()
         self._memo_size = decode_memo_size
         self._closed = False
@@ -578,12 +579,13 @@ class DualCache:
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         key = embed_key(text)
+        flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
         # A key already in flight is joined without a KV read (its answer is what KV is about to hold).
-        if should_read_kv(policy) and self._flights.get(f"{op.value}\x00{key}") is None:
+        if should_read_kv(policy) and self._flights.get(flight_key) is None:
             store = self._store(policy)
             try:
-                raw, ok = await self._kv_read(op, store, key)
+                raw, ok = await self._read_shared(op, store, flight_key, key)
             except BaseException:
                 self.stats.record(op, Outcome.FAILED)
                 raise
@@ -638,7 +640,7 @@ class DualCache:
             todo = [k for k in distinct if k not in joined]
             reads: dict[str, RecordStatus | None] = dict.fromkeys(todo, RecordStatus.MISSING)
             if todo and should_read_kv(policy):
-                reads = await self._embed_read(op, policy, todo, results, outcomes)
+                reads = await self._embed_read(op, policy, prefix, todo, results, outcomes)
             misses = [k for k in todo if k not in results]
             if coalesce and misses:  # flights may have started for some of them during the read
                 late = self._joinable(prefix, misses)
@@ -693,14 +695,58 @@ class DualCache:
         self,
         op: Operation,
         policy: OperationPolicy,
+        prefix: str,
         keys: list[str],
         results: dict[str, list[float]],
         outcomes: dict[str, Outcome],
     ) -> dict[str, RecordStatus | None]:
-        """Read ``keys`` from KV in chunks of <= 100, each failing alone; fill the hits, return every status
-        (``None``: its chunk could not be read)."""
+        """Read ``keys`` from KV (sharing the reads in progress of other callers); fill the hits, return every
+        key's status (``None``: its read failed)."""
         store = self._store(policy)
+        shared = self._flights.enabled
+        waiting = self._joinable_reads(prefix, keys) if shared else {}
+        mine = [k for k in keys if k not in waiting]
+        slots = {k: self._reads.begin(prefix + k) for k in mine} if shared else {}
+        got: dict[str, tuple[bytes | None, bool]] = {}
+        try:
+            got.update(await self._kv_read_chunks(op, store, mine))
+        finally:
+            for k, slot in slots.items():
+                self._reads.end(prefix + k, slot, got.get(k))
+        again: list[str] = []
+        for k, future in waiting.items():
+            answer = await asyncio.shield(future)
+            if answer is None:  # that reader was cancelled before its read ended
+                again.append(k)
+            else:
+                got[k] = answer
+        if again:
+            got.update(await self._kv_read_chunks(op, store, again))
         reads: dict[str, RecordStatus | None] = {}
+        for k in keys:
+            raw, ok = got[k]
+            status, vector = self._decode_embedding(op, k, raw) if ok else (None, None)
+            if vector is None and (pending := self._pending(store, k)) is not None:
+                vector = self._decode_embedding(op, k, pending)[1]
+            reads[k] = status
+            if vector is not None:
+                results[k], outcomes[k] = vector, Outcome.KV_HIT
+        return reads
+
+    def _joinable_reads(self, prefix: str, keys: Iterable[str]) -> dict[str, asyncio.Future[Any]]:
+        found: dict[str, asyncio.Future[Any]] = {}
+        for k in keys:
+            future = self._reads.join(prefix + k)
+            if future is not None:
+                found[k] = future
+        return found
+
+    async def _kv_read_chunks(
+        self, op: Operation, store: KVStore, keys: list[str]
+    ) -> dict[str, tuple[bytes | None, bool]]:
+        """Bulk-read ``keys``, <= 100 a request; return ``(value, ok)`` per key. A failed chunk costs only its
+        own keys (``ok`` false), counted once in ``errors``."""
+        got: dict[str, tuple[bytes | None, bool]] = {}
         for i in range(0, len(keys), KV_BULK_GET_MAX):
             chunk = keys[i : i + KV_BULK_GET_MAX]
             # SEAM (issue 10, partial batches): one store.get_many per chunk, caught per chunk. At merge this
@@ -711,20 +757,26 @@ class DualCache:
             except BackendError as exc:
                 self.stats.error(op)
                 logger.warning("%s: KV bulk read failed, %d keys treated as misses: %s", op.value, len(chunk), exc)
-                reads.update(dict.fromkeys(chunk, None))
+                got.update(dict.fromkeys(chunk, (None, False)))
                 continue
-            for k in chunk:
-                status, vector = self._decode_embedding(op, k, raws.get(k))
-                reads[k] = status
-                if vector is not None:
-                    results[k], outcomes[k] = vector, Outcome.KV_HIT
-        for k, read in reads.items():
-            if read is RecordStatus.HIT or (pending := self._pending(store, k)) is None:
-                continue
-            vector = self._decode_embedding(op, k, pending)[1]
-            if vector is not None:
-                results[k], outcomes[k] = vector, Outcome.KV_HIT
-        return reads
+            got.update((k, (raws.get(k), True)) for k in chunk)
+        return got
+
+    async def _read_shared(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
+        """``_kv_read`` of ``key``, shared with the concurrent readers of the same key (see ``SharedReads``)."""
+        if not self._flights.enabled:
+            return await self._kv_read(op, store, key)
+        while (waiting := self._reads.join(flight_key)) is not None:
+            answer: tuple[bytes | None, bool] | None = await asyncio.shield(waiting)
+            if answer is not None:
+                return answer
+        read = self._reads.begin(flight_key)
+        got: tuple[bytes | None, bool] | None = None
+        try:
+            got = await self._kv_read(op, store, key)
+            return got
+        finally:
+            self._reads.end(flight_key, read, got)
 
     async def _embed_lead(
         self,
@@ -786,10 +838,11 @@ class DualCache:
     ) -> dict[str, Any]:
         policy = self.policies.for_operation(op)
         read: RecordStatus | None = RecordStatus.MISSING
-        if should_read_kv(policy) and self._flights.get(f"{op.value}\x00{key}") is None:
+        flight_key = f"{op.value}\x00{key}"
+        if should_read_kv(policy) and self._flights.get(flight_key) is None:
             store = self._store(policy)
             try:
-                raw, ok = await self._kv_read(op, store, key)
+                raw, ok = await self._read_shared(op, store, flight_key, key)
             except BaseException:
                 self.stats.record(op, Outcome.FAILED)
                 raise

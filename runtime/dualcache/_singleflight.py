@@ -27,7 +27,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Flight", "SingleFlight"]
+__all__ = ["Flight", "SharedReads", "SingleFlight"]
 
 Compute = Callable[[Mapping[str, "asyncio.Future[Any]"]], Awaitable[None]]
 """A computation: it settles the future of each key it answers (a key left unsettled gets its error)."""
@@ -178,3 +178,47 @@ class SingleFlight:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._flights.clear()
+
+
+class _Read:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] | None = None
+
+
+class SharedReads:
+    """One KV read of a key at a time: concurrent readers of the key wait for the read in progress.
+
+    This keeps one KV read per key for a burst of identical requests (as when the whole request was
+    single-flight) at the cost of a dict entry on the uncontended path: the future readers wait on is
+    created only when one arrives. A reader that joins gets the ``(value, ok)`` the first reader got;
+    when that reader was cancelled, it gets ``None`` and reads for itself.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[str, _Read] = {}
+
+    def __len__(self) -> int:
+        return len(self._reads)
+
+    def join(self, key: str) -> asyncio.Future[Any] | None:
+        """Return a future of the read of ``key`` in progress, or ``None`` when none is."""
+        read = self._reads.get(key)
+        if read is None:
+            return None
+        if read.future is None:
+            read.future = asyncio.get_running_loop().create_future()
+        return read.future
+
+    def begin(self, key: str) -> _Read:
+        """Register this caller's read of ``key``; :meth:`end` it in a ``finally``."""
+        read = self._reads[key] = _Read()
+        return read
+
+    def end(self, key: str, read: _Read, got: tuple[bytes | None, bool] | None) -> None:
+        """Unregister the read and hand ``got`` (``None``: no answer, read yourselves) to the waiting readers."""
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if read.future is not None and not read.future.done():
+            read.future.set_result(got)
