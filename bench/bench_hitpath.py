@@ -1,4 +1,4 @@
-"""The in-process hit path: microseconds per ``embed`` / ``analyze_job`` hit on the memory backend (a script, not a test).
+"""The in-process hit path: µs per `embed` and `analyze_job` hit on the memory backend (a script, not a test).
 
     PYTHONPATH=<tree>/runtime:<tree> .venv/bin/python bench/bench_hitpath.py [--hits N] [--runs R]
 

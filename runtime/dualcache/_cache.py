@@ -168,6 +168,12 @@ class DualCache:
     :meth:`aclose` or ``async with``. All collaborators can be injected; defaults are built only for
     arguments left ``None``.
 
+    A hit reads KV and returns (no task, no single-flight). A miss is computed once for all identical
+    concurrent callers, in a task detached from each of them: a cancelled caller only stops waiting,
+    and the computation goes on for the others; it is cancelled when every caller waiting on it has
+    been cancelled. New records are written behind the call (see ``write_behind``): a record's TTL
+    counts from when it lands, and until then a miss on its key is served from the queue.
+
     Args:
         outputs: The stack's outputs. With them, KV is the Cloudflare REST API and AI calls go through
             the stack's AI Gateway. Without them, KV is a SQLite file under ``data_dir`` and AI calls go
