@@ -1068,3 +1068,20 @@ async def test_write_behind_aclose_counts_what_it_could_not_flush(clock: FakeClo
 def test_write_behind_option_is_validated() -> None:
     with pytest.raises(ConfigError, match="write_behind must be a bool or a WriteBehindPolicy, got str"):
         DualCache(write_behind="yes")  # type: ignore[arg-type]
+
+
+async def test_write_behind_failed_writes_are_counted_and_never_fail_the_call(clock: FakeClock) -> None:
+    from dualcache import WriteBehindPolicy
+
+    policy = WriteBehindPolicy(max_attempts=2, base_delay=0.0)
+    e = Env(clock, backend=_BrokenKV(read=False, write=True), write_behind=policy)
+    async with e.cache:
+        assert await e.cache.embed("t") == FakeCloud.vector("t")
+        assert await e.cache.flush() == 0
+        assert e.snap("embeddings")["errors"] == 1
+        assert await e.cache.embed_many(["u", "v"]) == [FakeCloud.vector("u"), FakeCloud.vector("v")]
+        assert await e.cache.flush() == 0
+        snap = e.snap("embeddings")
+        assert (snap["failures"], snap["provider_calls"], snap["kv_write_dropped"]) == (0, 3, 0)
+        assert snap["errors"] == 2  # once per failed batch, not per record or per attempt
+        assert e.cache._writes is not None and e.cache._writes.failed == 3
