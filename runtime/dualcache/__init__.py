@@ -36,6 +36,7 @@ from dualcache._outputs import StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
 from dualcache._stackconfig import StackConfig, load_stack_config
 from dualcache._stats import Outcome, PriceTable, Stats
+from dualcache._writebehind import WriteBehindPolicy
 
 __version__ = "0.1.0"
 
@@ -75,6 +76,7 @@ __all__ = [
     "StackOutputs",
     "Stats",
     "UsageError",
+    "WriteBehindPolicy",
     "__version__",
     "load_stack_config",
 ]

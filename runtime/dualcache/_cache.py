@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -61,8 +61,9 @@ from dualcache._records import (
     should_read_kv,
     should_write_kv,
 )
-from dualcache._singleflight import SingleFlight
+from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
+from dualcache._writebehind import WriteBehind, WriteBehindPolicy
 
 __all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
 
@@ -179,6 +180,12 @@ class DualCache:
     :meth:`aclose` or ``async with``. All collaborators can be injected; defaults are built only for
     arguments left ``None``.
 
+    A hit reads KV and returns (no task, no single-flight). A miss is computed once for all identical
+    concurrent callers, in a task detached from each of them: a cancelled caller only stops waiting,
+    and the computation goes on for the others; it is cancelled when every caller waiting on it has
+    been cancelled. New records are written behind the call (see ``write_behind``): a record's TTL
+    counts from when it lands, and until then a miss on its key is served from the queue.
+
     Args:
         outputs: The stack's outputs. With them, KV is the stack's data-plane Worker (when the outputs
             carry a ``data_plane_url`` and ``data_plane_token`` is given) or else the Cloudflare REST API,
@@ -211,6 +218,11 @@ class DualCache:
         sleep: Awaitable sleep used between retries (tests record the waits).
         decode_memo_size: How many decoded embedding records to keep, keyed by their exact stored bytes
             (a hit on unchanged bytes skips JSON decoding; it never serves anything KV did not return).
+        write_behind: How the cache's own KV writes (new records of embeddings, analyses, spam verdicts)
+            are made: ``True`` (default) queues them for background bulk writes with the default
+            :class:`WriteBehindPolicy`, so no caller waits for a write; a policy sets the queue's bounds;
+            ``False`` writes synchronously, before the call returns (the :meth:`kv` stores are always
+            synchronous).
     """
 
     def __init__(
@@ -238,6 +250,7 @@ class DualCache:
         openai_base_url: str = DEFAULT_OPENAI_BASE_URL,
         sleep: Sleep | None = None,
         decode_memo_size: int = 256,
+        write_behind: WriteBehindPolicy | bool = True,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
@@ -263,9 +276,16 @@ class DualCache:
         self._kv_factory = kv
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
+        self._reads = SharedReads()
         self._memo: OrderedDict[str, tuple[bytes, list[float]]] = OrderedDict()
         self._memo_size = decode_memo_size
         self._closed = False
+        if not isinstance(write_behind, WriteBehindPolicy | bool):
+            raise ConfigError(f"write_behind must be a bool or a WriteBehindPolicy, got {type(write_behind).__name__}")
+        self._writes: WriteBehind | None = None
+        if write_behind is not False:
+            policy = write_behind if isinstance(write_behind, WriteBehindPolicy) else WriteBehindPolicy()
+            self._writes = WriteBehind(policy, self.stats)
         self._upstream = UpstreamClient(
             self._http,
             account_id=outputs.account_id if outputs else account_id,
@@ -374,10 +394,18 @@ class DualCache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client and the KV backends. Calls after this raise :class:`~dualcache.UsageError`."""
+        """Flush the queued KV writes, then close the HTTP client and the KV backends.
+
+        The flush is bounded by ``WriteBehindPolicy.close_timeout``; records it could not write are
+        counted in ``kv_write_dropped``. Computations still in flight are cancelled first (their callers
+        fail). Calls after this raise :class:`~dualcache.UsageError`.
+        """
         if self._closed:
             return
         self._closed = True
+        await self._flights.aclose()
+        if self._writes is not None:
+            await self._writes.aclose()
         for store in self._stores.values():
             await store.aclose()
         await self._http.aclose()
@@ -524,12 +552,16 @@ class DualCache:
         flight_key: str | None,
         compute: Callable[[], Awaitable[tuple[T, Outcome]]],
     ) -> T:
-        """Run ``compute`` (single-flight on ``flight_key`` when the policy allows) and count the outcome."""
+        """Run ``compute`` and count the outcome.
+
+        With a ``flight_key`` and a policy that coalesces, the computation is single-flight: joined
+        when one is in flight for the key, else launched detached from this caller (see
+        ``_singleflight``), so cancelling this caller cancels no one else. Otherwise it runs in the
+        caller. Callers enter here only on a miss: the KV read happens before.
+        """
         try:
-            if flight_key is not None and should_coalesce(policy):
-                (value, outcome), coalesced = await self._flights.run(f"{op.value}\x00{flight_key}", compute)
-                if coalesced:
-                    value, outcome = _copy_result(value), Outcome.COALESCED
+            if flight_key is not None and self._flights.enabled and should_coalesce(policy):
+                value, outcome = await self._coalesced(f"{op.value}\x00{flight_key}", compute)
             else:
                 value, outcome = await compute()
         except BaseException:
@@ -537,6 +569,67 @@ class DualCache:
             raise
         self.stats.record(op, outcome)
         return value
+
+    async def _coalesced(
+        self, flight_key: str, compute: Callable[[], Awaitable[tuple[T, Outcome]]]
+    ) -> tuple[T, Outcome]:
+        flight = self._flights.get(flight_key)
+        if flight is None:
+
+            async def run(futures: Mapping[str, asyncio.Future[Any]]) -> None:
+                futures[flight_key].set_result(await compute())
+
+            flight = self._flights.launch([flight_key], run)[flight_key]
+        ((value, outcome), first), *_ = await self._flights.wait([flight])
+        if not first:  # another caller collected this answer first: it counts the outcome
+            return _copy_result(value), Outcome.COALESCED
+        return value, outcome
+
+    async def _kv_save(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
+        """Write the cache's own records: queued for write-behind (returns at once), or synchronously."""
+        if self._writes is not None:
+            self._writes.submit(op, store, entries)
+        else:
+            await self._kv_write(op, store, entries)
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Wait until the queued KV writes have landed, at most ``timeout`` seconds (default: the
+        write-behind policy's ``close_timeout``); the cache stays open.
+
+        Returns:
+            How many records are still queued or being written (0 without write-behind).
+        """
+        if self._writes is None:
+            return 0
+        return await self._writes.flush(timeout)
+
+    def _undecodable(self, op: Operation, key: str, exc: Exception) -> tuple[RecordStatus, None]:
+        # Whatever the decoder raises for a stored value (RecursionError on deep nesting, MemoryError on a
+        # huge one, ...), the record is corrupt: a miss, overwritten by the fresh answer. Never raised.
+        logger.warning(
+            "%s: stored value of %r could not be decoded (%s: %.200s); treated as a corrupt record and overwritten",
+            op.value,
+            key,
+            type(exc).__name__,
+            exc,
+        )
+        return RecordStatus.CORRUPT, None
+
+    def _decode_embedding(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, list[float] | None]:
+        try:
+            return self._judge_embedding(key, raw)
+        except Exception as exc:
+            return self._undecodable(op, key, exc)
+
+    def _decode_json(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, dict[str, Any] | None]:
+        try:
+            return judge_json_record(raw)
+        except Exception as exc:
+            return self._undecodable(op, key, exc)
+
+    def _pending(self, store: KVStore, key: str) -> bytes | None:
+        """The record of ``key`` still in the write-behind queue (a miss served from it is a KV hit)."""
+        return None if self._writes is None else self._writes.pending(store, key)
 
     @staticmethod
     def _outcome(result: UpstreamResult) -> Outcome:
@@ -579,7 +672,8 @@ class DualCache:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
 
         The key hashes the full text; the text sent to the model is cut to 2,000 characters (as the
-        seed does). Identical concurrent calls share one upstream call and one KV write.
+        seed does). Identical concurrent calls share one upstream call and one KV write. A hit reads
+        KV and returns; only a miss enters single-flight. A cancelled call cancels no other.
 
         Raises:
             InvalidInputError: ``text`` is empty or not a string.
@@ -591,19 +685,29 @@ class DualCache:
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         key = embed_key(text)
+        flight_key = f"{op.value}\x00{key}"
+        read: RecordStatus | None = RecordStatus.MISSING
+        # A key already in flight is joined without a KV read (its answer is what KV is about to hold).
+        if should_read_kv(policy) and self._flights.get(flight_key) is None:
+            store = self._store(policy)
+            try:
+                raw, ok = await self._read_shared(op, store, flight_key, key)
+            except BaseException:
+                self.stats.record(op, Outcome.FAILED)
+                raise
+            read, vector = self._decode_embedding(op, key, raw) if ok else (None, None)
+            if vector is None and (pending := self._pending(store, key)) is not None:
+                vector = self._decode_embedding(op, key, pending)[1]
+            if vector is not None:
+                self.stats.record(op, Outcome.KV_HIT)
+                return vector
 
         async def compute() -> tuple[list[float], Outcome]:
-            read: RecordStatus | None = RecordStatus.MISSING
-            if should_read_kv(policy):
-                raw, ok = await self._kv_read(op, self._store(policy), key)
-                read, vector = self._judge_embedding(key, raw) if ok else (None, None)
-                if vector is not None:
-                    return vector, Outcome.KV_HIT
             payload = {"text": text[:EMBED_INPUT_MAX_CHARS]}
             result = await self._upstream_call(op, Provider.WORKERS_AI, self.models.embeddings, payload, policy=policy)
             vector = self._vectors(result, 1)[0]
             if should_write_kv(policy, read):
-                await self._kv_write(op, self._store(policy), [self._embedding_entry(key, text, vector, policy.kv_ttl)])
+                await self._kv_save(op, self._store(policy), [self._embedding_entry(key, text, vector, policy.kv_ttl)])
             return vector, self._outcome(result)
 
         return await self._serve(op, policy, key, compute)
@@ -611,9 +715,11 @@ class DualCache:
     async def embed_many(self, texts: Sequence[str]) -> list[list[float]]:
         """Return the embeddings of ``texts``, in input order, duplicates included.
 
-        One KV bulk read per 100 distinct keys, one upstream call per 100 distinct misses (a text
-        repeated in the batch is sent once), one KV bulk write for the new records. Texts already in
-        flight in this process (another ``embed``/``embed_many``) are awaited, not sent again.
+        One KV bulk read per 100 distinct keys (a failed one costs only its own keys), one upstream call
+        per 100 distinct misses (a text repeated in the batch is sent once), one KV bulk write for the
+        new records. Texts already in flight in this process (another ``embed``/``embed_many``) are
+        awaited, not sent again. The misses are computed detached from this caller: when it is cancelled,
+        the callers that joined them still get their answers.
 
         Raises:
             InvalidInputError: ``texts`` is not a list of non-empty strings.
@@ -633,40 +739,41 @@ class DualCache:
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))
         results: dict[str, list[float]] = {}
         outcomes: dict[str, Outcome] = {}
-        coalesce = should_coalesce(policy)
-        waiting: dict[str, asyncio.Future[Any]] = {}
-        if coalesce:
-            for k in distinct:
-                fut = self._flights.in_flight(f"{op.value}\x00{k}")
-                if fut is not None:
-                    waiting[k] = fut
-        lead = [k for k in distinct if k not in waiting]
-        loop = asyncio.get_running_loop()
-        futures: dict[str, asyncio.Future[Any]] = {}
-        if coalesce:
-            for k in lead:
-                futures[k] = loop.create_future()
-                self._flights.start(f"{op.value}\x00{k}", futures[k])
+        coalesce = self._flights.enabled and should_coalesce(policy)
+        prefix = f"{op.value}\x00"
         try:
-            await self._embed_lead(op, policy, lead, distinct, results, outcomes)
-        except BaseException as exc:
-            for k, fut in futures.items():
-                if fut.done():
-                    continue
-                if k in results:
-                    fut.set_result((results[k], outcomes[k]))
-                elif isinstance(exc, asyncio.CancelledError):
-                    fut.cancel()  # joiners see the cancellation, as with a cancelled task
-                else:
-                    fut.set_exception(exc)
-            self.stats.record(op, Outcome.FAILED, len(texts))
-            raise
-        for k, fut in futures.items():
-            fut.set_result((results[k], outcomes[k]))
-        try:
-            for k, fut in waiting.items():
-                value, _ = await asyncio.shield(fut)
-                results[k], outcomes[k] = value, Outcome.COALESCED
+            joined = self._joinable(prefix, distinct) if coalesce else {}
+            todo = [k for k in distinct if k not in joined]
+            reads: dict[str, RecordStatus | None] = dict.fromkeys(todo, RecordStatus.MISSING)
+            if todo and should_read_kv(policy):
+                reads = await self._embed_read(op, policy, prefix, todo, results, outcomes)
+            misses = [k for k in todo if k not in results]
+            if coalesce and misses:  # flights may have started for some of them during the read
+                late = self._joinable(prefix, misses)
+                joined.update(late)
+                misses = [k for k in misses if k not in late]
+            waits: list[tuple[str, Flight]] = list(joined.items())
+            if misses and coalesce:
+
+                async def run(futures: Mapping[str, asyncio.Future[Any]]) -> None:
+                    answers: dict[str, tuple[list[float], Outcome]] = {}
+                    try:
+                        await self._embed_lead(op, policy, misses, distinct, reads, answers)
+                    finally:  # what was answered before a failure is served; the rest gets the error
+                        for k, answer in answers.items():
+                            futures[prefix + k].set_result(answer)
+
+                launched = self._flights.launch([prefix + k for k in misses], run)
+                waits.extend((k, launched[prefix + k]) for k in misses)
+            elif misses:
+                answers: dict[str, tuple[list[float], Outcome]] = {}
+                await self._embed_lead(op, policy, misses, distinct, reads, answers)
+                for k, (vector, outcome) in answers.items():
+                    results[k], outcomes[k] = vector, outcome
+            if waits:
+                collected = await self._flights.wait([flight for _, flight in waits])
+                for (k, _), ((vector, outcome), first) in zip(waits, collected, strict=True):
+                    results[k], outcomes[k] = (vector, outcome) if first else (list(vector), Outcome.COALESCED)
         except BaseException:
             self.stats.record(op, Outcome.FAILED, len(texts))
             raise
@@ -682,53 +789,137 @@ class DualCache:
             out.append(results[k] if first else list(results[k]))
         return out
 
+    def _joinable(self, prefix: str, keys: Iterable[str]) -> dict[str, Flight]:
+        found: dict[str, Flight] = {}
+        for k in keys:
+            flight = self._flights.get(prefix + k)
+            if flight is not None:
+                found[k] = flight
+        return found
+
+    async def _embed_read(
+        self,
+        op: Operation,
+        policy: OperationPolicy,
+        prefix: str,
+        keys: list[str],
+        results: dict[str, list[float]],
+        outcomes: dict[str, Outcome],
+    ) -> dict[str, RecordStatus | None]:
+        """Read ``keys`` from KV (sharing the reads in progress of other callers); fill the hits, return every
+        key's status (``None``: its read failed)."""
+        store = self._store(policy)
+        shared = self._flights.enabled
+        waiting = self._joinable_reads(prefix, keys) if shared else {}
+        mine = [k for k in keys if k not in waiting]
+        slots = {k: self._reads.begin(prefix + k) for k in mine} if shared else {}
+        got: dict[str, tuple[bytes | None, bool]] = {}
+        try:
+            got.update(await self._kv_read_chunks(op, store, mine))
+        finally:
+            for k, slot in slots.items():
+                self._reads.end(prefix + k, slot, got.get(k))
+        again: list[str] = []
+        for k, future in waiting.items():
+            answer = await asyncio.shield(future)
+            if answer is None:  # that reader was cancelled before its read ended
+                again.append(k)
+            else:
+                got[k] = answer
+        if again:
+            got.update(await self._kv_read_chunks(op, store, again))
+        reads: dict[str, RecordStatus | None] = {}
+        for k in keys:
+            raw, ok = got[k]
+            status, vector = self._decode_embedding(op, k, raw) if ok else (None, None)
+            if vector is None and (pending := self._pending(store, k)) is not None:
+                vector = self._decode_embedding(op, k, pending)[1]
+            reads[k] = status
+            if vector is not None:
+                results[k], outcomes[k] = vector, Outcome.KV_HIT
+        return reads
+
+    def _joinable_reads(self, prefix: str, keys: Iterable[str]) -> dict[str, asyncio.Future[Any]]:
+        found: dict[str, asyncio.Future[Any]] = {}
+        for k in keys:
+            future = self._reads.join(prefix + k)
+            if future is not None:
+                found[k] = future
+        return found
+
+    async def _kv_read_chunks(
+        self, op: Operation, store: KVStore, keys: list[str]
+    ) -> dict[str, tuple[bytes | None, bool]]:
+        """Bulk-read ``keys``, <= 100 a request; return ``(value, ok)`` per key. A failed chunk costs only its
+        own keys (``ok`` false), counted once in ``errors``."""
+        batch = await self._kv_read_many(op, store, keys)
+        return {k: (None, False) if k in batch.failed else (batch.values.get(k), True) for k in keys}
+
+    async def _read_shared(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
+        """``_kv_read`` of ``key``, shared with the concurrent readers of the same key (see ``SharedReads``)."""
+        if not self._flights.enabled:
+            return await self._kv_read(op, store, key)
+        while (waiting := self._reads.join(flight_key)) is not None:
+            answer: tuple[bytes | None, bool] | None = await asyncio.shield(waiting)
+            if answer is not None:
+                return answer
+        read = self._reads.begin(flight_key)
+        got: tuple[bytes | None, bool] | None = None
+        try:
+            got = await self._kv_read(op, store, key)
+            return got
+        finally:
+            self._reads.end(flight_key, read, got)
+
     async def _embed_lead(
         self,
         op: Operation,
         policy: OperationPolicy,
         lead: list[str],
         distinct: Mapping[str, str],
-        results: dict[str, list[float]],
-        outcomes: dict[str, Outcome],
+        reads: Mapping[str, RecordStatus | None],
+        answers: dict[str, tuple[list[float], Outcome]],
     ) -> None:
-        if not lead:
-            return
-        reads: dict[str, RecordStatus | None] = dict.fromkeys(lead, RecordStatus.MISSING)
-        if should_read_kv(policy):
-            batch = await self._kv_read_many(op, self._store(policy), lead)
-            for k in lead:
-                if k in batch.failed:
-                    reads[k] = None  # its chunk failed: a miss, and no write (as for a failed single read)
-                    continue
-                status, vector = self._judge_embedding(k, batch.values.get(k))
-                reads[k] = status
-                if vector is not None:
-                    results[k], outcomes[k] = vector, Outcome.KV_HIT
-        misses = [k for k in lead if k not in results]
+        """Embed the misses ``lead`` upstream (<= 100 a call) into ``answers``, then write their records.
+
+        On a failure, the records of the answers obtained before it are still written.
+        """
         by_input: dict[str, list[str]] = {}
-        for k in misses:
+        for k in lead:
             by_input.setdefault(distinct[k][:EMBED_INPUT_MAX_CHARS], []).append(k)
         inputs = list(by_input)
-        for i in range(0, len(inputs), _EMBED_BATCH):
-            chunk = inputs[i : i + _EMBED_BATCH]
-            result = await self._upstream_call(
-                op, Provider.WORKERS_AI, self.models.embeddings, {"text": chunk}, policy=policy
-            )
-            outcome = self._outcome(result)
-            for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
-                for j, k in enumerate(by_input[text_in]):
-                    # Two texts with the same first 2,000 characters share one upstream item.
-                    results[k], outcomes[k] = (
-                        (vector if j == 0 else list(vector)),
-                        (outcome if j == 0 else Outcome.COALESCED),
-                    )
+        try:
+            for i in range(0, len(inputs), _EMBED_BATCH):
+                chunk = inputs[i : i + _EMBED_BATCH]
+                result = await self._upstream_call(
+                    op, Provider.WORKERS_AI, self.models.embeddings, {"text": chunk}, policy=policy
+                )
+                outcome = self._outcome(result)
+                for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
+                    for j, k in enumerate(by_input[text_in]):
+                        # Two texts with the same first 2,000 characters share one upstream item.
+                        answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
+        except Exception:
+            await self._save_embeddings(op, policy, lead, distinct, reads, answers)
+            raise
+        await self._save_embeddings(op, policy, lead, distinct, reads, answers)
+
+    async def _save_embeddings(
+        self,
+        op: Operation,
+        policy: OperationPolicy,
+        lead: list[str],
+        distinct: Mapping[str, str],
+        reads: Mapping[str, RecordStatus | None],
+        answers: Mapping[str, tuple[list[float], Outcome]],
+    ) -> None:
         entries = [
-            self._embedding_entry(k, distinct[k], results[k], policy.kv_ttl)
-            for k in misses
-            if should_write_kv(policy, reads[k])
+            self._embedding_entry(k, distinct[k], answers[k][0], policy.kv_ttl)
+            for k in lead
+            if k in answers and should_write_kv(policy, reads[k])
         ]
         if entries:
-            await self._kv_write(op, self._store(policy), entries)
+            await self._kv_save(op, self._store(policy), entries)
 
     # -- JSON operations ----------------------------------------------------------------------------
 
@@ -739,20 +930,26 @@ class DualCache:
         fetch: Callable[[], Awaitable[tuple[dict[str, Any], Outcome]]],
     ) -> dict[str, Any]:
         policy = self.policies.for_operation(op)
+        read: RecordStatus | None = RecordStatus.MISSING
+        flight_key = f"{op.value}\x00{key}"
+        if should_read_kv(policy) and self._flights.get(flight_key) is None:
+            store = self._store(policy)
+            try:
+                raw, ok = await self._read_shared(op, store, flight_key, key)
+            except BaseException:
+                self.stats.record(op, Outcome.FAILED)
+                raise
+            read, value = self._decode_json(op, key, raw) if ok else (None, None)
+            if value is None and (pending := self._pending(store, key)) is not None:
+                value = self._decode_json(op, key, pending)[1]
+            if value is not None:
+                self.stats.record(op, Outcome.KV_HIT)
+                return value
 
         async def compute() -> tuple[dict[str, Any], Outcome]:
-            read: RecordStatus | None = RecordStatus.MISSING
-            if should_read_kv(policy):
-                raw, ok = await self._kv_read(op, self._store(policy), key)
-                if ok:
-                    read, value = judge_json_record(raw)
-                    if value is not None:
-                        return value, Outcome.KV_HIT
-                else:
-                    read = None
             value, outcome = await fetch()
             if should_write_kv(policy, read):
-                await self._kv_write(op, self._store(policy), [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
+                await self._kv_save(op, self._store(policy), [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
             return value, outcome
 
         return await self._serve(op, policy, key, compute)

@@ -12,7 +12,9 @@ on the way, including ones that were absorbed (a KV read that failed and became 
 that failed, a gateway failure followed by a direct fallback). ``kv_skipped``, ``gateway_skipped`` and
 ``provider_skipped`` count calls to a layer that were not sent at all because the layer was blocked
 (a rate-limit block, a spent request budget, an open circuit breaker): a skipped KV read is a miss, a
-skipped KV write is dropped; they are not errors, since nothing failed. ``upstream_requests`` counts HTTP
+skipped KV write is dropped; they are not errors, since nothing failed. ``kv_write_dropped`` counts KV writes
+the write-behind queue dropped (the queue was full, or ``aclose()`` could not flush them in time): the answer
+was served, only its record is missing from KV. ``upstream_requests`` counts HTTP
 requests sent to the gateway or a provider (a batch of 100 embeddings is one).
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
@@ -76,6 +78,7 @@ _COUNTERS = (
     "kv_skipped",
     "gateway_skipped",
     "provider_skipped",
+    "kv_write_dropped",
     "upstream_requests",
 )
 
@@ -129,14 +132,18 @@ class Stats:
             raise ValueError(f"layer={layer!r}: must be one of {', '.join(_LAYERS)}")
         self._counts[operation][f"{layer}_skipped"] += n
 
+    def write_dropped(self, operation: Operation, n: int = 1) -> None:
+        """Count ``n`` KV writes of ``operation`` dropped by the write-behind queue."""
+        self._counts[operation]["kv_write_dropped"] += n
+
     def upstream(self, operation: Operation, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._counts[operation]["upstream_requests"] += n
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
-        errors, kv_skipped, gateway_skipped, provider_skipped, upstream_requests, cost, saved}}`` (cost and
-        saved in US dollars, rounded to 1e-6)."""
+        errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, cost,
+        saved}}`` (cost and saved in US dollars, rounded to 1e-6)."""
         return {
             op.value: {**self._counts[op], "cost": round(self._cost[op], 6), "saved": round(self._saved[op], 6)}
             for op in Operation

@@ -51,6 +51,7 @@ class FakeCloud:
         self.always_fail: dict[str, int] = {}
         self.cache_status = "MISS"
         self.delay = delay
+        self.cancelled = 0  # requests whose handling was cancelled (the client gave up on them)
 
     @staticmethod
     def vector(text: str) -> list[float]:
@@ -74,7 +75,11 @@ class FakeCloud:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         route = self.route_of(request)
         if route in self.always_fail:
             return httpx.Response(self.always_fail[route], json={"success": False, "errors": [{"code": 1}]})

@@ -43,9 +43,14 @@ OUTPUTS = StackOutputs(
 
 
 class Env:
-    """A cache wired to a FakeCloud and memory KV backends that the test can inspect."""
+    """A cache wired to a FakeCloud and memory KV backends that the test can inspect.
+
+    KV writes are synchronous unless the test passes ``write_behind``: a test then sees a record in KV as
+    soon as the call returns. The write-behind tests below pass it.
+    """
 
     def __init__(self, clock: FakeClock, **kwargs: Any) -> None:
+        kwargs.setdefault("write_behind", False)
         self.cloud = FakeCloud(delay=kwargs.pop("delay", 0.0))
         self.clock = clock
         self.backends: dict[Namespace, MemoryKVBackend] = {}
@@ -804,3 +809,279 @@ async def test_single_flight_analyses_fold_per_user_never_across_users(clock: Fa
         assert e.cache.kv("JOB_ANALYSIS_CACHE").counts["put"] == 2
         snap = e.snap("job_analysis")
         assert (snap["requests"], snap["provider_calls"], snap["coalesced"]) == (10, 2, 8)
+
+
+# -- the hit path, local cancellation, partial batches, corrupt records (issues 10 and 13) -----------------
+
+CALLS: dict[str, tuple[Callable[[DualCache], Any], str, int]] = {
+    # name: (call, stats operation, requests it counts)
+    "embed": (lambda c: c.embed("shared text"), "embeddings", 1),
+    "embed_many": (lambda c: c.embed_many(["shared text", "other text"]), "embeddings", 2),
+    "analyze_job": (lambda c: c.analyze_job(user_id="u", job_id="j", messages=MSGS), "job_analysis", 1),
+    "detect_spam": (lambda c: c.detect_spam(job_id="j", messages=MSGS), "spam_detection", 1),
+}
+OPERATIONS = [pytest.param(name, id=name) for name in CALLS]
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+def _other_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+def _waiters(e: Env) -> int:
+    """How many callers wait on the computation the most callers wait on."""
+    return max((f._group.waiters for f in e.cache._flights._flights.values()), default=0)
+
+
+async def test_hit_path_creates_no_task_and_no_flight(env: Env) -> None:
+    await env.cache.embed("hot key")
+    await env.cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+    loop = asyncio.get_running_loop()
+    created: list[Any] = []
+    factory = loop.get_task_factory()
+    loop.set_task_factory(lambda lp, coro, **kw: created.append(coro) or asyncio.Task(coro, loop=lp, **kw))
+    try:
+        assert await env.cache.embed("hot key") == FakeCloud.vector("hot key")
+        assert (await env.cache.analyze_job(user_id="u", job_id="j", messages=MSGS))["echo"]
+    finally:
+        loop.set_task_factory(factory)
+    assert created == []
+    assert env.snap("embeddings")["kv_hits"] == 1 and env.snap("job_analysis")["kv_hits"] == 1
+
+
+async def test_single_flight_racing_misses_share_one_kv_read_and_one_upstream_call(clock: FakeClock) -> None:
+    e = Env(clock, delay=0.02)
+    async with e.cache:
+        results = await asyncio.gather(*(e.cache.embed("racing") for _ in range(10)))
+        many = await asyncio.gather(*(e.cache.embed_many(["racing 2", "racing 3"]) for _ in range(5)))
+        assert all(r == FakeCloud.vector("racing") for r in results)
+        assert all(m == [FakeCloud.vector("racing 2"), FakeCloud.vector("racing 3")] for m in many)
+        store = e.cache.kv("EMBEDDINGS_CACHE")
+        assert (store.counts["get"], store.counts["get_many"], len(e.cloud.requests)) == (1, 1, 2)
+        snap = e.snap("embeddings")
+        assert (snap["requests"], snap["provider_calls"], snap["coalesced"], snap["kv_hits"]) == (20, 3, 17, 0)
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+async def test_cancellation_of_the_leader_leaves_its_joiners_served(clock: FakeClock, name: str) -> None:
+    call, op, n = CALLS[name]
+    e = Env(clock, delay=0.3)
+    async with e.cache:
+        leader = asyncio.create_task(call(e.cache))
+        await _until(lambda: len(e.cloud.requests) == 1)
+        joiners = [asyncio.create_task(call(e.cache)) for _ in range(2)]
+        await _until(lambda: _waiters(e) == 3)
+        leader.cancel()
+        first, second = await asyncio.gather(*joiners)
+        assert first == second and first
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert len(e.cloud.requests) == 1 and e.cloud.cancelled == 0
+        assert sum(s.counts["put"] + s.counts["put_many"] for s in e.cache._stores.values()) == 1
+        snap = e.snap(op)
+        assert (snap["requests"], snap["failures"], snap["provider_calls"] + snap["coalesced"]) == (3 * n, n, 2 * n)
+        assert snap["upstream_requests"] == 1
+        assert len(e.cache._flights) == 0 and e.cache._flights.abandoned == 0
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+async def test_cancellation_of_a_joiner_leaves_the_leader_and_others_served(clock: FakeClock, name: str) -> None:
+    call, op, n = CALLS[name]
+    e = Env(clock, delay=0.3)
+    async with e.cache:
+        leader = asyncio.create_task(call(e.cache))
+        await _until(lambda: len(e.cloud.requests) == 1)
+        joiners = [asyncio.create_task(call(e.cache)) for _ in range(2)]
+        await _until(lambda: _waiters(e) == 3)
+        joiners[0].cancel()
+        assert await leader == await joiners[1]
+        with pytest.raises(asyncio.CancelledError):
+            await joiners[0]
+        assert len(e.cloud.requests) == 1
+        snap = e.snap(op)
+        assert (snap["requests"], snap["failures"], snap["provider_calls"], snap["coalesced"]) == (3 * n, n, n, n)
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+async def test_cancellation_of_everyone_cancels_the_upstream_call_and_leaks_nothing(
+    clock: FakeClock, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    call, op, n = CALLS[name]
+    e = Env(clock, delay=0.3)
+    async with e.cache:
+        callers = [asyncio.create_task(call(e.cache)) for _ in range(3)]
+        await _until(lambda: len(e.cloud.requests) == 1 and _waiters(e) == 3)
+        for caller in callers:
+            caller.cancel()
+        results = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        await _until(lambda: e.cloud.cancelled == 1)
+        await asyncio.sleep(0)
+        assert _other_tasks() == []
+        assert e.cache._flights.abandoned == 1 and len(e.cache._flights) == 0 and len(e.cache._reads) == 0
+        assert sum(s.counts["put"] + s.counts["put_many"] for s in e.cache._stores.values()) == 0
+        assert e.snap(op)["failures"] == 3 * n
+        e.cloud.delay = 0
+        assert await call(e.cache)  # a fresh flight, not the cancelled one
+        assert len(e.cloud.requests) == 2
+    assert "never retrieved" not in caplog.text
+
+
+async def test_embed_many_cancelled_leader_serves_embed_and_embed_many_joiners(clock: FakeClock) -> None:
+    e = Env(clock, delay=0.3)
+    async with e.cache:
+        leader = asyncio.create_task(e.cache.embed_many(["a", "b", "c"]))
+        await _until(lambda: len(e.cloud.requests) == 1)
+        single = asyncio.create_task(e.cache.embed("b"))
+        batch = asyncio.create_task(e.cache.embed_many(["c", "a", "new"]))
+        await _until(lambda: _waiters(e) == 3 and len(e.cloud.requests) == 2)
+        leader.cancel()
+        assert await single == FakeCloud.vector("b")
+        assert await batch == [FakeCloud.vector(t) for t in ("c", "a", "new")]
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        sent = [json.loads(r.content)["text"] for r in e.cloud.requests]
+        assert sent == [["a", "b", "c"], ["new"]]
+        assert {k for k in env_keys(e)} == {ekey(t) for t in ("a", "b", "c", "new")}
+
+
+def env_keys(e: Env) -> set[str]:
+    return set(e.backends[Namespace.EMBEDDINGS_CACHE]._data)
+
+
+class _FlakyBulkKV(MemoryKVBackend):
+    """Bulk reads number ``fail`` (1-based) fail; everything else works."""
+
+    def __init__(self, *, clock: FakeClock, fail: set[int]) -> None:
+        super().__init__(clock=clock)
+        self.fail, self.bulk_reads = fail, 0
+
+    async def get_many(self, keys: Any) -> dict[str, bytes]:
+        self.bulk_reads += 1
+        if self.bulk_reads in self.fail:
+            raise BackendUnavailableError("kv chunk failed", backend="kv", status_code=503)
+        return await super().get_many(keys)
+
+
+async def test_embed_many_failed_chunk_costs_only_its_own_keys(clock: FakeClock) -> None:
+    backend = _FlakyBulkKV(clock=clock, fail={4})  # reads 1-2 fill the cache; read 4 is the second chunk below
+    e = Env(clock, backend=backend)
+    texts = [f"posting {i}" for i in range(250)]
+    async with e.cache:
+        await e.cache.embed_many(texts[:150])  # 150 cached (2 bulk reads)
+        e.cache.stats.reset()
+        e.cloud.requests.clear()
+        vectors = await e.cache.embed_many(texts)  # chunks: 0-99 (cached), 100-199 (fails), 200-249 (new)
+        assert vectors == [FakeCloud.vector(t) for t in texts]
+        snap = e.snap("embeddings")
+        assert (snap["kv_hits"], snap["provider_calls"], snap["errors"], snap["failures"]) == (100, 150, 1, 0)
+        assert sorted(t for r in e.cloud.requests for t in json.loads(r.content)["text"]) == sorted(texts[100:])
+        assert backend.bulk_reads == 2 + 3
+
+
+DEEP = ("[" * 100_000 + "]" * 100_000).encode()
+NOT_UTF8 = b'{"embedding": [0.1], "model": "\xff\xfe\x80"}'
+
+
+@pytest.mark.parametrize("stored", [pytest.param(DEEP, id="deep-nesting"), pytest.param(NOT_UTF8, id="not-utf8")])
+@pytest.mark.parametrize("name", ["embed", "embed_many", "analyze_job"])
+async def test_corrupt_record_is_a_miss_and_overwritten(env: Env, stored: bytes, name: str) -> None:
+    if name == "analyze_job":
+        ns, key = Namespace.JOB_ANALYSIS_CACHE, "analysis:u:j"
+
+        async def call() -> Any:
+            return await env.cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+
+    else:
+        ns, key = Namespace.EMBEDDINGS_CACHE, ekey("text")
+
+        async def call() -> Any:
+            return await (env.cache.embed("text") if name == "embed" else env.cache.embed_many(["text", "more"]))
+
+    await env.cache.kv(ns).put(key, stored)
+    first = await call()
+    assert env.backends[ns]._data[key][0] != stored  # overwritten by the fresh answer
+    assert await call() == first
+    op = "job_analysis" if name == "analyze_job" else "embeddings"
+    snap = env.snap(op)
+    assert snap["failures"] == 0 and snap["kv_hits"] >= 1
+    assert len(env.cloud.requests) == 1
+
+
+# -- write-behind through DualCache ---------------------------------------------------------------------
+
+
+class _GatedKV(MemoryKVBackend):
+    """Writes wait until ``open`` is set (reads are immediate)."""
+
+    def __init__(self, *, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.open = asyncio.Event()
+
+    async def put(self, entry: Any) -> None:
+        await self.open.wait()
+        await super().put(entry)
+
+    async def put_many(self, entries: Any) -> None:
+        await self.open.wait()
+        await super().put_many(entries)
+
+
+async def test_write_behind_no_caller_waits_for_a_write(clock: FakeClock) -> None:
+    backend = _GatedKV(clock=clock)
+    e = Env(clock, backend=backend, write_behind=True, kv_timeout=None)
+    async with e.cache:
+        async with asyncio.timeout(5):  # with writes blocked, a caller that waited for one would never return
+            vector = await e.cache.embed("t")
+            batch = await e.cache.embed_many(["t", "u", "v"])
+            analysis = await e.cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+            assert await e.cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == analysis
+        assert batch[0] == vector
+        assert backend._data == {}  # nothing written yet
+        snap = e.snap("embeddings")
+        assert (snap["kv_hits"], snap["provider_calls"]) == (1, 3)  # "t" served from the queue, not re-computed
+        assert e.snap("job_analysis")["kv_hits"] == 1
+        backend.open.set()
+        assert await e.cache.flush() == 0
+        assert set(backend._data) == {ekey("t"), ekey("u"), ekey("v"), "analysis:u:j"}
+    assert e.snap("embeddings")["kv_write_dropped"] == 0
+
+
+async def test_write_behind_aclose_counts_what_it_could_not_flush(clock: FakeClock) -> None:
+    from dualcache import WriteBehindPolicy
+
+    backend = _GatedKV(clock=clock)
+    e = Env(clock, backend=backend, write_behind=WriteBehindPolicy(close_timeout=0.05), kv_timeout=None)
+    async with e.cache:
+        await e.cache.embed_many(["a", "b"])
+    assert backend._data == {}
+    assert e.snap("embeddings")["kv_write_dropped"] == 2
+    assert _other_tasks() == []
+
+
+def test_write_behind_option_is_validated() -> None:
+    with pytest.raises(ConfigError, match="write_behind must be a bool or a WriteBehindPolicy, got str"):
+        DualCache(write_behind="yes")  # type: ignore[arg-type]
+
+
+async def test_write_behind_failed_writes_are_counted_and_never_fail_the_call(clock: FakeClock) -> None:
+    from dualcache import WriteBehindPolicy
+
+    policy = WriteBehindPolicy(max_attempts=2, base_delay=0.0)
+    e = Env(clock, backend=_BrokenKV(read=False, write=True), write_behind=policy)
+    async with e.cache:
+        assert await e.cache.embed("t") == FakeCloud.vector("t")
+        assert await e.cache.flush() == 0
+        assert e.snap("embeddings")["errors"] == 1
+        assert await e.cache.embed_many(["u", "v"]) == [FakeCloud.vector("u"), FakeCloud.vector("v")]
+        assert await e.cache.flush() == 0
+        snap = e.snap("embeddings")
+        assert (snap["failures"], snap["provider_calls"], snap["kv_write_dropped"]) == (0, 3, 0)
+        assert snap["errors"] == 2  # once per failed batch, not per record or per attempt
+        assert e.cache._writes is not None and e.cache._writes.failed == 3
