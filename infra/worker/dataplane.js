@@ -13,6 +13,8 @@ const DP_LIMITS = {
   metadataBytes: 1024,
   valueBytes: 25 * DP_MIB,
   minTtlSeconds: 60,
+  // The binding takes expiration and expirationTtl as 32-bit integers (workerd: "Value out of range").
+  maxSeconds: 2 ** 31 - 1,
   batchKeys: 100,
   listMin: 10,
   listMax: 1000,
@@ -133,11 +135,11 @@ function expirationOptions(rawTtl, rawExpiration, extra = {}) {
   };
   if (rawTtl !== undefined && rawTtl !== null && rawTtl !== "") {
     const ttl = asInt(rawTtl);
-    if (!(ttl >= DP_LIMITS.minTtlSeconds)) {
+    if (!(ttl >= DP_LIMITS.minTtlSeconds && ttl <= DP_LIMITS.maxSeconds)) {
       throw limitError(
         "expiration_ttl",
         DP_LIMITS.minTtlSeconds,
-        `expiration_ttl ${JSON.stringify(rawTtl)} is not an integer >= ${DP_LIMITS.minTtlSeconds}`,
+        `expiration_ttl ${JSON.stringify(rawTtl)} is not an integer in ${DP_LIMITS.minTtlSeconds}..${DP_LIMITS.maxSeconds}`,
         extra,
       );
     }
@@ -147,17 +149,42 @@ function expirationOptions(rawTtl, rawExpiration, extra = {}) {
     const expiration = asInt(rawExpiration);
     const earliest = Math.floor(Date.now() / 1000) + DP_LIMITS.minTtlSeconds;
     // KV checks this too, against its own clock; its refusal is also a 400 (see kvFailure).
-    if (!(expiration >= earliest)) {
+    if (!(expiration >= earliest && expiration <= DP_LIMITS.maxSeconds)) {
       throw limitError(
         "expiration",
         DP_LIMITS.minTtlSeconds,
-        `expiration ${JSON.stringify(rawExpiration)} is not a unix time (s) at least ${DP_LIMITS.minTtlSeconds} s from now`,
+        `expiration ${JSON.stringify(rawExpiration)} is not a unix time (s) at least ${DP_LIMITS.minTtlSeconds} s from now ` +
+          `and at most ${DP_LIMITS.maxSeconds}`,
         extra,
       );
     }
     return { expiration };
   }
   return {};
+}
+
+// An unread request body makes the runtime close the connection with bytes unread, which resets it (the
+// client may lose the answer). So a refused body is read on and thrown away, up to this much in all.
+const DP_DRAIN_MAX = 64 * DP_MIB;
+
+async function discard(reader, seen) {
+  let total = seen;
+  for (;;) {
+    if (total > DP_DRAIN_MAX) return reader.cancel();
+    const { done, value } = await reader.read();
+    if (done) return undefined;
+    total += value.byteLength;
+  }
+}
+
+// Throws a request body away (bounded, see DP_DRAIN_MAX) if the handler left it unread.
+async function drain(request) {
+  if (request.body === null || request.bodyUsed) return;
+  try {
+    await discard(request.body.getReader(), 0);
+  } catch {
+    // The client went away; nothing to answer.
+  }
 }
 
 // Reads a request body into memory with a bound: the content-length first, then the bytes actually received.
@@ -175,7 +202,7 @@ async function readBody(request, max) {
     if (done) break;
     total += value.byteLength;
     if (total > max) {
-      await reader.cancel();
+      await discard(reader, total);
       throw limitError("body", max, `request body is over ${max} bytes; the limit is ${max}`);
     }
     chunks.push(value);
@@ -235,7 +262,7 @@ function checkBatch(array, what) {
     throw new DataPlaneError(400, DP_CODES.invalid, `the body must be a JSON array of ${what}`, { field: "body" });
   }
   if (array.length > DP_LIMITS.batchKeys) {
-    throw limitError("keys", DP_LIMITS.batchKeys, `${array.length} ${what} in one batch; the limit is ${DP_LIMITS.batchKeys}`);
+    throw limitError("keys", DP_LIMITS.batchKeys, `${array.length} ${what} in one batch; the limit is ${DP_LIMITS.batchKeys} keys`);
   }
   return array;
 }
@@ -464,7 +491,10 @@ function route(method, rest) {
 async function handleDataPlane(request, env) {
   const url = new URL(request.url);
   if (url.pathname === "/health") return handleHealth(request, env);
-  if (!(await authorized(request, env))) return unauthorized();
+  if (!(await authorized(request, env))) {
+    await drain(request);
+    return unauthorized();
+  }
   try {
     const match = /^\/kv\/([^/]+)\/(.+)$/.exec(url.pathname);
     const found = match ? route(request.method, match[2]) : null;
@@ -476,6 +506,7 @@ async function handleDataPlane(request, env) {
       const allowed = Object.keys(found.table).join(", ");
       const response = errorResponse(405, { code: DP_CODES.method, message: `use ${allowed} on this path` });
       response.headers.set("allow", allowed);
+      await drain(request);
       return response;
     }
     const binding = match[1];
@@ -487,6 +518,7 @@ async function handleDataPlane(request, env) {
     return await handler(kv, checkKey(found.key), request, url);
   } catch (err) {
     const failure = kvFailure(err);
+    await drain(request);
     return errorResponse(failure.status, { code: failure.code, message: failure.message, ...failure.extra });
   }
 }
