@@ -279,6 +279,8 @@ function base64Bytes(text, extra) {
 }
 
 // Listing one key's expiration: a list with the key as prefix starts with the key itself when it exists.
+// KV listings are eventually consistent: right after a write (elsewhere), the key may not be listed yet; then
+// the answer has no expiration header rather than a wrong one.
 async function expirationOf(kv, key) {
   const page = await kv.list({ prefix: key, limit: 1 });
   const first = page.keys[0];
@@ -463,7 +465,7 @@ const dpRoutes = {
 };
 
 // "/kv/{B}/{rest}" → the handler, by method and the rest of the path (still percent-encoded).
-function route(method, rest) {
+function route(rest) {
   const valuesMatch = /^(values|metadata)\/(.+)$/.exec(rest);
   if (valuesMatch) {
     const [, kind, rawKey] = valuesMatch;
@@ -497,7 +499,7 @@ async function handleDataPlane(request, env) {
   }
   try {
     const match = /^\/kv\/([^/]+)\/(.+)$/.exec(url.pathname);
-    const found = match ? route(request.method, match[2]) : null;
+    const found = match ? route(match[2]) : null;
     if (!found) {
       throw new DataPlaneError(404, DP_CODES.route, `no route ${request.method} ${url.pathname}; see DATAPLANE.md`);
     }
