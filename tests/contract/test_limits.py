@@ -98,7 +98,7 @@ def test_value_of_exactly_25_mib_is_accepted_and_one_byte_more_refused(client: h
 
 
 def test_a_multipart_value_over_25_mib_is_refused(client: httpx.Client, prefix: str) -> None:
-    files = {"value": (None, b"x" * (VALUE_LIMIT + 1)), "metadata": (None, "{}")}
+    files: dict[str, tuple[None, bytes | str]] = {"value": (None, b"x" * (VALUE_LIMIT + 1)), "metadata": (None, "{}")}
     assert_names(limit_error(client.put(value_path("API_CACHE", prefix + "mp"), files=files)), "value", VALUE_LIMIT)
 
 

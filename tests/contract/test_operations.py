@@ -47,7 +47,10 @@ def test_put_multipart_keeps_metadata_and_the_header_carries_non_ascii_as_ascii_
     client: httpx.Client, prefix: str
 ) -> None:
     metadata = {"model": "bge", "note": "héllo ✓ 鍵", "n": 3, "nested": {"ok": True}}
-    files = {"value": (None, b"\x00\x01payload"), "metadata": (None, json.dumps(metadata))}
+    files: dict[str, tuple[None, bytes | str]] = {
+        "value": (None, b"\x00\x01payload"),
+        "metadata": (None, json.dumps(metadata)),
+    }
     ok_result(client.put(value_path("API_CACHE", prefix + "m"), files=files))
     response = client.get(value_path("API_CACHE", prefix + "m"))
     assert response.content == b"\x00\x01payload"
@@ -116,7 +119,10 @@ def test_bulk_get_returns_text_values_and_null_for_missing_keys(client: httpx.Cl
 
 
 def test_bulk_get_with_metadata_and_json_type(client: httpx.Client, prefix: str) -> None:
-    files = {"value": (None, b'{"vector": [0.5, 1]}'), "metadata": (None, '{"dims": 2}')}
+    files: dict[str, tuple[None, bytes | str]] = {
+        "value": (None, b'{"vector": [0.5, 1]}'),
+        "metadata": (None, '{"dims": 2}'),
+    }
     ok_result(client.put(value_path("EMBEDDINGS_CACHE", prefix + "j"), files=files))
     ok_result(client.put(value_path("EMBEDDINGS_CACHE", prefix + "n"), content=b'"plain"'))
     body = {"keys": [prefix + "j", prefix + "n", prefix + "x"], "type": "json", "withMetadata": True}
@@ -178,7 +184,9 @@ def test_list_pages_with_a_cursor_in_key_order(client: httpx.Client, prefix: str
     cursor = ""
     pages = 0
     while True:
-        params = {"prefix": prefix, "limit": 10} | ({"cursor": cursor} if cursor else {})
+        params: dict[str, str | int] = {"prefix": prefix, "limit": 10}
+        if cursor:
+            params["cursor"] = cursor
         body = client.get("/kv/API_CACHE/keys", params=params).json()
         assert body["success"] is True
         page = body["result"]
