@@ -124,6 +124,8 @@ def workerd_data_plane(*, token: str | None = None, with_token: bool = True) -> 
                 proc.stdin.write(f"advance {seconds}\n")
                 proc.stdin.flush()
                 answer = next_line(COMMAND_TIMEOUT_S, "answer an advance command")
+                while not answer.startswith(("ok ", "error ")):  # a line the runtime printed; not an answer
+                    answer = next_line(COMMAND_TIMEOUT_S, "answer an advance command")
             if answer != f"ok advance {seconds}":
                 raise WorkerdError(f"advance {seconds} was answered {answer!r}")
 
