@@ -55,12 +55,15 @@ def node_or_none() -> str | None:
 
 
 @contextlib.contextmanager
-def workerd_data_plane(*, token: str | None = None, with_token: bool = True) -> Iterator[DataPlane]:
+def workerd_data_plane(
+    *, token: str | None = None, with_token: bool = True, worker_dir: Path = WORKER_DIR
+) -> Iterator[DataPlane]:
     """Starts the data-plane Worker in workerd on 127.0.0.1 and stops it on exit.
 
     Args:
         token: The ``DUALCACHE_TOKEN`` secret; a random one when None and ``with_token`` is true.
         with_token: False starts a Worker without ``DUALCACHE_TOKEN``.
+        worker_dir: The directory holding ``dev.mjs`` and ``node_modules``.
 
     Yields:
         The running data plane.
@@ -72,20 +75,20 @@ def workerd_data_plane(*, token: str | None = None, with_token: bool = True) -> 
     node = node_or_none()
     if node is None:
         raise WorkerdError("Node.js is not installed; the data-plane Worker runs in workerd through miniflare")
-    if not (WORKER_DIR / "node_modules" / "miniflare").is_dir():
-        raise WorkerdError(f"{WORKER_DIR / 'node_modules'} has no miniflare: run make setup")
+    if not (worker_dir / "node_modules" / "miniflare").is_dir():
+        raise WorkerdError(f"{worker_dir / 'node_modules'} has no miniflare: run make setup")
     env = {k: v for k, v in os.environ.items() if k != "DUALCACHE_TOKEN"}
     secret = (token or secrets.token_urlsafe(32)) if with_token else None
     if secret is not None:
         env["DUALCACHE_TOKEN"] = secret
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
-            [node, str(LAUNCHER)],
+            [node, str(worker_dir / LAUNCHER.name)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=env,
-            cwd=WORKER_DIR,
+            cwd=worker_dir,
             text=True,
             bufsize=1,
         )
