@@ -38,6 +38,8 @@ async function main() {
     modules: [{ type: "ESModule", path: join(HERE, "dataplane.js"), contents: dataPlaneModule() }],
     kvNamespaces: Object.fromEntries(BINDINGS.map((name) => [name, name])),
     bindings: token ? { DUALCACHE_TOKEN: token } : {},
+    // No request log: it costs a round trip to Node per request, and its lines would name keys.
+    logRequests: false,
   });
   const url = await mf.ready;
 
