@@ -86,7 +86,8 @@ async function authorized(request, env) {
   const expected = env.DUALCACHE_TOKEN;
   if (typeof expected !== "string" || expected.length === 0) return false;
   const header = request.headers.get("authorization") ?? "";
-  const given = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
+  // The scheme is case-insensitive (RFC 9110); the token is not.
+  const given = /^bearer /i.test(header) ? header.slice("Bearer ".length) : "";
   // Hash both sides: equal lengths for timingSafeEqual, and the comparison time says nothing about the token.
   const [a, b] = await Promise.all([sha256(given), sha256(expected)]);
   return crypto.subtle.timingSafeEqual(a, b) && given.length > 0;

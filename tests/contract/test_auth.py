@@ -60,6 +60,11 @@ def test_dataplane_accepts_the_right_token(client: httpx.Client, prefix: str) ->
     assert client.get(value_path("SESSIONS", prefix + "k")).content == b"v"
 
 
+def test_dataplane_takes_the_bearer_scheme_in_any_case(dataplane: DataPlane, prefix: str) -> None:
+    headers = {"authorization": f"bearer {dataplane.token}"}
+    assert httpx.get(dataplane.url + "/kv/SESSIONS/keys", params={"prefix": prefix}, headers=headers).status_code == 200
+
+
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_dataplane_without_a_configured_token_refuses_everything(
     dataplane_without_token: DataPlane, method: str, path: str
