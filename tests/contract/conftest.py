@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.contract.workerd import DataPlane, node_or_none, workerd_data_plane
-
 from dualcache.local import Clock, Emulator
+from tests.contract.workerd import DataPlane, node_or_none, workerd_data_plane
 
 IMPLEMENTATIONS = ["workerd", "emulator"]
 WITHOUT_TOKEN = ["workerd"]  # the emulator always has a data-plane token (given, or generated)
