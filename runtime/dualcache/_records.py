@@ -1,60 +1,78 @@
 """What the runtime stores in KV, and how a stored value is judged: pure functions, no I/O.
 
-## Embedding records
+The same text is in ``RECORDS.md`` (Markdown), for the README.
 
-An embedding record is one JSON object (UTF-8), so it stays readable by hand. New records are
-written in the compact format, version 2::
+## Stored records
 
-    {"v": 2, "model": "@cf/baai/bge-base-en-v1.5", "dims": 768, "dtype": "f32",
-     "embedding_b64": "AAAgQQAAAD8...", "text": "first 200 characters", "createdAt": "2027-01-15T08:00:00.000Z"}
+What the runtime writes to KV, so that a Worker or a TypeScript service can read the same records.
+Every record is one UTF-8 JSON object, readable by hand.
 
-=================  ==========================================================================================
-field              meaning
-=================  ==========================================================================================
-``v``              format version, the integer ``2``. A record with another ``v`` is a miss (overwritten).
-``model``          the embedding model that produced the vector. Another model is a miss (overwritten).
-``dims``           the number of components, a positive integer; must match the model's known dimension.
-``dtype``          ``"f32"`` (IEEE-754 binary32, 4 bytes a component) or ``"f16"`` (binary16, 2 bytes).
-``embedding_b64``  standard base64 (RFC 4648 §4, with ``=`` padding, no line breaks) of the components
-                   packed **little-endian**, in order, no header: ``dims * 4`` bytes for ``f32``.
-``text``           the first 200 characters of the embedded text (the seed's field, for debugging).
-``createdAt``      ISO-8601 UTC time of the write, milliseconds, ``Z`` suffix (the seed's field).
-=================  ==========================================================================================
+### Embedding records (`embed:{sha256(text)}`)
 
-Vectors are stored as float32: a float64 vector (what JSON floats decode to) is rounded to the
-nearest float32 when written, and ``DualCache.embed`` returns float32-precision values on a miss as
-on a hit, so the same text gives the same vector from both paths. A 768-d record is about 4.4 KB
-(base64 is 4/3 of the 3,072 raw bytes, plus the snippet and field names), against about 16.5 KB as a
-JSON list of floats.
+New records are written in the compact format, version 2:
 
-The seed's format (version 1, no ``v`` field) is still read:
-``{"text": ..., "embedding": [768 numbers], "model": ..., "createdAt": ...}``; its numbers are
-rounded to float32 too, so an old and a new record of the same vector read equal. A seed Worker that
-reads ``record.embedding`` does not understand version 2 records (it finds no ``embedding``).
+```json
+{"v": 2, "model": "@cf/baai/bge-base-en-v1.5", "dims": 768, "dtype": "f32",
+ "embedding_b64": "AAAAPwAAgL8...", "text": "first 200 characters", "createdAt": "2027-01-15T08:00:00.000Z"}
+```
 
-Reading one in JavaScript (a Worker or a TypeScript service), little-endian on every platform::
+| field           | meaning                                                                                     |
+|-----------------|---------------------------------------------------------------------------------------------|
+| `v`             | format version: the integer `2`. A record with another `v` is a miss, overwritten.          |
+| `model`         | the embedding model that produced the vector. Another model is a miss, overwritten.         |
+| `dims`          | number of components, a positive integer: the model's dimension (768 for bge-base-en-v1.5). |
+| `dtype`         | `"f32"` (IEEE-754 binary32: `dims × 4` bytes) or `"f16"` (binary16: `dims × 2` bytes).       |
+| `embedding_b64` | base64 (RFC 4648 §4, padded, one line) of the components, **little-endian**, no header. |
+| `text`          | the first 200 characters of the embedded text (the seed's field, for debugging).            |
+| `createdAt`     | ISO-8601 UTC time of the write, with milliseconds and a `Z` suffix (the seed's field).      |
 
-    const rec = JSON.parse(await env.EMBEDDINGS_CACHE.get(key));
-    if (rec?.v !== 2 || rec.dtype !== "f32" || rec.model !== MODEL) return null; // a miss
-    const bytes = Uint8Array.from(atob(rec.embedding_b64), (c) => c.charCodeAt(0));
-    const view = new DataView(bytes.buffer);
-    const vector = Array.from({ length: rec.dims }, (_, i) => view.getFloat32(i * 4, true));
+Readers ignore fields they do not know. The library writes `f32`; `f16` is read, and written only by a
+caller that asks for it (`build_embedding_record(..., dtype=VectorDtype.F16)`): no policy selects it yet.
 
-(``new Float32Array(bytes.buffer)`` gives the same values on little-endian hosts, which is every
-host Workers and Node run on; ``DataView`` with ``true`` is little-endian everywhere. Check
-``bytes.length === rec.dims * 4`` before trusting a record.)
+**Vectors are stored as float32.** A float64 vector (what JSON numbers decode to) is rounded to the
+nearest float32 when written, and `DualCache.embed` rounds a freshly computed vector the same way, so
+a miss and the later hit return the same list. Workers AI computes in float32, so for its answers the
+rounding changes nothing. A 768-d record is 4,432 bytes (1.44× the 3,072 raw bytes: base64 is 4/3, plus
+the snippet and field names), against ~16.5 KB for a JSON list of floats (5.4×).
 
-## Which stored value is a hit
+The seed's format (version 1: no `v`, a JSON list) is still read:
+`{"text": ..., "embedding": [768 numbers], "model": ..., "createdAt": ...}`. Its numbers are rounded to
+float32 too, so an old and a new record of the same vector read equal. A seed Worker that reads
+`record.embedding` does not understand version 2 records: it finds no `embedding` field.
+
+Reading a record in JavaScript (`value` is the KV string, `model` the model you expect):
+
+```js
+function decodeEmbedding(value, model) {
+  const rec = JSON.parse(value);
+  if (rec?.v !== 2 || rec.dtype !== "f32" || rec.model !== model) return null; // a miss
+  const bytes = Uint8Array.from(atob(rec.embedding_b64), (c) => c.charCodeAt(0));
+  if (bytes.length !== rec.dims * 4) return null; // wrong length: a corrupt record is a miss
+  return Array.from(new Float32Array(bytes.buffer)); // little-endian, as every Workers and Node host is
+}
+```
+
+`Float32Array` uses the host's byte order; on a big-endian host read with
+`new DataView(bytes.buffer).getFloat32(i * 4, true)` instead. In Python:
+`struct.unpack(f"<{dims}f", base64.b64decode(rec["embedding_b64"]))`.
+
+### Which stored value is a hit
 
 A value is a hit only when it parses and has the expected shape: an embedding record of the expected
-model, with ``dims`` components (the model's entry in :data:`MODEL_DIMENSIONS`; a model not in the
-table accepts any positive dimension, consistent within the record), every component finite and a
-number (not a boolean). Anything else is a miss that the flows overwrite, whatever the decoder would
-raise: a value over :data:`RECORD_MAX_BYTES`, JSON nested deeper than :data:`RECORD_MAX_DEPTH`
-(rejected before ``json.loads`` recurses), bytes that are not UTF-8, invalid base64, a byte length
-that does not match ``dims``, NaN or Infinity. Job analyses and spam verdicts are stored as the JSON
-object the model returned (as the seed does) and judged the same way: an object, bounded, every
-number finite.
+model, with the model's dimension (`MODEL_DIMENSIONS` in `_records.py`; a model not in the table
+accepts any positive dimension, consistent within the record), every component a finite number (not
+a boolean). Anything else is a miss that the flows overwrite, whatever the decoder would raise:
+
+- a value over 1 MiB (`RECORD_MAX_BYTES`), or JSON nested deeper than 32 (`RECORD_MAX_DEPTH`),
+  rejected by a scan before `json.loads` could recurse;
+- bytes that are not UTF-8, JSON that does not parse, a value that is not an object;
+- invalid base64, a byte length other than `dims × 4`, a `dims` or `v` that is not an integer;
+- NaN, Infinity, numbers that overflow (`1e400`), integers past Python's 4,300-digit limit;
+- a record of another format version.
+
+Job analyses (`analysis:{userId}:{jobId}`) and spam verdicts (`spam:{jobId}`) are stored as the JSON
+object the model returned, as the seed does, and judged with the same guards: an object, at most
+1 MiB, nested at most 32 deep, every number finite.
 """
 
 from __future__ import annotations
@@ -213,8 +231,9 @@ def decode_vector(b64: str, dims: int, dtype: VectorDtype = VectorDtype.F32) -> 
         values.frombytes(raw)
         if sys.byteorder == "big":
             values.byteswap()
-        total = sum(values)  # float32 components cannot overflow a float64 sum: finite sum <=> all finite
-        return values.tolist() if math.isfinite(total) else None
+        decoded = values.tolist()
+        # float32 components cannot overflow a float64 sum: a finite sum <=> every component finite.
+        return decoded if math.isfinite(sum(decoded)) else None
     unpacked = list(struct.unpack(f"<{dims}{code}", raw))
     return unpacked if math.isfinite(sum(unpacked)) else None
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
 import struct
+import subprocess
 from array import array
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from runtime_support import FakeCloud
 
+import dualcache._records
 from dualcache import (
     ConfigError,
     DualCache,
@@ -449,3 +452,38 @@ def test_should_coalesce_only_cached_operations() -> None:
     assert should_coalesce(gw_only)
     kv_only = OperationPolicy(kv=True, kv_ttl=60, kv_namespace=Namespace.API_CACHE, gateway=GatewayMode.SKIP)
     assert should_coalesce(kv_only)
+
+
+# -- the JavaScript reader of the documentation --------------------------------------------------------
+
+
+def _js_snippet() -> str:
+    doc = dualcache._records.__doc__ or ""
+    start = doc.index("```js\n") + len("```js\n")
+    return doc[start : doc.index("```", start)]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(encode_json_record(build_embedding_record("t", VECTOR, MODEL, now=0)), "vector", id="record"),
+        pytest.param(_record(model="@cf/other"), None, id="other-model"),
+        pytest.param(_record(v=3), None, id="other-version"),
+        pytest.param(_record(embedding_b64=encode_vector(VECTOR)[:-8]), None, id="short-bytes"),
+    ],
+)
+def test_records_doc_js_snippet_reads_what_python_writes(raw: bytes, expected: str | None) -> None:
+    script = _js_snippet() + (
+        "let input = '';\n"
+        "process.stdin.on('data', (d) => (input += d));\n"
+        f"process.stdin.on('end', () => process.stdout.write(JSON.stringify(decodeEmbedding(input, {MODEL!r}))));\n"
+    )
+    proc = subprocess.run(["node", "-e", script], input=raw, capture_output=True, timeout=30, check=True)
+    decoded = json.loads(proc.stdout)
+    if expected is None:
+        assert decoded is None
+    else:
+        # JSON prints the shortest float64 of each float32: exact in Python, equal to struct's reading.
+        assert decoded == list(struct.unpack("<768f", base64.b64decode(json.loads(raw)["embedding_b64"])))
+        assert decoded == to_float32(VECTOR)
