@@ -303,23 +303,26 @@ def _finite_float(text: str) -> float:
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+_ONE_KIND = str.maketrans("{}", "[]")
 
 
 def _nesting_within(text: str, limit: int) -> bool:
     """Whether the JSON ``text`` nests at most ``limit`` arrays/objects deep (strings ignored).
 
     Cheap in the common case: when the text has at most ``limit`` opening brackets at all, it cannot
-    nest deeper. Otherwise strings are removed and innermost empty pairs are peeled off, one level a
-    pass, at most ``limit`` passes (each pass is one C-speed ``re.sub``).
+    nest deeper. Otherwise strings and everything but brackets are removed, and innermost empty pairs
+    are peeled off, one level a pass, at most ``limit`` passes (each a C-speed ``str.replace``).
     """
     if text.count("[") + text.count("{") <= limit:
         return True
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    # Only the nesting matters, not the bracket kinds (a mismatch is json.loads' to reject).
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).translate(_ONE_KIND)
+    if "[" * (limit + 1) in brackets:
+        return False
     for _ in range(limit):
         if not brackets:
             return True
-        peeled = _EMPTY_PAIR.sub("", brackets)  # one level a pass: "[{}]" takes two
+        peeled = brackets.replace("[]", "")  # one level a pass: replace does not rescan what it joins
         if peeled == brackets:
             return False  # unbalanced: not JSON (a balanced sequence always peels), and json.loads may recurse
         brackets = peeled

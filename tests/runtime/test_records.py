@@ -402,6 +402,37 @@ async def test_embed_reads_a_seed_record_and_keeps_it() -> None:
 
 
 @pytest.mark.parametrize(
+    ("stored", "stored_analysis"),
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, None, id="deeply-nested"),
+        pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, None, id="deeply-nested-object"),
+        pytest.param(b"\xff\xfe{}", None, id="not-utf8"),
+        pytest.param(_record(embedding_b64="%%%"), b'{"score": NaN}', id="bad-b64-and-nan"),
+        pytest.param(_record(dims=5000), b'"not an object"', id="wrong-dims-and-string"),
+    ],
+)
+async def test_corrupt_records_are_misses_in_every_flow_and_overwritten(
+    stored: bytes, stored_analysis: bytes | None
+) -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    messages = [{"role": "user", "content": "Analyze this job"}]
+    async with _cache(backend, cloud) as cache:
+        embeddings, analyses = cache.kv(Namespace.EMBEDDINGS_CACHE), cache.kv(Namespace.JOB_ANALYSIS_CACHE)
+        for key in (embed_key("t"), embed_key("u")):
+            await embeddings.put(key, stored)
+        await analyses.put("analysis:user:job", stored_analysis or stored)
+        assert await cache.embed("t") == FakeCloud.vector("t")
+        assert await cache.embed_many(["u", "t"]) == [FakeCloud.vector("u"), FakeCloud.vector("t")]
+        analysis = await cache.analyze_job(user_id="user", job_id="job", messages=messages)
+        assert len(cloud.requests) == 3  # embed "t", embed_many's one miss "u", the analysis
+        assert judge_embedding_record(await embeddings.get(embed_key("u")), MODEL)[0] is RecordStatus.HIT
+        assert judge_embedding_record(await embeddings.get(embed_key("t")), MODEL)[0] is RecordStatus.HIT
+        assert judge_json_record(await analyses.get("analysis:user:job")) == (RecordStatus.HIT, analysis)
+        assert await cache.analyze_job(user_id="user", job_id="job", messages=messages) == analysis
+        assert len(cloud.requests) == 3
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         pytest.param({"decode_memo_bytes": -1}, id="negative-bytes"),
