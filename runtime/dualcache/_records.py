@@ -127,8 +127,8 @@ RECORD_MAX_BYTES = 1 << 20
 RECORD_MAX_DEPTH = 32
 """JSON nested deeper than this is a miss, rejected before ``json.loads`` recurses."""
 
-DEFAULT_DECODE_MEMO_BYTES = 32 << 20
-"""Default budget of ``DualCache``'s decode memo: 32 MiB, about 4,400 decoded 768-d records."""
+DEFAULT_DECODE_MEMO_BYTES = 64 << 20
+"""Default budget of ``DualCache``'s decode memo: 64 MiB, about 2,300 decoded 768-d records (~29 KB each)."""
 
 MODEL_DIMENSIONS: Mapping[str, int] = {
     "@cf/baai/bge-small-en-v1.5": 384,
