@@ -5,6 +5,8 @@ The public surface is exactly ``__all__``; everything else lives in private modu
 
 from __future__ import annotations
 
+from dualcache._breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from dualcache._budgets import LayerLimits, PoolLimits, Timeouts
 from dualcache._cache import DualCache, KVBackendFactory, Models
 from dualcache._exceptions import (
     AuthenticationError,
@@ -41,6 +43,9 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BadResponseError",
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreaker",
     "CloudflareKVBackend",
     "ConfigError",
     "DualCache",
@@ -53,6 +58,7 @@ __all__ = [
     "KVKey",
     "KVPage",
     "KVStore",
+    "LayerLimits",
     "MemoryKVBackend",
     "Models",
     "Namespace",
@@ -60,6 +66,7 @@ __all__ = [
     "OperationPolicy",
     "Outcome",
     "Policies",
+    "PoolLimits",
     "PriceTable",
     "RateLimitedError",
     "SkippedError",
@@ -68,6 +75,7 @@ __all__ = [
     "StackConfig",
     "StackOutputs",
     "Stats",
+    "Timeouts",
     "UsageError",
     "__version__",
     "load_stack_config",

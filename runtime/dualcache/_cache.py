@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -18,7 +20,16 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from dualcache._exceptions import BackendError, BadResponseError, ConfigError, InvalidInputError, UsageError
+from dualcache._breaker import BreakerPolicy, CircuitBreaker
+from dualcache._budgets import PoolLimits, Timeouts
+from dualcache._exceptions import (
+    BackendError,
+    BadResponseError,
+    ConfigError,
+    InvalidInputError,
+    SkippedError,
+    UsageError,
+)
 from dualcache._gateway import (
     DEFAULT_OPENAI_BASE_URL,
     CallRecord,
@@ -46,6 +57,7 @@ from dualcache._records import (
 )
 from dualcache._singleflight import SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
+from dualcache._transport import Abandoner, build_client
 
 __all__ = ["DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
 
@@ -155,9 +167,11 @@ def _copy_result(value: T) -> T:
 class DualCache:
     """Dual-layer caching of AI calls: Workers KV, then the AI Gateway, then the provider.
 
-    One instance per process (or per event loop); it owns one ``httpx.AsyncClient``. Close it with
-    :meth:`aclose` or ``async with``. All collaborators can be injected; defaults are built only for
-    arguments left ``None``.
+    One instance per process (or per event loop); it owns one ``httpx.AsyncClient`` per layer (KV, the
+    gateway, the direct providers), each with its own sized pool, an admission gate and time budgets
+    (:class:`~dualcache.Timeouts`, :class:`~dualcache.PoolLimits`), and a circuit breaker per target
+    (:class:`~dualcache.BreakerPolicy`). Close it with :meth:`aclose` or ``async with``. All collaborators
+    can be injected; defaults are built only for arguments left ``None``.
 
     Args:
         outputs: The stack's outputs. With them, KV is the Cloudflare REST API and AI calls go through
@@ -170,20 +184,26 @@ class DualCache:
         api_base_url: Cloudflare API base when no outputs are given.
         policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
         kv: Builds the KV backend of a namespace; default: Cloudflare REST with outputs, else SQLite.
-        transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``).
+        transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``); each
+            layer still gets its own admission gate in front of it.
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).
         prices: Price table for cost and saved; the seed's figures by default.
         retry: Retry bounds for provider calls.
-        kv_timeout: Seconds a KV call may take before it counts as a miss (default 1 s).
-        upstream_timeout: Seconds one provider request may take (also capped by what is left of
-            ``retry.total_timeout``).
+        kv_timeout: Seconds a KV read may take before it counts as a miss; overrides
+            ``timeouts.kv_read`` (default 1 s) when given.
+        upstream_timeout: Seconds one provider request may take (also capped by what is left of the
+            route's budget, ``timeouts.gateway`` or ``timeouts.provider``, and ``retry.total_timeout``).
         single_flight: Whether identical concurrent requests share one computation.
         models: Model of each operation.
         openai_base_url: Direct OpenAI base (used without a gateway, or as the direct fallback).
         sleep: Awaitable sleep used between retries (tests record the waits).
         decode_memo_size: How many decoded embedding records to keep, keyed by their exact stored bytes
             (a hit on unchanged bytes skips JSON decoding; it never serves anything KV did not return).
+        timeouts: The time budget of each layer (defaults tabled in :class:`~dualcache.Timeouts`).
+        limits: Pool and admission sizes of each layer.
+        breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
+        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
     """
 
     def __init__(
@@ -202,20 +222,36 @@ class DualCache:
         data_dir: str | os.PathLike[str] | None = None,
         prices: PriceTable | None = None,
         retry: RetryPolicy | None = None,
-        kv_timeout: float | None = 1.0,
+        kv_timeout: float | None = None,
         upstream_timeout: float = 60.0,
         single_flight: bool = True,
         models: Models | None = None,
         openai_base_url: str = DEFAULT_OPENAI_BASE_URL,
         sleep: Sleep | None = None,
         decode_memo_size: int = 256,
+        timeouts: Timeouts | None = None,
+        limits: PoolLimits | None = None,
+        breaker: BreakerPolicy | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
-        if kv_timeout is not None and kv_timeout <= 0:
-            raise ConfigError(f"kv_timeout={kv_timeout!r}: must be a positive number of seconds or None")
-        if upstream_timeout <= 0:
-            raise ConfigError(f"upstream_timeout={upstream_timeout!r}: must be a positive number of seconds")
+        for name, value in (("timeouts", timeouts), ("limits", limits), ("breaker", breaker)):
+            expected = {"timeouts": Timeouts, "limits": PoolLimits, "breaker": BreakerPolicy}[name]
+            if value is not None and not isinstance(value, expected):
+                raise ConfigError(f"{name} must be a {expected.__name__}, got {type(value).__name__}")
+        self.timeouts = timeouts or Timeouts()
+        if kv_timeout is not None:
+            self.timeouts = dataclasses.replace(self.timeouts, kv_read=kv_timeout)  # validated there
+        if (
+            isinstance(upstream_timeout, bool)
+            or not isinstance(upstream_timeout, int | float)
+            or not 0 < upstream_timeout < math.inf
+        ):
+            raise ConfigError(f"upstream_timeout={upstream_timeout!r}: must be a finite positive number of seconds")
+        self.limits = limits or PoolLimits()
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._monotonic = monotonic or time.monotonic
         if decode_memo_size < 0:
             raise ConfigError(f"decode_memo_size={decode_memo_size!r}: must be >= 0")
         self.outputs = outputs
@@ -224,9 +260,16 @@ class DualCache:
         self.stats = Stats(prices)
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
-        self._kv_timeout = kv_timeout
         self._data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        self._http = httpx.AsyncClient(transport=transport, timeout=upstream_timeout)
+        # One pool per layer, so slow model calls never hold the connections KV hits need (issue 13).
+        self._transport = transport
+        self._kv_http = build_client("kv", self.limits.kv, self.timeouts.kv_http(), transport=transport)
+        self._gateway_http = build_client(
+            "gateway", self.limits.gateway, self.timeouts.attempt(self.timeouts.gateway), transport=transport
+        )
+        self._provider_http = build_client(
+            "provider", self.limits.provider, self.timeouts.attempt(self.timeouts.provider), transport=transport
+        )
         self._kv_factory = kv
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
@@ -234,7 +277,7 @@ class DualCache:
         self._memo_size = decode_memo_size
         self._closed = False
         self._upstream = UpstreamClient(
-            self._http,
+            self._provider_http,
             account_id=outputs.account_id if outputs else account_id,
             api_base_url=outputs.api_base_url if outputs else api_base_url,
             gateway_base_url=outputs.gateway_base_url if outputs else None,
@@ -246,6 +289,11 @@ class DualCache:
             retry=retry,
             timeout=upstream_timeout,
             sleep=sleep,
+            monotonic=self._monotonic,
+            gateway_client=self._gateway_http,
+            provider_client=self._provider_http,
+            timeouts=self.timeouts,
+            breaker=self._breaker_policy,
         )
 
     # -- construction -------------------------------------------------------------------------------
@@ -299,7 +347,11 @@ class DualCache:
         self._closed = True
         for store in self._stores.values():
             await store.aclose()
-        await self._http.aclose()
+        await self._upstream.aclose()
+        for client in (self._kv_http, self._gateway_http, self._provider_http):
+            await client.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()  # injected: shared by the three clients, closed once
 
     def _check_open(self) -> None:
         if self._closed:
@@ -312,12 +364,13 @@ class DualCache:
             return self._kv_factory(namespace)
         if self.outputs is not None:
             return CloudflareKVBackend(
-                self._http,
+                self._kv_http,
                 api_base_url=self.outputs.api_base_url,
                 account_id=self.outputs.account_id,
                 namespace_id=self.outputs.namespace_id(namespace),
                 api_token=self._api_token,
-                timeout=self._kv_timeout or 30.0,
+                # Every phase within the longer KV budget; a read is abandoned at kv_read by KVStore before.
+                timeout=max(self.timeouts.kv_read, self.timeouts.kv_write),
             )
         return SQLiteKVBackend(self._data_dir / "kv.sqlite3", namespace.value, clock=self._clock)
 
@@ -335,7 +388,14 @@ class DualCache:
             raise InvalidInputError(f"unknown namespace binding {binding!r}; valid bindings: {valid}") from None
         store = self._stores.get(namespace)
         if store is None:
-            store = KVStore(self._build_backend(namespace), binding=namespace.value, timeout=self._kv_timeout)
+            store = KVStore(
+                self._build_backend(namespace),
+                binding=namespace.value,
+                timeout=self.timeouts.kv_read,
+                write_timeout=self.timeouts.kv_write,
+                breaker=CircuitBreaker(f"kv {namespace.value}", self._breaker_policy, clock=self._monotonic),
+                abandoner=Abandoner(self.timeouts.grace),
+            )
             self._stores[namespace] = store
         return store
 
@@ -344,12 +404,20 @@ class DualCache:
         return self.kv(policy.kv_namespace)
 
     async def _kv_read(self, op: Operation, store: KVStore, key: str) -> tuple[bytes | None, bool]:
-        """Return ``(value, ok)``; a failure is a miss, counted in ``errors``."""
+        """Return ``(value, ok)``; a failure is a miss, counted in ``errors``; a read not sent (open
+        breaker, no place at the pool) is a miss counted in ``kv_skipped``.
+
+        Logged at debug level only: an outage is logged once, by the breaker, not once per key.
+        """
         try:
             return await store.get(key), True
+        except SkippedError as exc:
+            self.stats.skip(op, "kv")
+            logger.debug("%s: KV read of %r skipped (%s), treated as a miss", op.value, key, exc.reason)
+            return None, False
         except BackendError as exc:
             self.stats.error(op)
-            logger.warning("%s: KV read of %r failed, treated as a miss: %s", op.value, key, exc)
+            logger.debug("%s: KV read of %r failed, treated as a miss: %s", op.value, key, exc)
             return None, False
 
     async def _kv_write(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
@@ -362,6 +430,9 @@ class DualCache:
                 await store.put(e.key, e.value, ttl=e.ttl, metadata=e.metadata)
             else:
                 await store.put_many(entries)
+        except SkippedError as exc:
+            self.stats.skip(op, "kv")
+            logger.debug("%s: KV write of %d key(s) skipped (%s)", op.value, len(entries), exc.reason)
         except BackendError as exc:
             self.stats.error(op)
             logger.warning("%s: KV write of %d key(s) failed, answer still served: %s", op.value, len(entries), exc)
@@ -408,6 +479,8 @@ class DualCache:
             self.stats.upstream(op, record.attempts)
             if record.faults:
                 self.stats.error(op, record.faults)
+            for layer in record.skipped:
+                self.stats.skip(op, layer)
 
     async def _serve(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -25,6 +26,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from dualcache._breaker import CircuitBreaker
 from dualcache._exceptions import (
     AuthenticationError,
     BackendError,
@@ -32,10 +34,12 @@ from dualcache._exceptions import (
     BadResponseError,
     InvalidInputError,
     RateLimitedError,
+    SkippedError,
     UsageError,
 )
 from dualcache._keys import check_key
 from dualcache._policy import KV_MIN_TTL
+from dualcache._transport import Abandoner, BudgetExceeded, is_admission_timeout, run_bounded
 
 __all__ = [
     "KV_BULK_GET_MAX",
@@ -68,6 +72,7 @@ KV_BULK_GET_MAX = 100
 KV_BULK_WRITE_MAX = 10_000
 """Most entries one bulk write or bulk delete may carry."""
 _LIST_MAX = 1000
+_KV_READS = frozenset({"get", "get_with_metadata", "get_many", "list"})
 
 Clock = Callable[[], float]
 """A function returning the current unix time in seconds (``time.time`` by default)."""
@@ -705,49 +710,108 @@ class KVStore:
     Args:
         backend: The backend holding the namespace.
         binding: The namespace binding name, for messages and counters.
-        timeout: Seconds one backend call may take; ``None`` for no limit.
+        timeout: Seconds one read (get, bulk get, list) may take before it is abandoned; ``None``
+            for no limit.
+        write_timeout: Seconds one write or delete may take; ``None``: as ``timeout``.
+        breaker: The circuit breaker of this namespace, or ``None`` for none.
+        abandoner: Holds the calls abandoned past their budget (one per store by default).
 
     Attributes:
         counts: Round trips made to the backend, by primitive (``get``, ``get_many``, ``put``, ...),
-            and ``errors``.
+            ``errors``, and ``skipped`` (not sent: an open breaker, or no place at the pool's gate).
     """
 
-    def __init__(self, backend: KVBackend, *, binding: str = "", timeout: float | None = 1.0) -> None:
-        if timeout is not None and timeout <= 0:
-            raise InvalidInputError(f"timeout={timeout!r}: must be a positive number of seconds or None")
+    def __init__(
+        self,
+        backend: KVBackend,
+        *,
+        binding: str = "",
+        timeout: float | None = 1.0,
+        write_timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        abandoner: Abandoner | None = None,
+    ) -> None:
+        for name, value in (("timeout", timeout), ("write_timeout", write_timeout)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
+            ):
+                raise InvalidInputError(f"{name}={value!r}: must be a finite positive number of seconds or None")
         self.backend = backend
         self.binding = binding
         self.timeout = timeout
+        self.write_timeout = write_timeout if write_timeout is not None else timeout
+        self.breaker = breaker
+        self._abandoner = abandoner or Abandoner()
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"KVStore(binding={self.binding!r}, backend={self.backend.name!r}, timeout={self.timeout!r})"
 
     async def _io(self, op: str, call: Any) -> Any:
+        """Run one backend call within its budget, through the breaker; map every failure to the tree.
+
+        A call past its budget is abandoned (it ends on the HTTP client's own timeouts), never awaited
+        further; one that never got a place at the KV pool's gate, or that an open breaker holds back, is a
+        :class:`~dualcache.SkippedError` (counted in ``counts["skipped"]``, not ``errors``).
+        """
         self.counts[op] += 1
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            call.close()
+            self.counts["skipped"] += 1
+            raise SkippedError(
+                f"kv {self.binding} {op}: circuit open, not sent",
+                backend="kv",
+                reason="circuit_open",
+                retry_after=breaker.retry_after(),
+            )
+        budget = self.timeout if op in _KV_READS else self.write_timeout
         try:
-            if self.timeout is None:
-                return await call
-            async with asyncio.timeout(self.timeout):
-                return await call
-        except TimeoutError as exc:
-            self.counts["errors"] += 1
-            raise BackendUnavailableError(
-                f"kv {self.binding} {op}: no answer within {self.timeout}s", backend="kv"
-            ) from exc
-        except BackendError:
+            result = await (call if budget is None else run_bounded(call, budget, self._abandoner))
+        except BudgetExceeded as exc:
+            self._failed(breaker)
+            raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {budget}s", backend="kv") from exc
+        except BackendError as exc:
+            if is_admission_timeout(exc):
+                # Waiting for a place at the pool's gate is not a KV failure: nothing was sent.
+                if breaker is not None:
+                    breaker.release()
+                self.counts["skipped"] += 1
+                raise SkippedError(
+                    f"kv {self.binding} {op}: no free connection within {budget}s, not sent",
+                    backend="kv",
+                    reason="admission",
+                ) from exc
+            if isinstance(exc, BackendUnavailableError):
+                self._failed(breaker)
+            elif breaker is not None:
+                breaker.success()  # KV answered (a 4xx, a malformed body): the target is up
             self.counts["errors"] += 1
             raise
         except (InvalidInputError, UsageError):
+            if breaker is not None:
+                breaker.release()
+            raise
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release()
             raise
         except Exception as exc:
             # A backend (an injected one especially) may fail with anything: OSError, a driver error, ...
             # Mapped here, at the one boundary, so callers (DualCache: "KV down is a miss") see a BackendError.
-            self.counts["errors"] += 1
+            self._failed(breaker)
             raise BackendUnavailableError(
                 f"kv {self.binding} {op}: {self.backend.name} backend failed: {type(exc).__name__}: {exc}",
                 backend="kv",
             ) from exc
+        if breaker is not None:
+            breaker.success()
+        return result
+
+    def _failed(self, breaker: CircuitBreaker | None) -> None:
+        self.counts["errors"] += 1
+        if breaker is not None:
+            breaker.failure()
 
     async def get(self, key: str) -> bytes | None:
         """Return the value of ``key`` as bytes, or ``None``."""
@@ -852,5 +916,6 @@ class KVStore:
             cursor = page.cursor
 
     async def aclose(self) -> None:
-        """Close the backend."""
+        """Cancel abandoned calls still running, then close the backend."""
+        await self._abandoner.aclose()
         await self.backend.aclose()
