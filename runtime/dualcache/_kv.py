@@ -741,7 +741,7 @@ class KVStore:
         self.timeout = timeout
         self.write_timeout = write_timeout if write_timeout is not None else timeout
         self.breaker = breaker
-        self._abandoner = abandoner or Abandoner()
+        self._abandoner = abandoner if abandoner is not None else Abandoner()
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:

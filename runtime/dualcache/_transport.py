@@ -202,6 +202,10 @@ class AdmissionTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self.admission.release()
             raise
+        if response.is_closed:
+            # Its body is already in memory (an httpx.MockTransport answer, for one): nothing holds the pool.
+            self.admission.release()
+            return response
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         response.stream = _ReleasingStream(stream, self.admission.release)
