@@ -353,14 +353,19 @@ class UpstreamClient:
         self._sleep: Sleep = sleep or asyncio.sleep
         self._monotonic = monotonic or time.monotonic
         self._breaker_policy = breaker or BreakerPolicy()
-        self._breakers: dict[tuple[Route, Provider | None], CircuitBreaker] = {}
+        self._breakers: dict[tuple[Route, Provider], CircuitBreaker] = {}
 
     def breaker(self, route: Route, provider: Provider) -> CircuitBreaker:
-        """The circuit breaker of a route: one for the gateway, one per provider's direct route."""
-        key = (route, None if route is Route.GATEWAY else provider)
+        """The circuit breaker of one route to one provider (``workers-ai (gateway)``, ``openai (direct)``...).
+
+        The gateway's breakers are per provider too: the gateway passes a provider's 5xx through, so a
+        failing Workers AI must not stop OpenAI calls through the same gateway (job analysis falls back to
+        OpenAI exactly then).
+        """
+        key = (route, provider)
         found = self._breakers.get(key)
         if found is None:
-            name = "gateway" if route is Route.GATEWAY else f"{provider.value} (direct)"
+            name = f"{provider.value} ({route.value})"
             found = self._breakers[key] = CircuitBreaker(name, self._breaker_policy, clock=self._monotonic)
         return found
 
