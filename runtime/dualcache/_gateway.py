@@ -40,7 +40,7 @@ from dualcache._exceptions import (
 from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
-from dualcache._transport import Abandoner, AdmissionTimeout, BudgetExceeded, run_bounded
+from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
 __all__ = [
     "DEFAULT_OPENAI_BASE_URL",
@@ -521,7 +521,7 @@ class UpstreamClient:
                     budget,
                     self._abandoner,
                 )
-            except AdmissionTimeout as exc:
+            except httpx.PoolTimeout as exc:  # our gate's AdmissionTimeout, or httpx's own: nothing was sent
                 breaker.release()
                 record.attempts -= 1  # nothing was sent
                 raise SkippedError(

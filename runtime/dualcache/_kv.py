@@ -742,6 +742,8 @@ class KVStore:
         self.write_timeout = write_timeout if write_timeout is not None else timeout
         self.breaker = breaker
         self._abandoner = abandoner if abandoner is not None else Abandoner()
+        # In-process backends hold no connection pool that a cancelled call could wedge.
+        self._cancel_safe = isinstance(backend, MemoryKVBackend | SQLiteKVBackend)
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -767,7 +769,18 @@ class KVStore:
             )
         budget = self.timeout if op in _KV_READS else self.write_timeout
         try:
-            result = await (call if budget is None else run_bounded(call, budget, self._abandoner))
+            if budget is None:
+                result = await call
+            elif self._cancel_safe:
+                # No connection pool to wedge: cancelling is safe (a SQLite call's thread finishes on its
+                # own), and it spares a task per hit on the in-process path.
+                try:
+                    async with asyncio.timeout(budget):
+                        result = await call
+                except TimeoutError as exc:
+                    raise BudgetExceeded(f"no answer within {budget:.3g}s") from exc
+            else:
+                result = await run_bounded(call, budget, self._abandoner)
         except BudgetExceeded as exc:
             self._failed(breaker)
             raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {budget}s", backend="kv") from exc

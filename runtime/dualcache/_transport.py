@@ -66,10 +66,11 @@ class BudgetExceeded(TimeoutError):
 
 
 def is_admission_timeout(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an exception it was raised from, is an :class:`AdmissionTimeout`."""
+    """Whether ``exc``, or an exception it was raised from, is a wait for a connection that ran out:
+    an :class:`AdmissionTimeout`, or httpx's own ``PoolTimeout`` (nothing was sent in either case)."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, AdmissionTimeout):
+        if isinstance(exc, httpx.PoolTimeout):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False

@@ -232,3 +232,15 @@ async def test_skipped_error_when_kv_breaker_open_names_the_reason() -> None:
             await store.get("embed:z")
     assert info.value.reason == "circuit_open" and info.value.retry_after is not None
     assert handler.calls["api.test"] == 2
+
+
+async def test_dualcache_gateway_without_a_place_is_skipped_for_the_direct_route() -> None:
+    handler = Counting(hold={"gw.test"})
+    limits = PoolLimits(gateway=LayerLimits(2, 1))
+    async with cache_over(handler, limits=limits, timeouts=Timeouts(gateway=0.2), kv=lambda ns: _memory()) as cache:
+        vectors = await asyncio.gather(cache.embed("one"), cache.embed("two"))
+        snap = cache.stats.snapshot()["embeddings"]
+        handler.released.set()
+    assert [len(v) for v in vectors] == [2, 2]
+    assert (handler.calls["gw.test"], handler.calls["api.test"]) == (1, 2)  # one waited at the gate, unsent
+    assert (snap["gateway_skipped"], snap["upstream_requests"], snap["failures"]) == (1, 3, 0)
