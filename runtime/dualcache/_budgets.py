@@ -29,6 +29,8 @@ Circuit breaker        5 / 30.0   Consecutive failures that open it / seconds be
                                   (:class:`~dualcache.BreakerPolicy`).
 =====================  =========  ========================================================================
 
+A request waits at most half its budget at a gate (``dualcache._transport.GATE_SHARE``), so an admitted
+request keeps at least the other half; one that waited longer gives up unsent (``*_skipped``).
 ``RetryPolicy.total_timeout`` still bounds a route too: the tighter of the two wins.
 """
 

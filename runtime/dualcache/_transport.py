@@ -31,6 +31,7 @@ from dualcache._budgets import LayerLimits
 
 __all__ = [
     "Abandoner",
+    "GATE_SHARE",
     "Admission",
     "AdmissionTimeout",
     "AdmissionTransport",
@@ -308,17 +309,24 @@ class Abandoner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+GATE_SHARE = 0.5
+"""The share of a call's budget it may spend waiting at a gate: an admitted request keeps at least the rest,
+so under overload the excess is shed at the gate (a fast miss, nothing sent) rather than admitted too
+late to finish, which would load the target with requests nobody waits for any more."""
+
+
 async def run_bounded(coro: Coroutine[Any, Any, T], budget: float, abandoner: Abandoner) -> T:
     """Await ``coro`` at most ``budget`` seconds; past it, abandon it and raise :class:`BudgetExceeded`.
 
-    The coroutine runs in its own task with a deadline the admission gates see. A caller that is
-    cancelled abandons the request the same way, so a cancelled caller never cancels a pooled request.
+    The coroutine runs in its own task with a deadline the admission gates see (``GATE_SHARE`` of the
+    budget). A caller that is cancelled abandons the request the same way, so a cancelled caller never
+    cancels a pooled request.
 
     Raises:
         BudgetExceeded: no answer within ``budget``.
     """
     loop = asyncio.get_running_loop()
-    ticket = _Ticket(deadline=loop.time() + budget)
+    ticket = _Ticket(deadline=loop.time() + budget * GATE_SHARE)
     context = contextvars.copy_context()
     context.run(_TICKET.set, ticket)
     task: asyncio.Task[T] = loop.create_task(coro, context=context)
