@@ -53,6 +53,7 @@ from dualcache._kv import (
     SQLiteKVBackend,
 )
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
+from dualcache._params import check_json_content, check_sampling
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
 from dualcache._records import (
     DEFAULT_DECODE_MEMO_BYTES,
@@ -145,6 +146,7 @@ def _check_messages(messages: object) -> list[dict[str, Any]]:
         elif not isinstance(content, list) or not content:
             raise InvalidInputError(f"messages[{i}].content must be a non-empty string or list of parts")
         out.append(dict(m))
+    check_json_content(out, "messages")  # lone surrogates, NaN/Infinity: InvalidInputError, before any I/O
     try:
         json.dumps(out)
     except (TypeError, ValueError) as exc:
@@ -1187,12 +1189,10 @@ class DualCache:
             _check_text(user_id, "user_id")
         self._upstream.check_configured(Provider.OPENAI)
         op = Operation.APPLICATION_GENERATION
-        payload: dict[str, Any] = {
-            "model": self.models.application_generation,
-            "messages": msgs,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
+        sampling = check_sampling(
+            {"temperature": temperature, "max_tokens": max_tokens}, provider="openai", where="generate_application: "
+        )
+        payload: dict[str, Any] = {"model": self.models.application_generation, "messages": msgs, **sampling}
         if json_output:
             payload["messages"] = _with_json_instruction(msgs)
             payload["response_format"] = {"type": "json_object"}

@@ -43,7 +43,8 @@ class PriceTable(BaseModel):
     one job posting).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Prices are finite (an infinite price would make every cost figure inf, and NaN every one NaN).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     application_generation: float = Field(default=0.02, ge=0)
     job_analysis: float = Field(default=0.03, ge=0)
