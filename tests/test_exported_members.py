@@ -27,3 +27,9 @@ def test_exported_members_include_the_kv_client_surface() -> None:
         "SkippedError",
     ):
         assert name in dualcache.__all__, name
+
+
+def test_exported_members_include_the_answer_schemas() -> None:
+    # Model output is validated against these (issue 14): a custom operation registers its own schema.
+    for name in ("AnswerSchemas", "JobAnalysisAnswer", "SpamVerdictAnswer"):
+        assert name in dualcache.__all__, name

@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from dualcache._answers import AnswerSchemas, check_vectors
 from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import PoolLimits, Timeouts
@@ -61,12 +62,12 @@ from dualcache._records import (
     RecordStatus,
     build_embedding_record,
     encode_json_record,
+    expected_dimensions,
     judge_embedding_record,
     judge_json_record,
     should_coalesce,
     should_read_kv,
     should_write_kv,
-    to_float32,
 )
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
@@ -206,6 +207,11 @@ class DualCache:
     been cancelled. New records are written behind the call (see ``write_behind``): a record's TTL
     counts from when it lands, and until then a miss on its key is served from the queue.
 
+    Model answers are checked before they are returned or cached (``dualcache._answers``): vectors for the
+    model's dimension and finite numbers, JSON answers against ``answer_schemas`` (an
+    :class:`~dualcache.AnswerSchemas`: the built-in operations' schemas; register a custom operation's
+    there). A bad answer is never cached; stored records failing the same checks are misses.
+
     Args:
         outputs: The stack's outputs. With them, KV is the stack's data-plane Worker (when the outputs
             carry a ``data_plane_url`` and ``data_plane_token`` is given) or else the Cloudflare REST API,
@@ -317,6 +323,7 @@ class DualCache:
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
         self.stats = Stats(prices)
+        self.answer_schemas = AnswerSchemas.builtin()
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
         self._data_plane_token = _secret(data_plane_token, "data_plane_token")
@@ -599,6 +606,7 @@ class DualCache:
         *,
         policy: OperationPolicy,
         user_id: str | None = None,
+        check: Callable[[UpstreamResult], object] | None = None,
     ) -> UpstreamResult:
         record = CallRecord()
         cache_key = (
@@ -616,6 +624,7 @@ class DualCache:
                 record=record,
                 user_id=user_id,
                 cache_key=cache_key,
+                check=check,
             )
             logger.debug(
                 "%s: %s via %s, cache status %s, log id %s",
@@ -711,9 +720,15 @@ class DualCache:
 
     def _decode_json(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, dict[str, Any] | None]:
         try:
-            return judge_json_record(raw)
+            status, value = judge_json_record(raw)
         except Exception as exc:
             return self._undecodable(op, key, exc)
+        if value is not None and not self.answer_schemas.is_valid(op, value):
+            # A stored answer that fails the operation's schema (tampered, or written before the schema) is a
+            # miss: the fresh answer overwrites it.
+            logger.warning("%s: stored answer of %r does not fit its schema; treated as a miss", op.value, key)
+            return RecordStatus.CORRUPT, None
+        return status, value
 
     def _pending(self, store: KVStore, key: str) -> bytes | None:
         """The record of ``key`` still in the write-behind queue (a miss served from it is a KV hit)."""
@@ -754,21 +769,11 @@ class DualCache:
         return KVEntry(key, encode_json_record(record), ttl)
 
     @staticmethod
-    def _vectors(result: UpstreamResult, expected: int) -> list[list[float]]:
+    def _vectors(result: UpstreamResult, expected: int, dims: int | None = None) -> list[list[float]]:
+        # The model's dimension, finite numbers only (dualcache._answers); rounded as a stored record would be:
+        # a miss returns the very vector a later hit returns.
         data = result.data.get("data") if isinstance(result.data, dict) else None
-        if (
-            not isinstance(data, list)
-            or len(data) != expected
-            or not all(isinstance(v, list) and v and all(isinstance(x, int | float) for x in v) for v in data)
-        ):
-            got = len(data) if isinstance(data, list) else type(data).__name__
-            raise_bad = f"workers-ai embeddings: expected {expected} vectors in result.data, got {got}"
-            raise BadResponseError(raise_bad, backend="workers-ai")
-        try:
-            # Rounded as a stored record would be: a miss returns the very vector a later hit returns.
-            return [to_float32(v) for v in data]
-        except ValueError as exc:
-            raise BadResponseError(f"workers-ai embeddings: {exc}", backend="workers-ai") from None
+        return check_vectors(data, count=expected, dims=dims)
 
     async def embed(self, text: str) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
@@ -806,8 +811,16 @@ class DualCache:
 
         async def compute() -> tuple[list[float], Outcome]:
             payload = {"text": text[:EMBED_INPUT_MAX_CHARS]}
-            result = await self._upstream_call(op, Provider.WORKERS_AI, self.models.embeddings, payload, policy=policy)
-            vector = self._vectors(result, 1)[0]
+            dims = expected_dimensions(self.models.embeddings)
+            result = await self._upstream_call(
+                op,
+                Provider.WORKERS_AI,
+                self.models.embeddings,
+                payload,
+                policy=policy,
+                check=lambda r: self._vectors(r, 1, dims),
+            )
+            vector = self._vectors(result, 1, dims)[0]
             if should_write_kv(policy, read):
                 await self._kv_save(op, self._store(policy), [self._embedding_entry(key, text, vector, policy.kv_ttl)])
             return vector, self._outcome(result)
@@ -993,11 +1006,17 @@ class DualCache:
         try:
             for i in range(0, len(inputs), _EMBED_BATCH):
                 chunk = inputs[i : i + _EMBED_BATCH]
+                dims, n = expected_dimensions(self.models.embeddings), len(chunk)
                 result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, self.models.embeddings, {"text": chunk}, policy=policy
+                    op,
+                    Provider.WORKERS_AI,
+                    self.models.embeddings,
+                    {"text": chunk},
+                    policy=policy,
+                    check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
                 )
                 outcome = self._outcome(result)
-                for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
+                for text_in, vector in zip(chunk, self._vectors(result, n, dims), strict=True):
                     for j, k in enumerate(by_input[text_in]):
                         # Two texts with the same first 2,000 characters share one upstream item.
                         answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
@@ -1050,6 +1069,11 @@ class DualCache:
 
         async def compute() -> tuple[dict[str, Any], Outcome]:
             value, outcome = await fetch()
+            try:  # Workers AI answers were checked already; this catches the others (OpenAI's fallback)
+                value = self.answer_schemas.check(op, value, backend="answer")
+            except BadResponseError:
+                self.stats.error(op)
+                raise
             if should_write_kv(policy, read):
                 await self._kv_save(op, self._store(policy), [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
             return value, outcome
@@ -1067,9 +1091,15 @@ class DualCache:
         policy = self.policies.for_operation(op)
         # JSON mode (cloudflare-facts §3): result.response is then an object; a string is parsed too.
         payload = {**payload, "response_format": {"type": "json_object"}}
-        result = await self._upstream_call(op, Provider.WORKERS_AI, model, payload, policy=policy, user_id=user_id)
-        answer = result.data.get("response") if isinstance(result.data, dict) else result.data
-        return parse_json_object(answer, backend="workers-ai"), self._outcome(result)
+
+        def answer_of(result: UpstreamResult) -> dict[str, Any]:
+            answer = result.data.get("response") if isinstance(result.data, dict) else result.data
+            return self.answer_schemas.check(op, parse_json_object(answer, backend="workers-ai"), backend="workers-ai")
+
+        result = await self._upstream_call(
+            op, Provider.WORKERS_AI, model, payload, policy=policy, user_id=user_id, check=answer_of
+        )
+        return answer_of(result), self._outcome(result)
 
     async def _openai_chat(
         self,

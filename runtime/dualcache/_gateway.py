@@ -450,12 +450,18 @@ class UpstreamClient:
         record: CallRecord,
         user_id: str | None = None,
         cache_key: str | None = None,
+        check: Callable[[UpstreamResult], object] | None = None,
     ) -> UpstreamResult:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
         breaker, a full pool) and the policy allows it; retries 429/5xx within :class:`RetryPolicy` and
         the route's budget (:class:`~dualcache.Timeouts`) on each route.
+
+        ``check`` validates an answer (see ``dualcache._answers``); a bad one (a
+        :class:`~dualcache.BadResponseError`) is counted in ``record.faults`` and, from the gateway, tried once
+        on the direct route when the policy allows it (the gateway may have cached it: asking it again would
+        give the same answer); else it is raised.
 
         Raises:
             ConfigError: the provider is not configured.
@@ -472,7 +478,7 @@ class UpstreamClient:
                     policy, operation, gateway_token=self._gateway_token, user_id=user_id, cache_key=cache_key
                 )
             try:
-                return await self._send(provider, route, url, headers, payload, record)
+                result = await self._send(provider, route, url, headers, payload, record)
             except SkippedError as exc:
                 last = exc
                 record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
@@ -486,6 +492,18 @@ class UpstreamClient:
                     logger.warning("%s via gateway failed for %s (%s); trying direct", provider, operation, exc)
                     continue
                 raise
+            if check is None:
+                return result
+            try:
+                check(result)
+            except BadResponseError as exc:
+                record.faults += 1
+                last = exc
+                if route is Route.GATEWAY and len(routes) > 1:
+                    logger.warning("%s via gateway: bad answer for %s (%s); trying direct", provider, operation, exc)
+                    continue
+                raise
+            return result
         assert last is not None  # routes is never empty: direct is always configured once checked
         raise last
 
