@@ -346,10 +346,22 @@ class Policies(BaseModel):
                 or ``gateway``, or a result outside Cloudflare's bounds. The message names
                 ``policies.<operation>.<field>`` and what is allowed.
         """
+        return cls().override(overrides)
+
+    def override(self, overrides: Mapping[str, Mapping[str, Any]] | None) -> Policies:
+        """Return these policies with ``overrides`` applied field by field (as :meth:`with_overrides` does to
+        the defaults), e.g. a service adding its custom operations to the policies of its stack's outputs:
+        ``outputs.policies.override({"summarize_job": {...}})``. An operation already here keeps the fields
+        not named; a new custom one must set ``kv`` and ``gateway``.
+
+        Raises:
+            ConfigError: as :meth:`with_overrides`.
+        """
         if not overrides:
-            return cls()
+            return self
         if not isinstance(overrides, Mapping):
             raise ConfigError(f"policies: expected a mapping of operation names to fields, got {overrides!r}")
+        current: dict[str, OperationPolicy] = {op.value: self.for_operation(op) for op in self.operations}
         merged: dict[str, Any] = {}
         valid_fields = sorted(OperationPolicy.model_fields)
         for name, fields in overrides.items():
@@ -367,8 +379,8 @@ class Policies(BaseModel):
                     f"policies.{name}: unknown field(s) {', '.join(map(str, unknown))}; "
                     f"valid fields: {', '.join(valid_fields)}"
                 )
-            if op.builtin:
-                base = _DEFAULTS[op].model_dump(mode="json")
+            if op.value in current:
+                base = current[op.value].model_dump(mode="json")
             else:
                 missing = [f for f in ("kv", "gateway") if f not in fields]
                 if missing:
@@ -379,11 +391,11 @@ class Policies(BaseModel):
                     )
                 base = {}
             base.update(fields)
-            # A default TTL belongs to the default layer setting: switching the layer off drops it, unless the
+            # A TTL belongs to the layer setting it came with: switching the layer off drops it, unless the
             # override names a TTL too (then the validator says the two do not fit together).
-            if op.builtin and _lax_bool(base["kv"]) is False and "kv_ttl" not in fields:
+            if op.value in current and _lax_bool(base["kv"]) is False and "kv_ttl" not in fields:
                 base["kv_ttl"] = None
-            if op.builtin and base["gateway"] == GatewayMode.SKIP.value and "gateway_ttl" not in fields:
+            if op.value in current and base["gateway"] == GatewayMode.SKIP.value and "gateway_ttl" not in fields:
                 base["gateway_ttl"] = None
             try:
                 merged[op.value] = OperationPolicy.model_validate(base)
@@ -394,7 +406,7 @@ class Policies(BaseModel):
                     f"policies.{name}.scope={merged[op.value].scope.value!r}: must be "
                     f"{_FIXED_SCOPE[op].value!r}: {_SCOPE_WHY[op]}"
                 )
-        return cls(**merged)
+        return type(self)(**(current | merged))
 
 
 _SCOPE_WHY = {
@@ -403,7 +415,13 @@ _SCOPE_WHY = {
     Operation.SPAM_DETECTION: "a spam verdict is of a job posting, shared by every user (detect_spam takes no user_id)",
 }
 
-_POLICIES_ATTRIBUTES = frozenset(dir(BaseModel)) | {"custom", "operations", "for_operation", "with_overrides"}
+_POLICIES_ATTRIBUTES = frozenset(dir(BaseModel)) | {
+    "custom",
+    "operations",
+    "for_operation",
+    "override",
+    "with_overrides",
+}
 
 
 def _custom_name_problem(name: str) -> str | None:

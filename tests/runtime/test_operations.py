@@ -462,3 +462,13 @@ def test_policies_custom_operation_defaults_and_export() -> None:
 def test_policies_custom_operation_validation_names_the_key(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Policies.with_overrides(overrides)
+
+
+def test_policies_override_adds_to_existing_policies_and_keeps_their_fields() -> None:
+    stack = Policies.with_overrides({"embeddings": {"kv_ttl": 86_400}, "summarize_job": SUMMARIZE})
+    p = stack.override({"summarize_job": {"version": "2"}, "rank_jobs": {"kv": False, "gateway": "skip"}})
+    assert p.embeddings.kv_ttl == 86_400  # the stack's override stays
+    assert (p.custom["summarize_job"].kv_ttl, p.custom["summarize_job"].version) == (86_400, "2")
+    assert list(p.custom) == ["summarize_job", "rank_jobs"]
+    assert stack.override(None) is stack
+    assert stack.override({"summarize_job": {"kv": False}}).custom["summarize_job"].kv_ttl is None
