@@ -1096,25 +1096,23 @@ class DualCache:
         inputs = list(by_input)
         mark = self._begin_compute()
         try:
-            for i in range(0, len(inputs), _EMBED_BATCH):
-                chunk = inputs[i : i + _EMBED_BATCH]
-                result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, self.models.embeddings, self._embed_payload(chunk), policy=policy
-                )
-                outcome = self._outcome(result)
-                for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
-                    for j, k in enumerate(by_input[text_in]):
-                        # Two texts with the same first 2,000 characters share one upstream item.
-                        answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
-        except Exception:
+            try:
+                for i in range(0, len(inputs), _EMBED_BATCH):
+                    chunk = inputs[i : i + _EMBED_BATCH]
+                    result = await self._upstream_call(
+                        op, Provider.WORKERS_AI, self.models.embeddings, self._embed_payload(chunk), policy=policy
+                    )
+                    outcome = self._outcome(result)
+                    for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
+                        for j, k in enumerate(by_input[text_in]):
+                            # Two texts with the same first characters (the input cut) share one upstream item.
+                            answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
+            except Exception:
+                await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
+                raise
             await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
+        finally:
             self._end_compute()
-            raise
-        except BaseException:
-            self._end_compute()
-            raise
-        await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
-        self._end_compute()
 
     async def _save_embeddings(
         self,

@@ -289,7 +289,7 @@ class Policies(BaseModel):
                 Operation.parse(name)
             except InvalidInputError as exc:
                 raise ValueError(str(exc)) from None
-            problem = _custom_name_problem(name)
+            problem = _custom_name_problem(name) or _custom_policy_problem(name, self.__pydantic_extra__[name])
             if problem:
                 raise ValueError(problem)
         for op, scope in _FIXED_SCOPE.items():
@@ -401,12 +401,17 @@ class Policies(BaseModel):
                 merged[op.value] = OperationPolicy.model_validate(base)
             except ValidationError as exc:
                 raise ConfigError(f"policies.{name}: {_first_error(exc)}") from None
+            if not op.builtin and (problem := _custom_policy_problem(op.value, merged[op.value])):
+                raise ConfigError(problem)
             if op in _FIXED_SCOPE and merged[op.value].scope is not _FIXED_SCOPE[op]:
                 raise ConfigError(
                     f"policies.{name}.scope={merged[op.value].scope.value!r}: must be "
                     f"{_FIXED_SCOPE[op].value!r}: {_SCOPE_WHY[op]}"
                 )
-        return type(self)(**(current | merged))
+        try:
+            return type(self)(**(current | merged))
+        except ValidationError as exc:  # every rule is checked above with its key; this is a safety net
+            raise ConfigError(f"policies: {_first_error(exc)}") from None
 
 
 _SCOPE_WHY = {
@@ -422,6 +427,21 @@ _POLICIES_ATTRIBUTES = frozenset(dir(BaseModel)) | {
     "override",
     "with_overrides",
 }
+
+
+_CACHE_NAMESPACES = (Namespace.JOB_ANALYSIS_CACHE, Namespace.EMBEDDINGS_CACHE, Namespace.API_CACHE)
+
+
+def _custom_policy_problem(name: str, policy: OperationPolicy) -> str | None:
+    """Why ``policy`` cannot be custom operation ``name``'s, or ``None``: its records go in a cache namespace,
+    never in SESSIONS, RATE_LIMITS or OAUTH_STATES, which hold the application's own keys."""
+    if policy.kv_namespace is not None and policy.kv_namespace not in _CACHE_NAMESPACES:
+        valid = ", ".join(n.value for n in _CACHE_NAMESPACES)
+        return (
+            f"policies.{name}.kv_namespace={policy.kv_namespace.value!r}: a custom operation's records go in a "
+            f"cache namespace ({valid}); {policy.kv_namespace.value} holds the application's own keys"
+        )
+    return None
 
 
 def _custom_name_problem(name: str) -> str | None:

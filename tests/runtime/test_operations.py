@@ -472,3 +472,9 @@ def test_policies_override_adds_to_existing_policies_and_keeps_their_fields() ->
     assert list(p.custom) == ["summarize_job", "rank_jobs"]
     assert stack.override(None) is stack
     assert stack.override({"summarize_job": {"kv": False}}).custom["summarize_job"].kv_ttl is None
+
+
+@pytest.mark.parametrize("namespace", ["SESSIONS", "RATE_LIMITS", "OAUTH_STATES"])
+def test_policies_custom_operation_stays_out_of_the_application_namespaces(namespace: str) -> None:
+    with pytest.raises(ConfigError, match=rf"policies\.summarize_job\.kv_namespace='{namespace}': .*cache namespace"):
+        Policies.with_overrides({"summarize_job": {**SUMMARIZE, "kv_namespace": namespace}})
