@@ -1204,6 +1204,9 @@ class DualCache:
         if refresh:
             # Neither cache is read: KV is skipped here, the gateway is told cf-aig-skip-cache once. The fresh
             # answer overwrites the KV record. A refresh never joins (nor is joined by) an ordinary flight.
+            # Cloudflare documents skip-cache as a bypass (cloudflare-facts §2.2); whether the fresh answer also
+            # replaces the gateway's entry is not said. Both cases are fine with KV on (later calls hit the new
+            # KV record); with KV off the old entry may be served until its TTL, as the README says.
             upstream_policy = policy.model_copy(update={"gateway": GatewayMode.SKIP, "gateway_ttl": None})
             serve_key = key + "\x00refresh"
         flight_key = f"{op.value}\x00{serve_key}"
