@@ -79,6 +79,13 @@ class _OperationType(type):
     def __len__(cls) -> int:
         return len(Operation.BUILTIN)
 
+    def __getitem__(cls, name: str) -> Operation:
+        """``Operation["JOB_ANALYSIS"]``, as with the enum: a built-in operation by its constant's name."""
+        found = getattr(Operation, name, None) if name.isupper() else None
+        if not isinstance(found, Operation):
+            raise KeyError(name)
+        return found
+
 
 class Operation(str, metaclass=_OperationType):
     """The name of an AI operation: one of the five built in, or a custom ``snake_case`` name.
@@ -118,6 +125,11 @@ class Operation(str, metaclass=_OperationType):
     def value(self) -> str:
         """The plain name."""
         return str.__str__(self)
+
+    @property
+    def name(self) -> str:
+        """The constant's name, as an enum member's: ``"JOB_ANALYSIS"``."""
+        return self.value.upper()
 
     @property
     def builtin(self) -> bool:

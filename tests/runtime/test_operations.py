@@ -121,6 +121,9 @@ def test_operation_is_a_validated_string_with_the_builtins_as_constants() -> Non
         "embeddings",
         "spam_detection",
     ]
+    assert Operation["SPAM_DETECTION"] is Operation.SPAM_DETECTION and Operation.SPAM_DETECTION.name == "SPAM_DETECTION"
+    with pytest.raises(KeyError):
+        Operation["BUILTIN"]
     custom = Operation.parse("summarize_job")
     assert (custom, custom.builtin, Operation.EMBEDDINGS.builtin) == ("summarize_job", False, True)
     for bad in ("Summarize", "two  words", "a__b", "_a", "1a", "x" * 49, "", 3):
