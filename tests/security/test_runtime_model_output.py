@@ -365,3 +365,30 @@ def test_check_vectors_rounds_to_float32_and_counts() -> None:
     assert check_vectors([[0.1, 1]], count=1, dims=2) == [[0.10000000149011612, 1.0]]
     with pytest.raises(BadResponseError, match="expected 2 vectors"):
         check_vectors([[0.1]], count=2, dims=None)
+
+
+# -- a custom operation through run() -------------------------------------------------------------------------
+
+SUMMARIZE = {"kv": True, "kv_ttl": 86_400, "kv_namespace": "API_CACHE", "gateway": "cache", "gateway_ttl": 3600}
+
+
+async def test_run_custom_operation_answer_checked_against_its_registered_schema() -> None:
+    e = Env()
+    overrides = {"summarize_job": {**SUMMARIZE, "scope": "global"}}
+    e.cache = DualCache.from_outputs(
+        OUTPUTS,
+        api_token="t",
+        kv=lambda ns: e.backends.setdefault(ns, MemoryKVBackend()),
+        transport=httpx.MockTransport(e.cloud),
+        write_behind=False,
+        retry=RetryPolicy(max_attempts=1, total_timeout=30.0),
+        policies=Policies.with_overrides(overrides),
+    )
+    async with e.cache:
+        e.cache.answer_schemas.register("summarize_job", {"type": "object", "required": ["score", "strengths"]})
+        # A summary missing a required field from the gateway (which would have cached it): tried direct once.
+        e.cloud.queued["gateway"].append(workers_ai_json_body('{"score": 1}'))
+        answer = await e.cache.run("summarize_job", key="job-1", model="@cf/meta/llama-3.1-8b-instruct", messages=MSGS)
+        assert answer == GOOD_ANALYSIS
+        assert e.cloud.routes() == ["gateway", "direct"]
+        assert e.cache.stats.snapshot()["summarize_job"]["errors"] == 1

@@ -234,3 +234,54 @@ def test_check_json_content_bounds_depth() -> None:
         deep = [deep]
     with pytest.raises(InvalidInputError, match="nested deeper than 64"):
         check_json_content(deep, "p")
+
+
+# -- the generic run(**params) engine -----------------------------------------------------------------------
+
+SUMMARIZE = {"kv": True, "kv_ttl": 86_400, "kv_namespace": "API_CACHE", "gateway": "skip", "scope": "global"}
+
+
+def run_cache(recorder: Recorder) -> DualCache:
+    return DualCache(
+        openai_api_key="sk-x",
+        account_id="a" * 32,
+        api_token="t",
+        openai_base_url="https://openai.test/v1",
+        api_base_url="https://api.test/client/v4",
+        kv=lambda _ns: MemoryKVBackend(),
+        transport=httpx.MockTransport(recorder),
+        write_behind=False,
+        policies=Policies.with_overrides({"summarize_job": SUMMARIZE}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "fallback", "params", "message"),
+    [
+        pytest.param("openai", None, {"temperature": "hot"}, r"run: temperature='hot'.*openai", id="openai-str"),
+        pytest.param("openai", None, {"temperature": 3}, r"run: temperature=3: must be a number 0..2", id="openai-3"),
+        pytest.param("workers-ai", None, {"temperature": 6}, r"temperature=6: must be a number 0..5", id="wai-6"),
+        pytest.param("workers-ai", ("openai", "gpt-4o-mini"), {"temperature": 3}, r"0..2 \(openai", id="fallback"),
+        pytest.param("workers-ai", None, {"max_tokens": -1}, r"run: max_tokens=-1: must be an integer >= 1", id="neg"),
+        pytest.param("workers-ai", None, {"top_k": 51}, r"top_k=51: must be an integer 1..50", id="top_k"),
+        pytest.param("workers-ai", None, {"logit": NAN}, r"params\.logit=nan: NaN", id="nan-param"),
+        pytest.param("workers-ai", None, {"stop": ["\ud800"]}, r"params\.stop\[0\]: .*lone surrogate", id="surrogate"),
+    ],
+)
+async def test_run_refuses_bad_params_before_io(
+    provider: str, fallback: tuple[str, str] | None, params: dict[str, Any], message: str
+) -> None:
+    recorder = Recorder()
+    model = "gpt-4o-mini" if provider == "openai" else "@cf/meta/llama-3.1-8b-instruct"
+    async with run_cache(recorder) as cache:
+        with pytest.raises(InvalidInputError, match=message):
+            await cache.run(
+                "summarize_job",
+                key="job-1",
+                model=model,
+                provider=provider,
+                fallback=fallback,
+                messages=[{"role": "user", "content": "Summarize in JSON"}],
+                **params,
+            )
+    assert recorder.requests == []
