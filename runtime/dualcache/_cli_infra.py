@@ -270,6 +270,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     reviewing = args.diff is not None or args.against is not None
     if not reviewing and (args.max_chars is not None or args.out is not None):
         raise InvalidInputError("--max-chars and --out go with --diff BASE_JSON or --against GIT_REF")
+    # The stack file first, before Pulumi is even imported: a bad or hostile file fails fast, in one line.
+    config = load_stack_config(project_dir, args.stack)
     if reviewing:
         _import_infra(project_dir)
         # The review diff lives next to the plan, in the project's infra package.
@@ -280,7 +282,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     manifest = plan.plan_manifest(args.stack, project_dir)
     text: str = plan.manifest_json(manifest)
     snapshot: Path = plan.snapshot_path(project_dir, args.stack)
-    warnings = plan_warnings(load_stack_config(project_dir, args.stack))
+    warnings = plan_warnings(config)
     if args.json or args.write or args.check:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)

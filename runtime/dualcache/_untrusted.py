@@ -27,7 +27,6 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from yaml.events import AliasEvent, CollectionStartEvent
@@ -76,6 +75,8 @@ _SECRET_MARK = "[secure value not shown]"
 # Strings of a JSON text, so the structure can be checked without them ("[" inside a string is not one).
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# The authority's userinfo: after an optional `scheme:` and `//`, everything up to the last '@' before a path.
+_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?)[^/?#]*@")
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -111,18 +112,12 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without the password (and user) of its ``user:password@`` part, for messages and logs.
+    """``url`` with the ``user:password@`` part of its authority replaced by ``***@``, for messages and logs.
 
-    Anything that does not parse as a URL is returned cut short (:func:`quote`), since it may hold one.
+    Works on text that is not a valid URL too (``localhost:pw@host``, a scheme that is not http): whatever
+    stands between the scheme and the last ``@`` before the path is dropped.
     """
-    try:
-        parts = urlsplit(str(url))
-        has_userinfo = "@" in parts.netloc
-    except ValueError:
-        return quote(str(url))
-    if not has_userinfo:
-        return str(url)
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    return _USERINFO.sub(r"\g<head>***@", str(url), count=1)
 
 
 def read_bounded(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
