@@ -5,7 +5,9 @@ The public surface is exactly ``__all__``; everything else lives in private modu
 
 from __future__ import annotations
 
+from dualcache._breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dualcache._budget import RequestBudget
+from dualcache._budgets import LayerLimits, PoolLimits, Timeouts
 from dualcache._cache import DualCache, KVBackendFactory, Models
 from dualcache._exceptions import (
     AuthenticationError,
@@ -45,6 +47,9 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BadResponseError",
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreaker",
     "CloudflareKVBackend",
     "ConfigError",
     "DataPlaneKVBackend",
@@ -59,6 +64,7 @@ __all__ = [
     "KVKey",
     "KVPage",
     "KVStore",
+    "LayerLimits",
     "MemoryKVBackend",
     "Models",
     "Namespace",
@@ -66,6 +72,7 @@ __all__ = [
     "OperationPolicy",
     "Outcome",
     "Policies",
+    "PoolLimits",
     "PriceTable",
     "RateLimitedError",
     "RequestBudget",
@@ -75,6 +82,7 @@ __all__ = [
     "StackConfig",
     "StackOutputs",
     "Stats",
+    "Timeouts",
     "UsageError",
     "WriteBehindPolicy",
     "__version__",

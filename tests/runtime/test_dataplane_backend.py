@@ -28,6 +28,7 @@ from dualcache import (
     StackOutputs,
 )
 from dualcache._kv import DATA_PLANE_BULK_BODY_MAX, KV_BULK_BODY_MAX, KV_WRITE_THROUGHPUT
+from dualcache._records import RecordStatus, judge_embedding_record
 
 ACCOUNT = "a" * 32
 TOKEN = "dp-secret-token"
@@ -183,8 +184,8 @@ async def test_kvstore_writes_get_a_time_budget_sized_for_their_body(clock: Fake
     async with httpx.AsyncClient(transport=httpx.MockTransport(plane)) as client:
         backend = DataPlaneKVBackend(client, data_plane_url=DP_URL, binding="API_CACHE", token=TOKEN, timeout=1.0)
         store = KVStore(backend, timeout=1.0)
-        assert store.write_timeout(0) == 1.0
-        assert store.write_timeout(40 * MIB) == pytest.approx(1.0 + 40 * MIB / KV_WRITE_THROUGHPUT)
+        assert store.write_budget(0) == 1.0
+        assert store.write_budget(40 * MIB) == pytest.approx(1.0 + 40 * MIB / KV_WRITE_THROUGHPUT)
         await store.get("k")
         await store.put("k", b"z" * (4 * MIB))
         await store.put_many({"a": "x" * MIB, "b": "x" * MIB})
@@ -330,13 +331,18 @@ async def test_dualcache_corrupt_record_in_a_batch_is_one_miss_and_overwritten(c
     texts = [f"t{i}" for i in range(10)]
     async with dp_cache(cloud, clock) as cache:
         await cache.embed_many(texts)
+        assert await cache.flush() == 0  # the records are in KV before one is corrupted
         await cache.kv("EMBEDDINGS_CACHE").put(ekey("t3"), b"\xff\xfe")
         cache.stats.reset()
         assert await cache.embed_many(texts) == [FakeCloud.vector(t) for t in texts]
         snap = cache.stats.snapshot()["embeddings"]
         assert (snap["kv_hits"], snap["provider_calls"], snap["errors"]) == (9, 1, 0)
-        stored = await cache.kv("EMBEDDINGS_CACHE").get_json(ekey("t3"))
-        assert stored["embedding"] == FakeCloud.vector("t3")
+        assert await cache.flush() == 0
+        stored = await cache.kv("EMBEDDINGS_CACHE").get(ekey("t3"))
+        assert judge_embedding_record(stored, cache.models.embeddings) == (
+            RecordStatus.HIT,
+            FakeCloud.vector("t3"),
+        )
 
 
 async def test_dualcache_failed_chunk_costs_only_its_keys(clock: FakeClock) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -124,14 +126,18 @@ async def test_embed_miss_then_kv_hit(env: Env) -> None:
     assert (snap["cost"], snap["saved"]) == (0.001, 0.001)
 
 
-async def test_embed_stores_a_seed_record_with_the_kv_ttl(env: Env) -> None:
+async def test_embed_stores_a_compact_record_with_the_kv_ttl(env: Env) -> None:
     text = "é" * 300
     await env.cache.embed(text)
     record = env.stored(Namespace.EMBEDDINGS_CACHE, ekey(text))
+    packed = base64.b64decode(record.pop("embedding_b64"))
+    assert list(struct.unpack("<768f", packed)) == FakeCloud.vector(text)
     assert record == {
-        "text": text[:200],
-        "embedding": FakeCloud.vector(text),
+        "v": 2,
         "model": MODEL,
+        "dims": 768,
+        "dtype": "f32",
+        "text": text[:200],
         "createdAt": "2027-01-15T08:00:00.000Z",
     }
     expires = env.backends[Namespace.EMBEDDINGS_CACHE]._data[ekey(text)][2]
@@ -913,7 +919,7 @@ async def test_cancellation_of_a_joiner_leaves_the_leader_and_others_served(cloc
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-async def test_cancellation_of_everyone_cancels_the_upstream_call_and_leaks_nothing(
+async def test_cancellation_of_everyone_abandons_the_upstream_call_and_leaks_nothing(
     clock: FakeClock, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncio")
@@ -926,9 +932,11 @@ async def test_cancellation_of_everyone_cancels_the_upstream_call_and_leaks_noth
             caller.cancel()
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
-        await _until(lambda: e.cloud.cancelled == 1)
-        await asyncio.sleep(0)
-        assert _other_tasks() == []
+        # The computation is cancelled, but its admitted upstream request is abandoned, not cancelled: cancelling
+        # a pooled request from outside is what wedged httpcore's pool (issue 10). It ends on its own (bounded
+        # by its budget, then the grace period) and its answer is dropped.
+        await _until(lambda: _other_tasks() == [])
+        assert e.cloud.cancelled == 0
         assert e.cache._flights.abandoned == 1 and len(e.cache._flights) == 0 and len(e.cache._reads) == 0
         assert sum(s.counts["put"] + s.counts["put_many"] for s in e.cache._stores.values()) == 0
         assert e.snap(op)["failures"] == 3 * n
