@@ -81,6 +81,8 @@ _DNS_LABEL = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 # A route the data plane can be addressed by: a whole hostname, every path (the Worker serves its API at `/`).
 _HOST_ROUTE = re.compile(r"^(?P<host>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)/\*$")
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
+# A custom domain's host name: lowercase DNS labels of 1..63 characters, at least two of them.
+_HOSTNAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 # Pulumi's rule for project and stack names: alphanumerics, '-', '_' and '.', at most 100 characters.
 _PULUMI_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # Policy overrides are a mapping of operation names to mappings of scalar fields (see _check_policy_shape).
@@ -176,7 +178,8 @@ class RouteSettings(_Settings):
 class CustomDomainSettings(_Settings):
     """A Workers custom domain (``cloudflare.WorkersCustomDomain``)."""
 
-    hostname: str = Field(min_length=1)
+    hostname: str = Field(min_length=1, max_length=253, pattern=_HOSTNAME)
+    """A DNS host name (lowercase labels joined by dots): it becomes the Worker's ``https://`` base URL."""
     zone_id: Hex32 | None = None
 
 
