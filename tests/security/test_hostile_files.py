@@ -55,12 +55,14 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], command: str, 
 
 
 def _alias_bomb() -> str:
-    """The billion laughs: 9 levels of 9 aliases each, about 700 bytes, 387 million strings once expanded."""
-    lines = ["config:", f'  jobmatch-ai:accountId: "{ACCOUNT}"', '  jobmatch-ai:worker: &l0 ["lol","lol","lol"]']
-    for level in range(1, 10):
-        refs = ",".join([f"*l{level - 1}"] * 9)
-        lines.append(f"  x{level}: &l{level} [{refs}]")
-    return "\n".join(lines) + "\n"
+    """The billion laughs in a real key: 9 levels of 9 aliases, about 700 bytes, 387 million strings expanded.
+
+    Every key is valid, so nothing refuses the file before its value is looked at (validated, echoed).
+    """
+    levels = ['&l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"&l{n} [{','.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 10)]
+    items = "".join(f"\n      - {level}" for level in levels)
+    return f'config:\n  jobmatch-ai:accountId: "{ACCOUNT}"\n  jobmatch-ai:worker:\n    name:{items}\n'
 
 
 def _stack_file_cases() -> list[pytest.param]:
