@@ -61,11 +61,12 @@ _STACK = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # Base URLs are parsed with one strict pattern, so that no two URL parsers can disagree on the host: a
 # host name or an IP literal, an optional port, a path of plain segments; no userinfo, query or fragment.
 _BASE_URL = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]{1,5}))?"
     r"(?P<path>(?:/[A-Za-z0-9._~-]*)*)$"
 )
+# DNS labels of 1..63 characters; '_' too, since a Worker name may hold one and names its workers.dev host.
 _HOST_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+    r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$"
 )
 Role = Literal["api_base_url", "gateway_base_url", "data_plane_url"]
 _ALLOWED: dict[str, tuple[str, ...]] = {"api_base_url": API_HOSTS, "gateway_base_url": GATEWAY_HOSTS}

@@ -79,7 +79,9 @@ _GATEWAY_ID_RULE = (
 # The account's workers.dev subdomain is one DNS label (`<subdomain>.workers.dev`).
 _DNS_LABEL = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 # A route the data plane can be addressed by: a whole hostname, every path (the Worker serves its API at `/`).
-_HOST_ROUTE = re.compile(r"^(?P<host>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)/\*$")
+_HOST_ROUTE = re.compile(
+    r"^(?P<host>(?=[^/]{1,253}/)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)/\*$"
+)
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
 # A custom domain's host name: lowercase DNS labels of 1..63 characters, at least two of them.
 _HOSTNAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"

@@ -119,6 +119,7 @@ def test_outputs_error_never_shows_a_password_in_the_url() -> None:
         pytest.param("http://localhost:8787/dataplane", "data_plane_url", "http://localhost:8787/dataplane"),
         pytest.param("https://kv.example.com", "data_plane_url", "https://kv.example.com", id="custom-domain"),
         pytest.param("https://jobmatch-ai-dualcache-dev.acme.workers.dev", "data_plane_url", None, id="workers-dev"),
+        pytest.param("https://my_worker.acme.workers.dev", "data_plane_url", None, id="worker-name-with-underscore"),
     ],
 )
 def test_check_base_url_accepts_cloudflare_loopback_and_https_data_planes(

@@ -46,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: 127.0.0.1, loopback). Requests must name a loopback host (or this one) "
+        "in their Host header, so a web page cannot reach the emulator through DNS rebinding",
+    )
     parser.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787; 0 = a free port)")
     parser.add_argument(
         "--data",
