@@ -35,7 +35,7 @@ from dualcache._kv import (
     SQLiteKVBackend,
 )
 from dualcache._outputs import StackOutputs
-from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
+from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
 from dualcache._stackconfig import StackConfig, load_stack_config
 from dualcache._stats import Outcome, PriceTable, Stats
 from dualcache._writebehind import WriteBehindPolicy
@@ -78,6 +78,7 @@ __all__ = [
     "RequestBudget",
     "RetryPolicy",
     "SQLiteKVBackend",
+    "Scope",
     "SkippedError",
     "StackConfig",
     "StackOutputs",

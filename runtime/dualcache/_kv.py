@@ -991,6 +991,9 @@ class KVStore:
         self._abandoner = abandoner if abandoner is not None else Abandoner()
         # In-process backends hold no connection pool that a cancelled call could wedge.
         self._cancel_safe = isinstance(backend, MemoryKVBackend | SQLiteKVBackend)
+        # The memory backend itself (not a subclass, which may do anything) answers without ever awaiting
+        # anything that can hang: a timeout would only cost a timer per call on the in-process hit path.
+        self._unbounded = type(backend) is MemoryKVBackend
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -1025,7 +1028,7 @@ class KVStore:
             )
         budget = timeout if timeout is not None else self.timeout if op in _KV_READS else self.write_timeout
         try:
-            if budget is None:
+            if budget is None or self._unbounded:
                 result = await call
             elif self._cancel_safe:
                 # No connection pool to wedge: cancelling is safe (a SQLite call's thread finishes on its
