@@ -27,14 +27,18 @@ from dualcache import DualCache, MemoryKVBackend, Namespace, StackOutputs
 
 DIMS = 768
 MSGS = [{"role": "user", "content": "Analyze this job for me"}]
-OUTPUTS = StackOutputs(
-    stack="bench",
-    account_id="a" * 32,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="bench",
+        account_id="a" * 32,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="api",
+    ),
+    trusted_hosts=["api.test", "gw.test"],
 )
 
 

@@ -109,9 +109,7 @@ async def memory_hit(iterations: int) -> None:
         stack="bench",
         account_id="0" * 32,
         gateway_id="gw",
-        api_base_url="https://api.invalid/client/v4",
-        gateway_base_url="https://gw.invalid/v1",
-        namespaces={n: n.value for n in Namespace},
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
         worker_name="w",
     )
     results: dict[str, float] = {}
