@@ -30,14 +30,17 @@ EMBED = "@cf/baai/bge-base-en-v1.5"
 DIMS = 768
 MSGS = [{"role": "user", "content": "Rate this job; answer in JSON with a score"}]
 SPAM_MSGS = [{"role": "user", "content": "Is this posting spam? Answer in JSON"}]
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id=ACCOUNT,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id=ACCOUNT,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},  # Cloudflare's id format
+        worker_name="api",
+    ),
+    trusted_hosts=["api.test", "gw.test"],  # the mock hosts (untrusted hosts are refused: no token leaves for them)
 )
 GOOD_VECTOR = [0.25] * DIMS
 GOOD_ANALYSIS = {"score": 72, "strengths": ["python"], "gaps": []}

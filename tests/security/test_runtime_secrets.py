@@ -44,15 +44,22 @@ MARK = "5ecr3t"  # in every token: a part of one is a leak too
 
 ACCOUNT = "a" * 32
 MSGS = [{"role": "user", "content": "Rate this job for me, answer in JSON"}]
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id=ACCOUNT,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
-    data_plane_url="https://dp.test",
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id=ACCOUNT,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},  # Cloudflare's id format
+        worker_name="api",
+        data_plane_url="https://dp.test",
+    ),
+    trusted_hosts=[
+        "api.test",
+        "gw.test",
+        "dp.test",
+    ],  # the mock hosts (untrusted hosts are refused: no token leaves for them)
 )
 FAST = RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=5.0, total_timeout=30.0)
 NO_BREAKER = BreakerPolicy(enabled=False)  # every call reaches the failing route (no "circuit open" skips)
