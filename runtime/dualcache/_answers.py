@@ -47,6 +47,8 @@ AnswerSchema = type[BaseModel] | Mapping[str, Any]
 
 # -- vectors ----------------------------------------------------------------------------------------------
 
+_NUMBER_TYPES = frozenset({int, float})
+
 
 def check_vectors(data: Any, *, count: int, dims: int | None, backend: str = "workers-ai") -> list[list[float]]:
     """Return ``data`` as ``count`` float32 vectors of ``dims`` components each, or raise.
@@ -75,12 +77,14 @@ def check_vectors(data: Any, *, count: int, dims: int | None, backend: str = "wo
                 f"{backend} embeddings: vector {i} has {len(vector)} dimensions, the model's are {dims}",
                 backend=backend,
             )
-        for j, x in enumerate(vector):
-            # type() is exact: bool is an int subclass, and True is no embedding component.
-            if type(x) not in (int, float) or (type(x) is float and not math.isfinite(x)):
-                raise BadResponseError(
-                    f"{backend} embeddings: vector {i}[{j}] = {x!r:.30} is not a finite number", backend=backend
-                )
+        # Exact types (bool is an int subclass, and True is no embedding component), counted in C; finiteness
+        # is to_float32's check. The per-component loop only runs to name the culprit.
+        if not set(map(type, vector)) <= _NUMBER_TYPES or not math.isfinite(sum(vector)):
+            for j, x in enumerate(vector):
+                if type(x) not in _NUMBER_TYPES or not math.isfinite(x):
+                    raise BadResponseError(
+                        f"{backend} embeddings: vector {i}[{j}] = {x!r:.30} is not a finite number", backend=backend
+                    )
         try:
             out.append(to_float32(vector))
         except ValueError as exc:
