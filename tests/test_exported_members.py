@@ -29,6 +29,12 @@ def test_exported_members_include_the_kv_client_surface() -> None:
         assert name in dualcache.__all__, name
 
 
+def test_exported_members_include_the_answer_schemas() -> None:
+    # Model output is validated against these (issue 14): a custom operation registers its own schema.
+    for name in ("AnswerSchemas", "JobAnalysisAnswer", "SpamVerdictAnswer"):
+        assert name in dualcache.__all__, name
+
+
 def test_exported_members_include_the_operations_surface() -> None:
     for name in ("Operation", "OperationPolicy", "Policies", "PriceTable", "Scope", "Stats"):
         assert name in dualcache.__all__, name

@@ -5,6 +5,7 @@ The public surface is exactly ``__all__``; everything else lives in private modu
 
 from __future__ import annotations
 
+from dualcache._answers import AnswerSchemas, JobAnalysisAnswer, SpamVerdictAnswer
 from dualcache._breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import LayerLimits, PoolLimits, Timeouts
@@ -43,6 +44,7 @@ from dualcache._writebehind import WriteBehindPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerSchemas",
     "AuthenticationError",
     "BackendError",
     "BackendUnavailableError",
@@ -57,6 +59,7 @@ __all__ = [
     "DualCacheError",
     "GatewayMode",
     "InvalidInputError",
+    "JobAnalysisAnswer",
     "KVBackend",
     "KVBackendFactory",
     "KVBatchRead",
@@ -80,6 +83,7 @@ __all__ = [
     "SQLiteKVBackend",
     "Scope",
     "SkippedError",
+    "SpamVerdictAnswer",
     "StackConfig",
     "StackOutputs",
     "Stats",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -211,10 +212,16 @@ class RequestBudget:
             raise ConfigError(f"api_limit={api_limit!r}: must be a positive integer")
         if isinstance(headroom, bool) or not isinstance(headroom, int) or not 0 <= headroom < api_limit:
             raise ConfigError(f"headroom={headroom!r}: must be an integer 0..{api_limit - 1} (api_limit={api_limit})")
-        if not window > 0:
-            raise ConfigError(f"window={window!r}: must be a positive number of seconds")
-        if not default_block >= 60:
-            raise ConfigError(f"default_block={default_block!r}: must be at least 60 seconds")
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
+            raise ConfigError(f"RequestBudget.window={window!r}: must be a finite positive number of seconds")
+        if (
+            isinstance(default_block, bool)
+            or not isinstance(default_block, int | float)
+            or not 60 <= default_block < math.inf
+        ):
+            raise ConfigError(
+                f"RequestBudget.default_block={default_block!r}: must be a finite number of seconds >= 60"
+            )
         self.headroom = headroom
         self.api_limit = api_limit
         self.window = float(window)
@@ -244,8 +251,7 @@ class RequestBudget:
         caller with the same token shares one budget, and the emulator never shares the real API's.
         ``kwargs`` (as in the constructor) apply only when the budget is created.
         """
-        secret = token.get_secret_value() if isinstance(token, SecretStr) else (token or "")
-        digest = hashlib.sha256(f"{api_base_url.rstrip('/')}\x00{secret}".encode()).hexdigest()
+        digest = _token_digest(token, api_base_url)
         with _REGISTRY_LOCK:
             budget = _REGISTRY.get(digest)
             if budget is None:
@@ -372,3 +378,9 @@ class RequestBudget:
                             "" if info.retry_after is not None else " (no retry-after; default)",
                         )
                     self._blocked_until = until
+
+
+def _token_digest(token: SecretStr | str | None, api_base_url: str) -> str:
+    # The token is read here only, in a frame that ends at once (never a local of a longer-lived frame).
+    raw = token.get_secret_value() if isinstance(token, SecretStr) else (token or "")
+    return hashlib.sha256(f"{api_base_url.rstrip('/')}\x00{raw}".encode()).hexdigest()

@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar, assert_never
 import httpx
 from pydantic import SecretStr
 
+from dualcache._answers import AnswerSchemas, check_vectors
 from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import PoolLimits, Timeouts
@@ -62,6 +63,7 @@ from dualcache._kv import (
     SQLiteKVBackend,
 )
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
+from dualcache._params import check_json_content, check_sampling
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import (
     DEFAULT_DECODE_MEMO_BYTES,
@@ -75,7 +77,6 @@ from dualcache._records import (
     should_coalesce,
     should_read_kv,
     should_write_kv,
-    to_float32,
 )
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
@@ -233,6 +234,7 @@ def _check_messages(messages: object) -> list[dict[str, Any]]:
         elif not isinstance(content, list) or not content:
             raise InvalidInputError(f"messages[{i}].content must be a non-empty string or list of parts")
         out.append(dict(m))
+    check_json_content(out, "messages")  # lone surrogates, NaN/Infinity: InvalidInputError, before any I/O
     try:
         json.dumps(out)
     except (TypeError, ValueError) as exc:
@@ -291,6 +293,11 @@ class DualCache:
     and the computation goes on for the others; it is cancelled when every caller waiting on it has
     been cancelled. New records are written behind the call (see ``write_behind``): a record's TTL
     counts from when it lands, and until then a miss on its key is served from the queue.
+
+    Model answers are checked before they are returned or cached (``dualcache._answers``): vectors for the
+    model's dimension and finite numbers, JSON answers against ``answer_schemas`` (an
+    :class:`~dualcache.AnswerSchemas`: the built-in operations' schemas; register a custom operation's
+    there). A bad answer is never cached; stored records failing the same checks are misses.
 
     Args:
         outputs: The stack's outputs. With them, KV is the stack's data-plane Worker (when the outputs
@@ -403,6 +410,7 @@ class DualCache:
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
         self.stats = Stats(prices, self.policies)
+        self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []
         self._clock: Clock = clock or time.time
@@ -687,6 +695,7 @@ class DualCache:
         *,
         policy: OperationPolicy,
         user_id: str | None = None,
+        check: Callable[[UpstreamResult], object] | None = None,
     ) -> UpstreamResult:
         record = CallRecord()
         cache_key = (
@@ -704,6 +713,7 @@ class DualCache:
                 record=record,
                 user_id=user_id,
                 cache_key=cache_key,
+                check=check,
             )
             logger.debug(
                 "%s: %s via %s, cache status %s, log id %s",
@@ -799,9 +809,15 @@ class DualCache:
 
     def _decode_json(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, dict[str, Any] | None]:
         try:
-            return judge_json_record(raw)
+            status, value = judge_json_record(raw)
         except Exception as exc:
             return self._undecodable(op, key, exc)
+        if value is not None and not self.answer_schemas.is_valid(op, value):
+            # A stored answer that fails the operation's schema (tampered, or written before the schema) is a
+            # miss: the fresh answer overwrites it.
+            logger.warning("%s: stored answer of %r does not fit its schema; treated as a miss", op.value, key)
+            return RecordStatus.CORRUPT, None
+        return status, value
 
     def _pending(self, store: KVStore, key: str) -> bytes | None:
         """The record of ``key`` still in the write-behind queue (a miss served from it is a KV hit)."""
@@ -849,21 +865,11 @@ class DualCache:
         return KVEntry(key, encode_json_record(record), ttl)
 
     @staticmethod
-    def _vectors(result: UpstreamResult, expected: int) -> list[list[float]]:
+    def _vectors(result: UpstreamResult, expected: int, dims: int | None = None) -> list[list[float]]:
+        # The model's dimension, finite numbers only (dualcache._answers); rounded as a stored record would be:
+        # a miss returns the very vector a later hit returns.
         data = result.data.get("data") if isinstance(result.data, dict) else None
-        if (
-            not isinstance(data, list)
-            or len(data) != expected
-            or not all(isinstance(v, list) and v and all(isinstance(x, int | float) for x in v) for v in data)
-        ):
-            got = len(data) if isinstance(data, list) else type(data).__name__
-            raise_bad = f"workers-ai embeddings: expected {expected} vectors in result.data, got {got}"
-            raise BadResponseError(raise_bad, backend="workers-ai")
-        try:
-            # Rounded as a stored record would be: a miss returns the very vector a later hit returns.
-            return [to_float32(v) for v in data]
-        except ValueError as exc:
-            raise BadResponseError(f"workers-ai embeddings: {exc}", backend="workers-ai") from None
+        return check_vectors(data, count=expected, dims=dims)
 
     async def embed(self, text: str) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
@@ -903,10 +909,16 @@ class DualCache:
             mark = self._begin_compute()
             try:
                 payload = self._embed_payload(text[: self.models.embedding_max_chars])
+                dims = expected_dimensions(self.models.embeddings)
                 result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, self.models.embeddings, payload, policy=policy
+                    op,
+                    Provider.WORKERS_AI,
+                    self.models.embeddings,
+                    payload,
+                    policy=policy,
+                    check=lambda r: self._vectors(r, 1, dims),
                 )
-                vector = self._vectors(result, 1)[0]
+                vector = self._vectors(result, 1, dims)[0]
                 if should_write_kv(policy, read):
                     store = self._store(policy)
                     if not self._forgotten_since(mark, store, key):
@@ -1099,11 +1111,17 @@ class DualCache:
             try:
                 for i in range(0, len(inputs), _EMBED_BATCH):
                     chunk = inputs[i : i + _EMBED_BATCH]
+                    dims, n = expected_dimensions(self.models.embeddings), len(chunk)
                     result = await self._upstream_call(
-                        op, Provider.WORKERS_AI, self.models.embeddings, self._embed_payload(chunk), policy=policy
+                        op,
+                        Provider.WORKERS_AI,
+                        self.models.embeddings,
+                        self._embed_payload(chunk),
+                        policy=policy,
+                        check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
                     )
                     outcome = self._outcome(result)
-                    for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
+                    for text_in, vector in zip(chunk, self._vectors(result, n, dims), strict=True):
                         for j, k in enumerate(by_input[text_in]):
                             # Two texts with the same first characters (the input cut) share one upstream item.
                             answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
@@ -1247,6 +1265,11 @@ class DualCache:
             mark = self._begin_compute()
             try:
                 value, outcome = await fetch()
+                try:  # Workers AI answers were checked already (_chat_json); this catches OpenAI's
+                    value = self.answer_schemas.check(op, value, backend="answer")
+                except BadResponseError:
+                    self.stats.error(op)
+                    raise
                 if should_write_kv(policy, read):
                     store = self._store(policy)
                     if not self._forgotten_since(mark, store, key):
@@ -1271,12 +1294,18 @@ class DualCache:
         match call.provider:
             case Provider.WORKERS_AI:
                 payload = {"messages": messages, **call.params, "response_format": json_mode}
+
+                def answer_of(result: UpstreamResult) -> dict[str, Any]:
+                    # JSON mode: result.response is then an object; a string holding one is parsed too. Checked
+                    # against the operation's answer schema inside the call, so a bad gateway answer goes direct.
+                    answer = result.data.get("response") if isinstance(result.data, dict) else result.data
+                    parsed = parse_json_object(answer, backend="workers-ai")
+                    return self.answer_schemas.check(op, parsed, backend="workers-ai")
+
                 result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, call.model, payload, policy=policy, user_id=user_id
+                    op, Provider.WORKERS_AI, call.model, payload, policy=policy, user_id=user_id, check=answer_of
                 )
-                # JSON mode: result.response is then an object; a string holding one is parsed too.
-                answer = result.data.get("response") if isinstance(result.data, dict) else result.data
-                return parse_json_object(answer, backend="workers-ai"), self._outcome(result)
+                return answer_of(result), self._outcome(result)
             case Provider.OPENAI:
                 payload = {
                     "model": call.model,
@@ -1368,6 +1397,9 @@ class DualCache:
             )
         if not isinstance(refresh, bool):
             raise InvalidInputError(f"refresh must be a bool, got {refresh!r}")
+        check_json_content(extra, "params")  # NaN, lone surrogates: before any I/O
+        for call in calls:  # the documented ranges of each provider the params go to
+            check_sampling(extra, provider=call.provider.value, where="run: ")
         return await self._run_json(op, policy, kv_key, calls, msgs, user_id=user, refresh=refresh)
 
     async def analyze_job(
@@ -1453,7 +1485,9 @@ class DualCache:
         self._upstream.check_configured(Provider.OPENAI)
         op = Operation.APPLICATION_GENERATION
         policy = self.policies.for_operation(op)
-        params = {"temperature": temperature, "max_tokens": max_tokens}
+        params = check_sampling(
+            {"temperature": temperature, "max_tokens": max_tokens}, provider="openai", where="generate_application: "
+        )
         model = self.models.application_generation
         if json_output:
             user = self._scoped_user(op, policy, user_id, strict=False)

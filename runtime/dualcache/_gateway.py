@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +42,7 @@ from dualcache._exceptions import (
 from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
+from dualcache._redact import SecretHeaders, auth_headers, redact_url, scrubbed
 from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
 __all__ = [
@@ -100,7 +102,7 @@ def gateway_headers(
       when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
     * ``cf-aig-collect-log`` when the policy sets it.
     """
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = SecretHeaders()  # its repr masks cf-aig-authorization
     match policy.gateway:
         case GatewayMode.CACHE:
             headers["cf-aig-cache-ttl"] = str(policy.gateway_ttl)
@@ -111,7 +113,7 @@ def gateway_headers(
         case _ as unreachable:
             assert_never(unreachable)
     if gateway_token is not None and gateway_token.get_secret_value():
-        headers["cf-aig-authorization"] = f"Bearer {gateway_token.get_secret_value()}"
+        headers |= auth_headers(gateway_token, header="cf-aig-authorization")
     metadata: dict[str, str] = {"operation": operation.value}
     if user_id:
         metadata["user_id"] = escape_part(user_id)
@@ -162,13 +164,23 @@ class RetryPolicy:
     total_timeout: float = 90.0  # room for one full 60 s attempt (the default upstream_timeout) plus retries
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts={self.max_attempts!r}: must be >= 1")
-        if self.base_delay < 0 or self.max_delay < 0 or self.total_timeout <= 0:
-            raise ConfigError(
-                f"RetryPolicy delays must be >= 0 and total_timeout > 0, got base_delay={self.base_delay!r}, "
-                f"max_delay={self.max_delay!r}, total_timeout={self.total_timeout!r}"
-            )
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"RetryPolicy.max_attempts={self.max_attempts!r}: must be an integer >= 1")
+        for name, value, allow_zero in (
+            ("base_delay", self.base_delay, True),
+            ("max_delay", self.max_delay, True),
+            ("total_timeout", self.total_timeout, False),
+        ):
+            # NaN compares false with everything, so a plain `< 0` lets it through (and then a wait never ends).
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not allow_zero)
+            ):
+                bound = ">= 0" if allow_zero else "> 0"
+                raise ConfigError(f"RetryPolicy.{name}={value!r}: must be a finite number of seconds {bound}")
 
 
 class RetryAction(Enum):
@@ -375,7 +387,8 @@ class UpstreamClient:
         await self._abandoner.aclose()
 
     def __repr__(self) -> str:
-        return f"UpstreamClient(gateway={self.gateway_url!r}, api_base_url={self.api_base_url!r})"
+        gateway = redact_url(self.gateway_url) if self.gateway_url else None
+        return f"UpstreamClient(gateway={gateway!r}, api_base_url={redact_url(self.api_base_url)!r})"
 
     @property
     def gateway_token(self) -> SecretStr | None:
@@ -402,11 +415,12 @@ class UpstreamClient:
             case _ as unreachable:
                 assert_never(unreachable)
 
-    def _target(self, provider: Provider, route: Route, path: str) -> tuple[str, dict[str, str]]:
+    def _target(self, provider: Provider, route: Route, path: str) -> tuple[str, SecretHeaders]:
+        # The headers are a SecretHeaders (its repr masks the token) built by auth_headers, whose frame ends
+        # here: no frame that awaits the request holds the raw token (see dualcache._redact).
         match provider:
             case Provider.WORKERS_AI:
-                token = self._api_token.get_secret_value() if self._api_token else ""
-                auth = {"Authorization": f"Bearer {token}"}
+                auth = auth_headers(self._api_token)
                 match route:
                     case Route.GATEWAY:
                         return f"{self.gateway_url}/workers-ai/{path}", auth
@@ -418,8 +432,7 @@ class UpstreamClient:
                     case _ as unreachable:
                         assert_never(unreachable)
             case Provider.OPENAI:
-                key = self._openai_key.get_secret_value() if self._openai_key else ""
-                auth = {"Authorization": f"Bearer {key}"}
+                auth = auth_headers(self._openai_key)
                 match route:
                     case Route.GATEWAY:
                         return f"{self.gateway_url}/openai/{path}", auth
@@ -441,12 +454,18 @@ class UpstreamClient:
         record: CallRecord,
         user_id: str | None = None,
         cache_key: str | None = None,
+        check: Callable[[UpstreamResult], object] | None = None,
     ) -> UpstreamResult:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
         breaker, a full pool) and the policy allows it; retries 429/5xx within :class:`RetryPolicy` and
         the route's budget (:class:`~dualcache.Timeouts`) on each route.
+
+        ``check`` validates an answer (see ``dualcache._answers``); a bad one (a
+        :class:`~dualcache.BadResponseError`) is counted in ``record.faults`` and, from the gateway, tried once
+        on the direct route when the policy allows it (the gateway may have cached it: asking it again would
+        give the same answer); else it is raised.
 
         Raises:
             ConfigError: the provider is not configured.
@@ -463,7 +482,7 @@ class UpstreamClient:
                     policy, operation, gateway_token=self._gateway_token, user_id=user_id, cache_key=cache_key
                 )
             try:
-                return await self._send(provider, route, url, headers, payload, record)
+                result = await self._send(provider, route, url, headers, payload, record)
             except SkippedError as exc:
                 last = exc
                 record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
@@ -477,6 +496,18 @@ class UpstreamClient:
                     logger.warning("%s via gateway failed for %s (%s); trying direct", provider, operation, exc)
                     continue
                 raise
+            if check is None:
+                return result
+            try:
+                check(result)
+            except BadResponseError as exc:
+                record.faults += 1
+                last = exc
+                if route is Route.GATEWAY and len(routes) > 1:
+                    logger.warning("%s via gateway: bad answer for %s (%s); trying direct", provider, operation, exc)
+                    continue
+                raise
+            return result
         assert last is not None  # routes is never empty: direct is always configured once checked
         raise last
 
@@ -485,7 +516,7 @@ class UpstreamClient:
         provider: Provider,
         route: Route,
         url: str,
-        headers: dict[str, str],
+        headers: SecretHeaders,
         payload: Mapping[str, Any],
         record: CallRecord,
     ) -> UpstreamResult:
@@ -516,6 +547,10 @@ class UpstreamClient:
             record.attempts += 1
             response: httpx.Response | None = None
             error: BackendError
+            not_sent: SkippedError | None = None
+            # Foreign exceptions are mapped here with a scrubbed copy as the cause (no request, no traceback:
+            # see dualcache._redact), and raised only after the except block, so no __context__ holds the
+            # original httpx exception and its request headers either.
             try:
                 # httpx's per-phase timeouts end the request itself; run_bounded also bounds the whole attempt
                 # for transports that ignore them (httpx.MockTransport) by abandoning it, never cancelling a
@@ -528,15 +563,18 @@ class UpstreamClient:
             except httpx.PoolTimeout as exc:  # our gate's AdmissionTimeout, or httpx's own: nothing was sent
                 breaker.release()
                 record.attempts -= 1  # nothing was sent
-                raise SkippedError(
+                not_sent = SkippedError(
                     f"{backend}: no free connection within {budget:.3g}s, not sent", backend=backend, reason="admission"
-                ) from exc
+                )
+                not_sent.__cause__ = scrubbed(exc)
             except (httpx.TimeoutException, BudgetExceeded) as exc:
                 error = BackendUnavailableError(f"{backend}: timed out after {budget:.3g}s", backend=backend)
-                error.__cause__ = exc
+                error.__cause__ = scrubbed(exc)
             except httpx.HTTPError as exc:
-                error = BackendUnavailableError(f"{backend}: {type(exc).__name__}: {exc}", backend=backend)
-                error.__cause__ = exc
+                error = BackendUnavailableError(f"{backend}: {type(exc).__name__}: {scrubbed(exc)}", backend=backend)
+                error.__cause__ = scrubbed(exc)
+            if not_sent is not None:
+                raise not_sent
             if response is not None:
                 if response.status_code < 400:
                     breaker.success()
@@ -575,10 +613,14 @@ class UpstreamClient:
 
     @staticmethod
     def _parse(provider: Provider, route: Route, backend: str, response: httpx.Response) -> UpstreamResult:
+        bad: BadResponseError | None = None
         try:
             body = response.json()
         except ValueError as exc:
-            raise BadResponseError(f"{backend}: response is not JSON", backend=backend) from exc
+            bad = BadResponseError(f"{backend}: response is not JSON", backend=backend)
+            bad.__cause__ = scrubbed(exc)
+        if bad is not None:
+            raise bad  # outside the except block: no __context__ with the response's frames
         data = body
         if provider is Provider.WORKERS_AI and isinstance(body, dict) and "result" in body:
             # Workers AI's envelope; through the gateway it may or may not be kept (cloudflare-facts §6),

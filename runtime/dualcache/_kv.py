@@ -48,6 +48,7 @@ from dualcache._exceptions import (
 )
 from dualcache._keys import check_key
 from dualcache._policy import KV_MIN_TTL, Namespace
+from dualcache._redact import auth_headers, redact_url, scrubbed
 from dualcache._transport import Abandoner, BudgetExceeded, is_admission_timeout, run_bounded
 
 __all__ = [
@@ -593,14 +594,14 @@ class _HTTPKVBackend:
     ) -> None:
         self._client = client
         self._base = base_url
-        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
-        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        # Kept as a SecretStr; the header is built per request by auth_headers (see dualcache._redact).
+        self._token = token if isinstance(token, SecretStr) or token is None else SecretStr(token)
         self._timeout = timeout
         self.budget = budget
         self._budget_wait = timeout / 2 if budget_wait is None else budget_wait
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base={self._base!r})"
+        return f"{type(self).__name__}(base={redact_url(self._base)!r})"
 
     @staticmethod
     def _quote(key: str) -> str:
@@ -614,13 +615,20 @@ class _HTTPKVBackend:
         if self.budget is not None:
             # Raises SkippedError (nothing sent) while blocked after a 429 or out of budget.
             await self.budget.acquire(self._budget_wait, backend="kv")
-        headers = {**self._headers, **kwargs.pop("headers", {})}
+        headers = auth_headers(self._token, extra=kwargs.pop("headers", None))
+        # Foreign exceptions are mapped with a scrubbed copy as the cause (no request, no traceback) and raised
+        # after the except block, so no __cause__/__context__ holds the httpx request and its headers.
+        error: BackendError | None = None
         try:
             response = await self._client.request(method, self._base + path, headers=headers, timeout=limit, **kwargs)
         except httpx.TimeoutException as exc:
-            raise BackendUnavailableError(f"kv {what}: timed out after {limit:g}s", backend="kv") from exc
+            error = BackendUnavailableError(f"kv {what}: timed out after {limit:g}s", backend="kv")
+            error.__cause__ = scrubbed(exc)
         except httpx.HTTPError as exc:
-            raise BackendUnavailableError(f"kv {what}: {type(exc).__name__}: {exc}", backend="kv") from exc
+            error = BackendUnavailableError(f"kv {what}: {type(exc).__name__}: {scrubbed(exc)}", backend="kv")
+            error.__cause__ = scrubbed(exc)
+        if error is not None:
+            raise error
         if self.budget is not None:
             self.budget.observe(response.status_code, response.headers)
         return response
@@ -628,10 +636,14 @@ class _HTTPKVBackend:
     @staticmethod
     def _result(response: httpx.Response, what: str) -> Any:
         raise_for_status(response, backend="kv", what=what)
+        bad: BadResponseError | None = None
         try:
             body = response.json()
         except ValueError as exc:
-            raise BadResponseError(f"kv {what}: response is not JSON", backend="kv") from exc
+            bad = BadResponseError(f"kv {what}: response is not JSON", backend="kv")
+            bad.__cause__ = scrubbed(exc)
+        if bad is not None:
+            raise bad  # outside the except block: no __context__ with the response's frames
         if not isinstance(body, dict) or body.get("success") is False:
             raise BadResponseError(f"kv {what}: unsuccessful envelope: {_envelope_errors(response)}", backend="kv")
         return body.get("result")
@@ -1027,6 +1039,7 @@ class KVStore:
                 retry_after=breaker.retry_after(),
             )
         budget = timeout if timeout is not None else self.timeout if op in _KV_READS else self.write_timeout
+        foreign: BackendUnavailableError | None = None
         try:
             if budget is None or self._unbounded:
                 result = await call
@@ -1078,10 +1091,13 @@ class KVStore:
             # A backend (an injected one especially) may fail with anything: OSError, a driver error, ...
             # Mapped here, at the one boundary, so callers (DualCache: "KV down is a miss") see a BackendError.
             self._failed(breaker)
-            raise BackendUnavailableError(
-                f"kv {self.binding} {op}: {self.backend.name} backend failed: {type(exc).__name__}: {exc}",
+            foreign = BackendUnavailableError(
+                f"kv {self.binding} {op}: {self.backend.name} backend failed: {type(exc).__name__}: {scrubbed(exc)}",
                 backend="kv",
-            ) from exc
+            )
+            foreign.__cause__ = scrubbed(exc)  # an injected backend's httpx error would hold its request
+        if foreign is not None:
+            raise foreign  # outside the except block: no __context__ holding the original
         if breaker is not None:
             breaker.success()
         return result

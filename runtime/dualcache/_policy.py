@@ -25,6 +25,7 @@ __all__ = [
     "RESERVED_NAMES",
     "GATEWAY_MAX_TTL",
     "GATEWAY_MIN_TTL",
+    "KV_MAX_TTL",
     "KV_MIN_TTL",
     "OPERATION_NAME_MAX",
     "VERSION_MAX",
@@ -38,6 +39,13 @@ __all__ = [
 
 KV_MIN_TTL = 60
 """Smallest KV ``expiration_ttl`` Cloudflare accepts, in seconds."""
+KV_MAX_TTL = 31_536_000
+"""Largest KV ``expiration_ttl`` dualcache accepts, in seconds (365 days).
+
+Cloudflare documents no maximum TTL; the data-plane Worker refuses an ``expiration_ttl`` above 2^31 - 1 (its
+integer range, ``infra/worker/DATAPLANE.md``) and an ``expiration`` (unix seconds) above 2^31 - 1. A year keeps
+now + TTL inside that range until 2037 and is far above any cache lifetime (SPEC's longest is 30 days); a
+larger value is almost surely a unit mistake (milliseconds) and would make every write fail."""
 GATEWAY_MIN_TTL = 60
 """Smallest ``cf-aig-cache-ttl``, in seconds."""
 GATEWAY_MAX_TTL = 2_592_000
@@ -223,8 +231,11 @@ class OperationPolicy(BaseModel):
     @model_validator(mode="after")
     def _check_bounds(self) -> OperationPolicy:
         if self.kv:
-            if self.kv_ttl is None or self.kv_ttl < KV_MIN_TTL:
-                raise ValueError(f"kv_ttl={self.kv_ttl!r}: with kv on it must be an integer >= {KV_MIN_TTL} seconds")
+            if self.kv_ttl is None or not KV_MIN_TTL <= self.kv_ttl <= KV_MAX_TTL:
+                raise ValueError(
+                    f"kv_ttl={self.kv_ttl!r}: with kv on it must be an integer >= {KV_MIN_TTL} "
+                    f"and <= {KV_MAX_TTL} seconds (KV_MAX_TTL, 365 days)"
+                )
             if self.kv_namespace is None:
                 valid = ", ".join(n.value for n in Namespace)
                 raise ValueError(f"kv_namespace is required when kv is on; one of {valid}")

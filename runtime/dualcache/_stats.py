@@ -51,8 +51,9 @@ class PriceTable(BaseModel):
     an operation without one has an unknown cost (:meth:`price` returns ``None``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow")
-    __pydantic_extra__: dict[str, Annotated[float, Field(ge=0)]] = Field(init=False)
+    # Prices are finite (an infinite price would make every cost figure inf, and NaN every one NaN).
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
+    __pydantic_extra__: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(init=False)
 
     application_generation: float = Field(default=0.02, ge=0)
     job_analysis: float = Field(default=0.03, ge=0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class WriteBehindPolicy:
                 raise ConfigError(f"WriteBehindPolicy.{name}={value!r}: must be an integer {bound}")
         floats = {"base_delay": self.base_delay, "max_delay": self.max_delay, "close_timeout": self.close_timeout}
         for name, number in floats.items():
-            if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
-                raise ConfigError(f"WriteBehindPolicy.{name}={number!r}: must be a number of seconds >= 0")
+            # NaN passes `< 0` (every comparison with it is false) and inf never ends a wait: both refused.
+            if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < math.inf:
+                raise ConfigError(f"WriteBehindPolicy.{name}={number!r}: must be a number of seconds >= 0, finite")
         if self.close_timeout <= 0:
             raise ConfigError(f"WriteBehindPolicy.close_timeout={self.close_timeout!r}: must be > 0 seconds")
 

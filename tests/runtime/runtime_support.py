@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from dualcache import KVStore
+from dualcache._records import expected_dimensions
 
 
 class FakeClock:
@@ -54,9 +55,9 @@ class FakeCloud:
         self.cancelled = 0  # requests whose handling was cancelled (the client gave up on them)
 
     @staticmethod
-    def vector(text: str) -> list[float]:
+    def vector(text: str, dims: int = DIMS) -> list[float]:
         digest = hashlib.sha256(text.encode()).digest()
-        return [b / 256 for b in (digest * 24)[: FakeCloud.DIMS]]  # exact in float32, as stored
+        return [b / 256 for b in (digest * (dims // 32 + 1))[:dims]]  # exact in float32, as stored
 
     def route_of(self, request: httpx.Request) -> str:
         host = request.url.host
@@ -91,7 +92,8 @@ class FakeCloud:
         path = request.url.path
         headers = {"cf-aig-cache-status": self.cache_status, "cf-aig-log-id": "01LOG"} if route == "gateway" else {}
         if path.endswith("chat/completions"):
-            content = json.dumps({"model": body["model"], "echo": body["messages"][-1]["content"]})
+            # A score: the built-in job-analysis schema wants one (dualcache._answers).
+            content = json.dumps({"model": body["model"], "echo": body["messages"][-1]["content"], "score": 80})
             if "response_format" not in body:
                 content = "plain text letter"
             answer = {"choices": [{"message": {"role": "assistant", "content": content}}]}
@@ -99,9 +101,11 @@ class FakeCloud:
         model = path.split("/workers-ai/")[-1] if route == "gateway" else path.split("/ai/run/")[-1]
         if "bge" in model:
             texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
-            result: Any = {"shape": [len(texts), self.DIMS], "data": [self.vector(t) for t in texts]}
+            dims = expected_dimensions(model) or self.DIMS  # the model's dimension: another is a bad answer
+            result: Any = {"shape": [len(texts), dims], "data": [self.vector(t, dims) for t in texts]}
         else:
-            result = {"response": {"model": model, "echo": str(body["messages"][-1]["content"])[:50]}}
+            echo = str(body["messages"][-1]["content"])[:50]
+            result = {"response": {"model": model, "echo": echo, "score": 80}}  # a score: see above
         return httpx.Response(
             200, json={"result": result, "success": True, "errors": [], "messages": []}, headers=headers
         )

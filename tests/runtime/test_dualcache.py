@@ -473,7 +473,7 @@ async def test_detect_spam_cached_in_kv_and_gateway(env: Env) -> None:
 
 async def test_generate_application_json_and_text(env: Env) -> None:
     letter = await env.cache.generate_application(messages=MSGS, user_id="u7")
-    assert letter == {"model": "gpt-4o-mini", "echo": MSGS[-1]["content"]}
+    assert letter == {"model": "gpt-4o-mini", "echo": MSGS[-1]["content"], "score": 80}
     text = await env.cache.generate_application(messages=MSGS, json_output=False)
     assert text == "plain text letter"
     request = env.cloud.requests[0]

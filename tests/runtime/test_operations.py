@@ -368,10 +368,11 @@ async def test_refresh_skips_both_caches_once_and_overwrites_the_record(env: tup
     cache, cloud, kv = env
     await cache.detect_spam(job_id="j", messages=MSGS)
     assert cloud.requests[-1].headers["cf-aig-cache-ttl"] == "86400"
-    kv._data["spam:j"] = (b'{"old": true}', *kv._data["spam:j"][1:])
-    assert await cache.detect_spam(job_id="j", messages=MSGS) == {"old": True}
+    # A valid verdict (a record failing the spam schema would be a miss, not served: issue 14).
+    kv._data["spam:j"] = (b'{"isSpam": true, "old": true}', *kv._data["spam:j"][1:])
+    assert await cache.detect_spam(job_id="j", messages=MSGS) == {"isSpam": True, "old": True}
     fresh = await cache.detect_spam(job_id="j", messages=MSGS, refresh=True)
-    assert fresh != {"old": True}
+    assert fresh != {"isSpam": True, "old": True}
     headers = cloud.requests[-1].headers
     assert headers["cf-aig-skip-cache"] == "true" and "cf-aig-cache-ttl" not in headers
     assert await cache.detect_spam(job_id="j", messages=MSGS) == fresh  # KV holds the fresh answer

@@ -74,7 +74,8 @@ class Counting:
             return httpx.Response(404, json={"success": False, "errors": [{"code": 10009, "message": "not found"}]})
         body = json.loads(request.content)
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
-        result = {"shape": [len(texts), 2], "data": [[0.5, float(len(t))] for t in texts]}
+        # 768 components, bge-base's dimension: a vector of another length is a bad answer (issue 14)
+        result = {"shape": [len(texts), 768], "data": [[0.5, float(len(t))] + [0.0] * 766 for t in texts]}
         return httpx.Response(200, json={"result": result, "success": True, "errors": [], "messages": []})
 
 
@@ -180,7 +181,7 @@ async def test_dualcache_kv_read_without_a_place_is_a_skipped_miss_not_an_error(
             while len(store._abandoner):
                 await asyncio.sleep(0.01)
         assert admission_of(cache._kv_http).in_flight == 0  # type: ignore[union-attr]
-    assert [len(v) for v in vectors] == [2, 2]
+    assert [len(v) for v in vectors] == [768, 768]
     assert (snap["errors"], snap["kv_skipped"], snap["provider_calls"], snap["failures"]) == (1, 1, 2, 0)
 
 
@@ -245,6 +246,6 @@ async def test_dualcache_gateway_without_a_place_is_skipped_for_the_direct_route
         vectors = await asyncio.gather(cache.embed("one"), cache.embed("two"))
         snap = cache.stats.snapshot()["embeddings"]
         handler.released.set()
-    assert [len(v) for v in vectors] == [2, 2]
+    assert [len(v) for v in vectors] == [768, 768]
     assert (handler.calls["gw.test"], handler.calls["api.test"]) == (1, 2)  # one waited at the gate, unsent
     assert (snap["gateway_skipped"], snap["upstream_requests"], snap["failures"]) == (1, 3, 0)
