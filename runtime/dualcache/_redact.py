@@ -26,15 +26,28 @@ from typing import Any
 
 from pydantic import SecretStr
 
-__all__ = ["REDACTED", "SENSITIVE_HEADERS", "SecretHeaders", "auth_headers", "redact_text", "redact_url", "scrubbed"]
+__all__ = [
+    "REDACTED",
+    "SENSITIVE_HEADERS",
+    "URL_REDACTED",
+    "SecretHeaders",
+    "auth_headers",
+    "redact_text",
+    "redact_url",
+    "scrubbed",
+]
 
 REDACTED = "[redacted]"
 """What a masked value is shown as."""
+URL_REDACTED = "***"
+"""What stands for a URL's userinfo once redacted."""
 
 SENSITIVE_HEADERS = frozenset({"authorization", "cf-aig-authorization", "proxy-authorization", "x-api-key"})
 """Header names (lower case) whose values are credentials."""
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@\s]*)@")
+# Text that is not a URL with a scheme (``localhost:pw@host``): whatever precedes the last ``@`` before a path.
+_BARE_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?)[^/?#\s]*@")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}")
 
 
@@ -79,8 +92,16 @@ def auth_headers(
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with its userinfo (``user:password@``) replaced by ``[redacted]@``."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", url)
+    """Return ``url`` with every userinfo (``user:password@``) replaced by ``***@``.
+
+    The one redaction of URLs for messages, reprs and logs. It works on free text holding URLs too, and on
+    text that is not a valid URL (``localhost:pw@host``, a scheme that is not http).
+    """
+    text = str(url)
+    redacted = _USERINFO.sub(lambda m: f"{m.group('scheme')}{URL_REDACTED}@", text)
+    if redacted == text and "://" not in text:
+        redacted = _BARE_USERINFO.sub(lambda m: f"{m.group('head')}{URL_REDACTED}@", text, count=1)
+    return redacted
 
 
 def redact_text(text: str) -> str:

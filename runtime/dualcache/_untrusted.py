@@ -33,6 +33,7 @@ from yaml.events import AliasEvent, CollectionStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from dualcache._exceptions import ConfigError
+from dualcache._redact import redact_url
 
 __all__ = [
     "MAX_JSON_CONTAINERS",
@@ -76,7 +77,6 @@ _SECRET_MARK = "[secure value not shown]"
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 # The authority's userinfo: after an optional `scheme:` and `//`, everything up to the last '@' before a path.
-_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?)[^/?#]*@")
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -109,15 +109,6 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
         return f"<{type(value).__name__} of {len(value):,} items>"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the ``user:password@`` part of its authority replaced by ``***@``, for messages and logs.
-
-    Works on text that is not a valid URL too (``localhost:pw@host``, a scheme that is not http): whatever
-    stands between the scheme and the last ``@`` before the path is dropped.
-    """
-    return _USERINFO.sub(r"\g<head>***@", str(url), count=1)
 
 
 def read_bounded(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
