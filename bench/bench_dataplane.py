@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import Iterator
 
 import benchkit
 
@@ -45,18 +43,6 @@ def demo_requests(scale: float, seed: int) -> None:
             f"{1000 * surfaces['api'] / served:>15.0f} {1000 * surfaces['data_plane'] / served:>19.0f}"
         )
     print("  goal: 0 Cloudflare API requests per 1,000 with the data plane (AI calls go to the gateway)\n")
-
-
-@contextlib.contextmanager
-def servers(no_workerd: bool) -> Iterator[list[benchkit.Server]]:
-    with contextlib.ExitStack() as stack:
-        found = [stack.enter_context(benchkit.dev_emulator())]
-        why = "--no-workerd" if no_workerd else benchkit.workerd_unavailable()
-        if why is None:
-            found.append(stack.enter_context(benchkit.workerd_data_plane()))
-        else:
-            print(f"  note: the real Worker in workerd is skipped: {why}")
-        yield found
 
 
 async def over_data_plane(server: benchkit.Server, callers: list[int], hits: int, samples: int, keys: int) -> None:
@@ -87,7 +73,7 @@ def main() -> int:
     benchkit.quiet_logs()
     print(f"dualcache data-plane benchmarks (python {sys.version.split()[0]}, dualcache from {dualcache.__file__})\n")
     demo_requests(args.scale, args.seed)
-    with servers(args.no_workerd) as found:
+    with benchkit.servers(no_workerd=args.no_workerd) as found:
         for server in found:
             asyncio.run(over_data_plane(server, callers, args.hits, args.samples, args.keys))
     return 0

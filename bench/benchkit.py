@@ -210,6 +210,8 @@ class FloorRow:
     hit_us: float
     floor_us: float
     samples: int
+    value_bytes: int
+    """Length of the stored value the raw GET read back."""
 
     @property
     def ratio(self) -> float:
@@ -243,7 +245,12 @@ async def hit_vs_floor(cache: DualCache, text: str, data_plane_url: str, token: 
             else:
                 await client.get(url, headers=headers)
             (hit if which == 0 else floor).append(time.perf_counter() - started)
-    return FloorRow(hit_us=statistics.median(hit) * 1e6, floor_us=statistics.median(floor) * 1e6, samples=samples)
+    return FloorRow(
+        hit_us=statistics.median(hit) * 1e6,
+        floor_us=statistics.median(floor) * 1e6,
+        samples=samples,
+        value_bytes=len(first.content),
+    )
 
 
 def print_floor(label: str, row: FloorRow) -> None:
@@ -341,6 +348,19 @@ def workerd_data_plane() -> Iterator[Server]:
             }
         )
         yield Server(name="real Worker in workerd", outputs=outputs, data_plane_token=token, control_url=None)
+
+
+@contextlib.contextmanager
+def servers(*, no_workerd: bool = False) -> Iterator[list[Server]]:
+    """The emulator, and the real Worker in workerd unless ``no_workerd`` or it cannot run (a note says why)."""
+    with contextlib.ExitStack() as stack:
+        found = [stack.enter_context(dev_emulator())]
+        why = "--no-workerd" if no_workerd else workerd_unavailable()
+        if why is None:
+            found.append(stack.enter_context(workerd_data_plane()))
+        else:
+            print(f"  note: the real Worker in workerd is skipped: {why}")
+        yield found
 
 
 @contextlib.asynccontextmanager
