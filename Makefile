@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Workers' test dependencies (miniflare, which carries workerd); npm ci replaces node_modules, stamp included.
+NPM_STAMP := infra/worker/node_modules/.installed
 
 .PHONY: setup test lint typecheck pytest demo clean
 
@@ -14,7 +16,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(NPM_STAMP): infra/worker/package-lock.json
+	npm ci --prefix infra/worker --no-audit --no-fund --loglevel=error >/dev/null
+	touch $(NPM_STAMP)
+
+setup: $(STAMP) $(NPM_STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -24,7 +30,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict runtime/dualcache infra
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(NPM_STAMP)
 	$(PY) -m pytest
 
 test: lint typecheck pytest
@@ -33,4 +39,4 @@ demo: $(STAMP)
 	$(VENV)/bin/dualcache demo
 
 clean:
-	rm -rf $(VENV) .dualcache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) infra/worker/node_modules .dualcache .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from infra.components import (
 )
 from infra.config import InfraConfig, read_config
 
-__all__ = ["DATA_PLANE_WORKER", "HEALTH_WORKER", "PROJECT_DIR", "main", "worker_source"]
+__all__ = ["DATA_PLANE_WORKER", "HEALTH_WORKER", "PROJECT_DIR", "data_plane_source", "main", "worker_source"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 """The directory holding ``Pulumi.yaml`` when the program runs from this checkout."""
@@ -34,6 +34,15 @@ def worker_source(cfg: InfraConfig) -> str:
     """The Worker's ES module source: the configured bundle, else the bundled health Worker."""
     bundle = cfg.bundle_path()
     return (bundle or HEALTH_WORKER).read_text(encoding="utf-8")
+
+
+def data_plane_source() -> str:
+    """The data-plane Worker's ES module: health.js, a newline, then dataplane.js (see the end of health.js).
+
+    dataplane.js reuses health.js's names and replaces its router, so the two files make one module; this
+    is what ``infra/worker/dev.mjs`` runs in workerd for the tests, byte for byte.
+    """
+    return HEALTH_WORKER.read_text(encoding="utf-8") + "\n" + DATA_PLANE_WORKER.read_text(encoding="utf-8")
 
 
 def main(project_dir: Path | None = None, *, deploying: bool = False) -> None:
@@ -74,7 +83,7 @@ def main(project_dir: Path | None = None, *, deploying: bool = False) -> None:
             account_id=stack.account_id,
             script_name=stack.data_plane_name,
             settings=stack.data_plane,
-            content=DATA_PLANE_WORKER.read_text(encoding="utf-8"),
+            content=data_plane_source(),
             namespace_ids=kv.ids,
             gateway_id=gateway.gateway_id,
             token=cfg.data_plane_token,

@@ -82,16 +82,22 @@ export async function health(env, { probes = true } = {}) {
   return { ok, bindings, secrets, checks };
 }
 
-export default {
-  async fetch(request, env) {
-    const url = new URL(request.url);
-    if (url.pathname !== "/health") {
-      return Response.json({ error: "not found; try GET /health" }, { status: 404 });
-    }
-    if (request.method !== "GET") {
-      return Response.json({ error: "method not allowed; use GET" }, { status: 405, headers: { allow: "GET" } });
-    }
-    const report = await health(env, { probes: url.searchParams.get("probes") !== "0" });
-    return Response.json(report, { status: report.ok ? 200 : 503, headers: { "cache-control": "no-store" } });
-  },
-};
+// The health route, exported so that the data-plane Worker serves the same one (see below).
+export async function handleHealth(request, env) {
+  const url = new URL(request.url);
+  if (url.pathname !== "/health") {
+    return Response.json({ error: "not found; try GET /health" }, { status: 404 });
+  }
+  if (request.method !== "GET") {
+    return Response.json({ error: "method not allowed; use GET" }, { status: 405, headers: { allow: "GET" } });
+  }
+  const report = await health(env, { probes: url.searchParams.get("probes") !== "0" });
+  return Response.json(report, { status: report.ok ? 200 : 503, headers: { "cache-control": "no-store" } });
+}
+
+// One source, two Workers. Deployed alone, this module is the health Worker. The data-plane Worker's module
+// is this file followed by dataplane.js (one ES module string): dataplane.js reuses the names above and
+// replaces `worker.fetch` with its own router, which sends GET /health here. So nothing of the health check
+// is copied, and neither file may declare a top-level name that the other declares.
+const worker = { fetch: handleHealth };
+export default worker;

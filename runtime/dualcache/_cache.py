@@ -51,6 +51,7 @@ from dualcache._kv import (
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
 from dualcache._records import (
+    DEFAULT_DECODE_MEMO_BYTES,
     EMBED_INPUT_MAX_CHARS,
     RecordStatus,
     build_embedding_record,
@@ -60,6 +61,7 @@ from dualcache._records import (
     should_coalesce,
     should_read_kv,
     should_write_kv,
+    to_float32,
 )
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
@@ -216,8 +218,12 @@ class DualCache:
         models: Model of each operation.
         openai_base_url: Direct OpenAI base (used without a gateway, or as the direct fallback).
         sleep: Awaitable sleep used between retries (tests record the waits).
-        decode_memo_size: How many decoded embedding records to keep, keyed by their exact stored bytes
-            (a hit on unchanged bytes skips JSON decoding; it never serves anything KV did not return).
+        decode_memo_bytes: Memory budget of the decode memo, in bytes (default 64 MiB, about 2,300
+            768-d records; 0 turns it off). The memo keeps decoded embedding records keyed by their
+            exact stored bytes: a hit on unchanged bytes skips decoding, and it never serves anything
+            KV did not return. Least recently used records leave first.
+        decode_memo_size: An optional cap on the number of memo entries on top of the byte budget
+            (``None``: bytes only; 0 turns the memo off).
         write_behind: How the cache's own KV writes (new records of embeddings, analyses, spam verdicts)
             are made: ``True`` (default) queues them for background bulk writes with the default
             :class:`WriteBehindPolicy`, so no caller waits for a write; a policy sets the queue's bounds;
@@ -249,7 +255,8 @@ class DualCache:
         models: Models | None = None,
         openai_base_url: str = DEFAULT_OPENAI_BASE_URL,
         sleep: Sleep | None = None,
-        decode_memo_size: int = 256,
+        decode_memo_bytes: int = DEFAULT_DECODE_MEMO_BYTES,
+        decode_memo_size: int | None = None,
         write_behind: WriteBehindPolicy | bool = True,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
@@ -258,8 +265,14 @@ class DualCache:
             raise ConfigError(f"kv_timeout={kv_timeout!r}: must be a positive number of seconds or None")
         if upstream_timeout <= 0:
             raise ConfigError(f"upstream_timeout={upstream_timeout!r}: must be a positive number of seconds")
-        if decode_memo_size < 0:
-            raise ConfigError(f"decode_memo_size={decode_memo_size!r}: must be >= 0")
+        if isinstance(decode_memo_bytes, bool) or not isinstance(decode_memo_bytes, int) or decode_memo_bytes < 0:
+            raise ConfigError(
+                f"decode_memo_bytes={decode_memo_bytes!r}: must be an integer >= 0 (0 turns the memo off)"
+            )
+        if decode_memo_size is not None and (
+            isinstance(decode_memo_size, bool) or not isinstance(decode_memo_size, int) or decode_memo_size < 0
+        ):
+            raise ConfigError(f"decode_memo_size={decode_memo_size!r}: must be None or an integer >= 0")
         self.outputs = outputs
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
@@ -277,8 +290,10 @@ class DualCache:
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
         self._reads = SharedReads()
-        self._memo: OrderedDict[str, tuple[bytes, list[float]]] = OrderedDict()
-        self._memo_size = decode_memo_size
+        self._memo: OrderedDict[str, tuple[bytes, list[float], int]] = OrderedDict()
+        self._memo_bytes = decode_memo_bytes if decode_memo_size != 0 else 0
+        self._memo_entries = decode_memo_size
+        self._memo_used = 0
         self._closed = False
         if not isinstance(write_behind, WriteBehindPolicy | bool):
             raise ConfigError(f"write_behind must be a bool or a WriteBehindPolicy, got {type(write_behind).__name__}")
@@ -638,17 +653,27 @@ class DualCache:
     # -- embeddings ---------------------------------------------------------------------------------
 
     def _judge_embedding(self, key: str, raw: bytes | None) -> tuple[RecordStatus, list[float] | None]:
-        if raw is not None and self._memo_size:
+        # The memo holds (stored bytes, decoded list, bytes charged), ~29 KB a 768-d record: a hit hands
+        # out a copy of the list (callers may mutate it), 2 µs where a float32 array's tolist() costs 12.
+        if raw is not None and self._memo_bytes:
             memo = self._memo.get(key)
-            if memo is not None and (memo[0] is raw or memo[0] == raw):
-                self._memo.move_to_end(key)
-                return RecordStatus.HIT, list(memo[1])
+            if memo is not None:
+                if memo[0] is raw or memo[0] == raw:
+                    self._memo.move_to_end(key)
+                    return RecordStatus.HIT, list(memo[1])
+                self._memo_used -= self._memo.pop(key)[2]  # KV holds new bytes: the old decode is stale
         status, vector = judge_embedding_record(raw, self.models.embeddings)
-        if status is RecordStatus.HIT and vector is not None and raw is not None and self._memo_size:
-            self._memo[key] = (raw, vector)
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-            return status, list(vector)
+        if status is RecordStatus.HIT and vector is not None and raw is not None and self._memo_bytes:
+            # The list's slots and its float objects (8 + 24 bytes a component), plus the tuple and links.
+            cost = len(raw) + 32 * len(vector) + 200
+            if cost <= self._memo_bytes:
+                self._memo[key] = (raw, vector, cost)
+                self._memo_used += cost
+                while self._memo_used > self._memo_bytes or (
+                    self._memo_entries is not None and len(self._memo) > self._memo_entries
+                ):
+                    self._memo_used -= self._memo.popitem(last=False)[1][2]
+                return status, list(vector)
         return status, vector
 
     def _embedding_entry(self, key: str, text: str, vector: list[float], ttl: int | None) -> KVEntry:
@@ -666,7 +691,11 @@ class DualCache:
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise_bad = f"workers-ai embeddings: expected {expected} vectors in result.data, got {got}"
             raise BadResponseError(raise_bad, backend="workers-ai")
-        return [[float(x) for x in v] for v in data]
+        try:
+            # Rounded as a stored record would be: a miss returns the very vector a later hit returns.
+            return [to_float32(v) for v in data]
+        except ValueError as exc:
+            raise BadResponseError(f"workers-ai embeddings: {exc}", backend="workers-ai") from None
 
     async def embed(self, text: str) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).

@@ -257,7 +257,9 @@ def test_program_declares_the_data_plane_worker_in_its_own_component(plans: dict
     assert script.parent.endswith("$dualcache:infra:DataPlaneWorker::dataplane"), script.parent
     assert script.inputs["scriptName"] == f"jobmatch-ai-dualcache-{stack}"
     assert script.inputs["mainModule"] == "dataplane.js"
-    assert script.inputs["content"] == DATA_PLANE_JS.read_text(encoding="utf-8")
+    # One ES module: health.js then dataplane.js, exactly what infra/worker/dev.mjs runs in workerd.
+    health = (REPO / "infra" / "worker" / "health.js").read_text(encoding="utf-8")
+    assert script.inputs["content"] == health + "\n" + DATA_PLANE_JS.read_text(encoding="utf-8")
     assert script.inputs["accountId"] == ACCOUNT
     # The API Worker stays the user's app: another script, with none of the data plane's bindings.
     api = plan.named("api-script")

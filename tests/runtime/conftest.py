@@ -1,5 +1,5 @@
-"""Fixtures of the runtime tests: a fake clock, one in-process emulator for the Cloudflare KV backend, and a
-test double of the data-plane Worker for the data-plane backend."""
+"""Fixtures of the runtime tests: a fake clock, one in-process emulator for the Cloudflare KV backend, and
+for the data-plane backend a test double, the emulator's data plane and the real Worker in workerd."""
 
 from __future__ import annotations
 
@@ -48,7 +48,28 @@ def kv_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield emu
 
 
-@pytest.fixture(params=["memory", "sqlite", "cloudflare", "dataplane"])
+@pytest.fixture(scope="session")
+def kv_workerd() -> Iterator[object]:
+    from tests.contract.workerd import node_or_none, workerd_data_plane
+
+    if node_or_none() is None:
+        pytest.skip("Node.js is not installed; the data-plane Worker runs in workerd")
+    with workerd_data_plane(token=TOKEN) as plane:
+        yield plane
+
+
+async def _empty(client: httpx.AsyncClient, base: str) -> None:
+    """Delete every key of a data-plane namespace, so a test sharing the session's Worker starts empty."""
+    while True:
+        listed = (await client.get(f"{base}/keys", params={"limit": 1000})).json()["result"]
+        if not listed:
+            return
+        names = [k["name"] for k in listed]
+        for i in range(0, len(names), 100):
+            assert (await client.post(f"{base}/bulk/delete", json=names[i : i + 100])).status_code == 200
+
+
+@pytest.fixture(params=["memory", "sqlite", "cloudflare", "dataplane", "dataplane-emulator", "dataplane-workerd"])
 async def kv_case(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> AsyncIterator[KVCase]:
     if request.param == "memory":
         store = KVStore(MemoryKVBackend(clock=clock), binding="TEST")
@@ -68,6 +89,33 @@ async def kv_case(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Pa
             )
             store = KVStore(backend, binding="EMBEDDINGS_CACHE")
             yield KVCase(store, clock.advance, lambda: len(plane.requests))
+        return
+    if request.param in ("dataplane-emulator", "dataplane-workerd"):
+        # The real Worker in workerd (its KV clock moves only in RATE_LIMITS, see infra/worker/dev.mjs), and the
+        # emulator's data plane: the same backend against both implementations of DATAPLANE.md.
+        sent = [0]
+
+        async def count(_request: httpx.Request) -> None:
+            sent[0] += 1
+
+        if request.param == "dataplane-workerd":
+            plane = request.getfixturevalue("kv_workerd")
+            url, token, binding, advance = plane.url, plane.token, "RATE_LIMITS", plane.advance  # type: ignore[attr-defined]
+        else:
+            emu = request.getfixturevalue("kv_emulator")
+            url, token, binding = emu.outputs.data_plane_url, emu.data_plane_token, "SESSIONS"  # type: ignore[attr-defined]
+            control = emu.control  # type: ignore[attr-defined]
+
+            def advance(seconds: float) -> None:
+                control.advance_clock(seconds)
+
+        headers = {"authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(headers=headers, timeout=30.0) as admin:
+            await _empty(admin, f"{url}/kv/{binding}")
+        async with httpx.AsyncClient(event_hooks={"request": [count]}) as client:
+            backend = DataPlaneKVBackend(client, data_plane_url=url, binding=binding, token=token, timeout=30.0)
+            store = KVStore(backend, binding=binding, timeout=30.0)
+            yield KVCase(store, lambda s: advance(int(s)), lambda: sent[0])
         return
     emu = request.getfixturevalue("kv_emulator")
     account = emu.outputs.account_id  # type: ignore[attr-defined]

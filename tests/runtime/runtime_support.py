@@ -43,7 +43,7 @@ class FakeCloud:
     is ``gateway``, ``direct``, ``openai-direct`` or ``kv``. ``cache_status`` is what the gateway reports.
     """
 
-    DIMS = 4
+    DIMS = 768  # the dimension of @cf/baai/bge-base-en-v1.5: a stored vector of another length is a miss
 
     def __init__(self, *, delay: float = 0.0) -> None:
         self.requests: list[httpx.Request] = []
@@ -56,7 +56,7 @@ class FakeCloud:
     @staticmethod
     def vector(text: str) -> list[float]:
         digest = hashlib.sha256(text.encode()).digest()
-        return [round(b / 255, 4) for b in digest[: FakeCloud.DIMS]]
+        return [b / 256 for b in (digest * 24)[: FakeCloud.DIMS]]  # exact in float32, as stored
 
     def route_of(self, request: httpx.Request) -> str:
         host = request.url.host

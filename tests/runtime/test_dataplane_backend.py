@@ -28,6 +28,7 @@ from dualcache import (
     StackOutputs,
 )
 from dualcache._kv import DATA_PLANE_BULK_BODY_MAX, KV_BULK_BODY_MAX, KV_WRITE_THROUGHPUT
+from dualcache._records import RecordStatus, judge_embedding_record
 
 ACCOUNT = "a" * 32
 TOKEN = "dp-secret-token"
@@ -326,13 +327,18 @@ async def test_dualcache_corrupt_record_in_a_batch_is_one_miss_and_overwritten(c
     texts = [f"t{i}" for i in range(10)]
     async with dp_cache(cloud, clock) as cache:
         await cache.embed_many(texts)
+        assert await cache.flush() == 0  # the records are in KV before one is corrupted
         await cache.kv("EMBEDDINGS_CACHE").put(ekey("t3"), b"\xff\xfe")
         cache.stats.reset()
         assert await cache.embed_many(texts) == [FakeCloud.vector(t) for t in texts]
         snap = cache.stats.snapshot()["embeddings"]
         assert (snap["kv_hits"], snap["provider_calls"], snap["errors"]) == (9, 1, 0)
-        stored = await cache.kv("EMBEDDINGS_CACHE").get_json(ekey("t3"))
-        assert stored["embedding"] == FakeCloud.vector("t3")
+        assert await cache.flush() == 0
+        stored = await cache.kv("EMBEDDINGS_CACHE").get(ekey("t3"))
+        assert judge_embedding_record(stored, cache.models.embeddings) == (
+            RecordStatus.HIT,
+            FakeCloud.vector("t3"),
+        )
 
 
 async def test_dualcache_failed_chunk_costs_only_its_keys(clock: FakeClock) -> None:

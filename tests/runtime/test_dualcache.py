@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -120,14 +122,18 @@ async def test_embed_miss_then_kv_hit(env: Env) -> None:
     assert (snap["cost"], snap["saved"]) == (0.001, 0.001)
 
 
-async def test_embed_stores_a_seed_record_with_the_kv_ttl(env: Env) -> None:
+async def test_embed_stores_a_compact_record_with_the_kv_ttl(env: Env) -> None:
     text = "é" * 300
     await env.cache.embed(text)
     record = env.stored(Namespace.EMBEDDINGS_CACHE, ekey(text))
+    packed = base64.b64decode(record.pop("embedding_b64"))
+    assert list(struct.unpack("<768f", packed)) == FakeCloud.vector(text)
     assert record == {
-        "text": text[:200],
-        "embedding": FakeCloud.vector(text),
+        "v": 2,
         "model": MODEL,
+        "dims": 768,
+        "dtype": "f32",
+        "text": text[:200],
         "createdAt": "2027-01-15T08:00:00.000Z",
     }
     expires = env.backends[Namespace.EMBEDDINGS_CACHE]._data[ekey(text)][2]

@@ -1610,9 +1610,9 @@ class _Handler:
             if request.method != "GET":
                 raise _method_not_allowed(request)
             return await self.data_plane_health(request, plane)
-        # Exactly "Bearer <token>", as the Worker reads it: no other case of the scheme, no extra spaces.
+        # "Bearer <token>" as the Worker reads it: the scheme in any case (RFC 9110), the token exact.
         header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        given = header[len("Bearer ") :] if header[: len("Bearer ")].lower() == "bearer " else ""
         if not given or not hmac.compare_digest(given.encode("utf-8"), plane.token.encode("utf-8")):
             # Missing and wrong get the same answer: it never says which (DATAPLANE.md, Auth).
             self.state.count("data_plane", "unauthorized")
