@@ -15,6 +15,7 @@ import pulumi_cloudflare as cloudflare
 
 from dualcache import Namespace
 from dualcache._stackconfig import DataPlaneSettings
+from infra.components.reach import declare_reach
 
 __all__ = ["DATA_PLANE_MAIN_MODULE", "DataPlaneWorker", "DataPlaneWorkerArgs", "data_plane_bindings"]
 
@@ -105,30 +106,15 @@ class DataPlaneWorker(pulumi.ComponentResource):
             opts=child,
         )
         self.script_name = self.script.script_name
-        self.subdomain = cloudflare.WorkersScriptSubdomain(
-            f"{name}-subdomain",
+        reach = declare_reach(
+            name,
             account_id=args.account_id,
             script_name=self.script_name,
-            enabled=s.on_workers_dev,
+            workers_dev=s.on_workers_dev,
+            route=s.route,
+            custom_domain=s.custom_domain,
             opts=child,
         )
-        self.route = None
-        self.custom_domain = None
-        if s.route is not None:
-            self.route = cloudflare.WorkersRoute(
-                f"{name}-route",
-                zone_id=s.route.zone_id,
-                pattern=s.route.pattern,
-                script=self.script_name,
-                opts=child,
-            )
-        if s.custom_domain is not None:
-            self.custom_domain = cloudflare.WorkersCustomDomain(
-                f"{name}-domain",
-                account_id=args.account_id,
-                hostname=s.custom_domain.hostname,
-                service=self.script_name,
-                zone_id=s.custom_domain.zone_id,
-                opts=child,
-            )
+        assert reach.subdomain is not None  # always declared for the data plane: workers_dev is a bool here
+        self.subdomain, self.route, self.custom_domain = reach.subdomain, reach.route, reach.custom_domain
         self.register_outputs({"script_name": self.script_name})

@@ -10,6 +10,7 @@ import pulumi_cloudflare as cloudflare
 
 from dualcache import Namespace
 from dualcache._stackconfig import WorkerSettings
+from infra.components.reach import declare_reach
 
 __all__ = ["ApiWorker", "ApiWorkerArgs"]
 
@@ -97,32 +98,14 @@ class ApiWorker(pulumi.ComponentResource):
             opts=child,
         )
         self.script_name = self.script.script_name
-        self.route = None
-        self.custom_domain = None
-        self.subdomain = None
-        if s.workers_dev is not None:
-            self.subdomain = cloudflare.WorkersScriptSubdomain(
-                f"{name}-subdomain",
-                account_id=args.account_id,
-                script_name=self.script_name,
-                enabled=s.workers_dev,
-                opts=child,
-            )
-        if s.route is not None:
-            self.route = cloudflare.WorkersRoute(
-                f"{name}-route",
-                zone_id=s.route.zone_id,
-                pattern=s.route.pattern,
-                script=self.script_name,
-                opts=child,
-            )
-        if s.custom_domain is not None:
-            self.custom_domain = cloudflare.WorkersCustomDomain(
-                f"{name}-domain",
-                account_id=args.account_id,
-                hostname=s.custom_domain.hostname,
-                service=self.script_name,
-                zone_id=s.custom_domain.zone_id,
-                opts=child,
-            )
+        reach = declare_reach(
+            name,
+            account_id=args.account_id,
+            script_name=self.script_name,
+            workers_dev=s.workers_dev,
+            route=s.route,
+            custom_domain=s.custom_domain,
+            opts=child,
+        )
+        self.subdomain, self.route, self.custom_domain = reach.subdomain, reach.route, reach.custom_domain
         self.register_outputs({"script_name": self.script_name})

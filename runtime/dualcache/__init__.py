@@ -29,7 +29,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type che
 if TYPE_CHECKING:  # what type checkers see; at run time these come from __getattr__ below
     from typing import Any
 
+    from dualcache._breaker import BreakerPolicy, BreakerState, CircuitBreaker
     from dualcache._budget import RequestBudget
+    from dualcache._budgets import LayerLimits, PoolLimits, Timeouts
     from dualcache._cache import DualCache, KVBackendFactory, Models
     from dualcache._gateway import RetryPolicy
     from dualcache._kv import (
@@ -53,7 +55,13 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "BreakerPolicy": "dualcache._breaker",
+    "BreakerState": "dualcache._breaker",
+    "CircuitBreaker": "dualcache._breaker",
     "RequestBudget": "dualcache._budget",
+    "LayerLimits": "dualcache._budgets",
+    "PoolLimits": "dualcache._budgets",
+    "Timeouts": "dualcache._budgets",
     "DualCache": "dualcache._cache",
     "KVBackendFactory": "dualcache._cache",
     "Models": "dualcache._cache",
@@ -103,6 +111,9 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BadResponseError",
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreaker",
     "CloudflareKVBackend",
     "ConfigError",
     "DataPlaneKVBackend",
@@ -117,6 +128,7 @@ __all__ = [
     "KVKey",
     "KVPage",
     "KVStore",
+    "LayerLimits",
     "MemoryKVBackend",
     "Models",
     "Namespace",
@@ -124,6 +136,7 @@ __all__ = [
     "OperationPolicy",
     "Outcome",
     "Policies",
+    "PoolLimits",
     "PriceTable",
     "RateLimitedError",
     "RequestBudget",
@@ -133,6 +146,7 @@ __all__ = [
     "StackConfig",
     "StackOutputs",
     "Stats",
+    "Timeouts",
     "UsageError",
     "WriteBehindPolicy",
     "__version__",

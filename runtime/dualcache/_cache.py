@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -18,7 +20,9 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
+from dualcache._budgets import PoolLimits, Timeouts
 from dualcache._exceptions import (
     BackendError,
     BadResponseError,
@@ -65,6 +69,7 @@ from dualcache._records import (
 )
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, PriceTable, Stats
+from dualcache._transport import Abandoner, build_client
 from dualcache._writebehind import WriteBehind, WriteBehindPolicy
 
 __all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
@@ -167,6 +172,15 @@ def _with_json_instruction(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return [dict(_JSON_INSTRUCTION), *messages]
 
 
+def _busy(exc: BaseException) -> bool:
+    """Whether a KV read that was not sent found KV merely busy (no place at the pool's gate in time).
+
+    Then KV is up and the key counts as missing, so the fresh answer is written; after a failure, a 429
+    block or an open breaker, the write is skipped instead (``should_write_kv`` of a failed read).
+    """
+    return isinstance(exc, SkippedError) and exc.reason == "admission"
+
+
 def _copy_result(value: T) -> T:
     """A private copy for a coalesced caller, so callers never share a mutable answer."""
     if isinstance(value, list) and all(type(x) is float for x in value):
@@ -178,9 +192,11 @@ def _copy_result(value: T) -> T:
 class DualCache:
     """Dual-layer caching of AI calls: Workers KV, then the AI Gateway, then the provider.
 
-    One instance per process (or per event loop); it owns one ``httpx.AsyncClient``. Close it with
-    :meth:`aclose` or ``async with``. All collaborators can be injected; defaults are built only for
-    arguments left ``None``.
+    One instance per process (or per event loop); it owns one ``httpx.AsyncClient`` per layer (KV, the
+    gateway, the direct providers), each with its own sized pool, an admission gate and time budgets
+    (:class:`~dualcache.Timeouts`, :class:`~dualcache.PoolLimits`), and a circuit breaker per target
+    (:class:`~dualcache.BreakerPolicy`). Close it with :meth:`aclose` or ``async with``. All collaborators
+    can be injected; defaults are built only for arguments left ``None``.
 
     A hit reads KV and returns (no task, no single-flight). A miss is computed once for all identical
     concurrent callers, in a task detached from each of them: a cancelled caller only stops waiting,
@@ -206,14 +222,16 @@ class DualCache:
         policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
         kv: Builds the KV backend of a namespace; default: the data plane or Cloudflare REST with outputs
             (see ``outputs``), else SQLite.
-        transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``).
+        transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``); each
+            layer still gets its own admission gate in front of it.
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).
         prices: Price table for cost and saved; the seed's figures by default.
         retry: Retry bounds for provider calls.
-        kv_timeout: Seconds a KV call may take before it counts as a miss (default 1 s).
-        upstream_timeout: Seconds one provider request may take (also capped by what is left of
-            ``retry.total_timeout``).
+        kv_timeout: Seconds a KV read may take before it counts as a miss; overrides
+            ``timeouts.kv_read`` (default 1 s) when given.
+        upstream_timeout: Seconds one provider request may take (also capped by what is left of the
+            route's budget, ``timeouts.gateway`` or ``timeouts.provider``, and ``retry.total_timeout``).
         single_flight: Whether identical concurrent requests share one computation.
         models: Model of each operation.
         openai_base_url: Direct OpenAI base (used without a gateway, or as the direct fallback).
@@ -229,6 +247,10 @@ class DualCache:
             :class:`WriteBehindPolicy`, so no caller waits for a write; a policy sets the queue's bounds;
             ``False`` writes synchronously, before the call returns (the :meth:`kv` stores are always
             synchronous).
+        timeouts: The time budget of each layer (defaults tabled in :class:`~dualcache.Timeouts`).
+        limits: Pool and admission sizes of each layer.
+        breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
+        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
     """
 
     def __init__(
@@ -249,7 +271,7 @@ class DualCache:
         data_dir: str | os.PathLike[str] | None = None,
         prices: PriceTable | None = None,
         retry: RetryPolicy | None = None,
-        kv_timeout: float | None = 1.0,
+        kv_timeout: float | None = None,
         upstream_timeout: float = 60.0,
         single_flight: bool = True,
         models: Models | None = None,
@@ -258,13 +280,29 @@ class DualCache:
         decode_memo_bytes: int = DEFAULT_DECODE_MEMO_BYTES,
         decode_memo_size: int | None = None,
         write_behind: WriteBehindPolicy | bool = True,
+        timeouts: Timeouts | None = None,
+        limits: PoolLimits | None = None,
+        breaker: BreakerPolicy | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
-        if kv_timeout is not None and kv_timeout <= 0:
-            raise ConfigError(f"kv_timeout={kv_timeout!r}: must be a positive number of seconds or None")
-        if upstream_timeout <= 0:
-            raise ConfigError(f"upstream_timeout={upstream_timeout!r}: must be a positive number of seconds")
+        for name, value in (("timeouts", timeouts), ("limits", limits), ("breaker", breaker)):
+            expected = {"timeouts": Timeouts, "limits": PoolLimits, "breaker": BreakerPolicy}[name]
+            if value is not None and not isinstance(value, expected):
+                raise ConfigError(f"{name} must be a {expected.__name__}, got {type(value).__name__}")
+        self.timeouts = timeouts or Timeouts()
+        if kv_timeout is not None:
+            self.timeouts = dataclasses.replace(self.timeouts, kv_read=kv_timeout)  # validated there
+        if (
+            isinstance(upstream_timeout, bool)
+            or not isinstance(upstream_timeout, int | float)
+            or not 0 < upstream_timeout < math.inf
+        ):
+            raise ConfigError(f"upstream_timeout={upstream_timeout!r}: must be a finite positive number of seconds")
+        self.limits = limits or PoolLimits()
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._monotonic = monotonic or time.monotonic
         if isinstance(decode_memo_bytes, bool) or not isinstance(decode_memo_bytes, int) or decode_memo_bytes < 0:
             raise ConfigError(
                 f"decode_memo_bytes={decode_memo_bytes!r}: must be an integer >= 0 (0 turns the memo off)"
@@ -283,9 +321,16 @@ class DualCache:
         if rest_budget is not None and not isinstance(rest_budget, RequestBudget):
             raise ConfigError(f"rest_budget must be a RequestBudget, got {type(rest_budget).__name__}")
         self._rest_budget = rest_budget
-        self._kv_timeout = kv_timeout
         self._data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        self._http = httpx.AsyncClient(transport=transport, timeout=upstream_timeout)
+        # One pool per layer, so slow model calls never hold the connections KV hits need (issue 13).
+        self._transport = transport
+        self._kv_http = build_client("kv", self.limits.kv, self.timeouts.kv_http(), transport=transport)
+        self._gateway_http = build_client(
+            "gateway", self.limits.gateway, self.timeouts.attempt(self.timeouts.gateway), transport=transport
+        )
+        self._provider_http = build_client(
+            "provider", self.limits.provider, self.timeouts.attempt(self.timeouts.provider), transport=transport
+        )
         self._kv_factory = kv
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
@@ -302,7 +347,7 @@ class DualCache:
             policy = write_behind if isinstance(write_behind, WriteBehindPolicy) else WriteBehindPolicy()
             self._writes = WriteBehind(policy, self.stats)
         self._upstream = UpstreamClient(
-            self._http,
+            self._provider_http,
             account_id=outputs.account_id if outputs else account_id,
             api_base_url=outputs.api_base_url if outputs else api_base_url,
             gateway_base_url=outputs.gateway_base_url if outputs else None,
@@ -314,6 +359,11 @@ class DualCache:
             retry=retry,
             timeout=upstream_timeout,
             sleep=sleep,
+            monotonic=self._monotonic,
+            gateway_client=self._gateway_http,
+            provider_client=self._provider_http,
+            timeouts=self.timeouts,
+            breaker=self._breaker_policy,
         )
 
     # -- construction -------------------------------------------------------------------------------
@@ -423,7 +473,11 @@ class DualCache:
             await self._writes.aclose()
         for store in self._stores.values():
             await store.aclose()
-        await self._http.aclose()
+        await self._upstream.aclose()
+        for client in (self._kv_http, self._gateway_http, self._provider_http):
+            await client.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()  # injected: shared by the three clients, closed once
 
     def _check_open(self) -> None:
         if self._closed:
@@ -437,20 +491,23 @@ class DualCache:
         if self.outputs is not None:
             if self.outputs.data_plane_url is not None and self._data_plane_token is not None:
                 return DataPlaneKVBackend(
-                    self._http,
+                    self._kv_http,
                     data_plane_url=self.outputs.data_plane_url,
                     binding=namespace.value,
                     token=self._data_plane_token,
-                    timeout=self._kv_timeout or 30.0,
+                    # Every phase within the longer KV budget; a read is abandoned at kv_read by KVStore before.
+                    timeout=max(self.timeouts.kv_read, self.timeouts.kv_write),
                 )
             return CloudflareKVBackend(
-                self._http,
+                self._kv_http,
                 api_base_url=self.outputs.api_base_url,
                 account_id=self.outputs.account_id,
                 namespace_id=self.outputs.namespace_id(namespace),
                 api_token=self._api_token,
-                timeout=self._kv_timeout or 30.0,
+                # Every phase within the longer KV budget; a read is abandoned at kv_read by KVStore before.
+                timeout=max(self.timeouts.kv_read, self.timeouts.kv_write),
                 budget=self._rest_budget,
+                budget_wait=self.timeouts.kv_read / 2,  # a caller never waits for the budget past its read budget
             )
         return SQLiteKVBackend(self._data_dir / "kv.sqlite3", namespace.value, clock=self._clock)
 
@@ -468,7 +525,14 @@ class DualCache:
             raise InvalidInputError(f"unknown namespace binding {binding!r}; valid bindings: {valid}") from None
         store = self._stores.get(namespace)
         if store is None:
-            store = KVStore(self._build_backend(namespace), binding=namespace.value, timeout=self._kv_timeout)
+            store = KVStore(
+                self._build_backend(namespace),
+                binding=namespace.value,
+                timeout=self.timeouts.kv_read,
+                write_timeout=self.timeouts.kv_write,
+                breaker=CircuitBreaker(f"kv {namespace.value}", self._breaker_policy, clock=self._monotonic),
+                abandoner=Abandoner(self.timeouts.grace),
+            )
             self._stores[namespace] = store
         return store
 
@@ -477,16 +541,20 @@ class DualCache:
         return self.kv(policy.kv_namespace)
 
     async def _kv_read(self, op: Operation, store: KVStore, key: str) -> tuple[bytes | None, bool]:
-        """Return ``(value, ok)``; a failure is a miss, counted in ``errors`` (in ``kv_skipped`` when the
-        read was not sent because KV is blocked; the budget logs the block, not each key)."""
+        """Return ``(value, ok)``; a failure is a miss, counted in ``errors``; a read not sent (a blocked REST
+        budget, an open breaker, no place at the pool) is a miss counted in ``kv_skipped``.
+
+        Logged at debug level only: an outage is logged once, by the breaker or the budget, not once per key.
+        """
         try:
             return await store.get(key), True
-        except SkippedError:
+        except SkippedError as exc:
             self.stats.skip(op, "kv")
-            return None, False
+            logger.debug("%s: KV read of %r skipped (%s), treated as a miss", op.value, key, exc.reason)
+            return None, _busy(exc)
         except BackendError as exc:
             self.stats.error(op)
-            logger.warning("%s: KV read of %r failed, treated as a miss: %s", op.value, key, exc)
+            logger.debug("%s: KV read of %r failed, treated as a miss: %s", op.value, key, exc)
             return None, False
 
     async def _kv_read_many(self, op: Operation, store: KVStore, keys: list[str]) -> KVBatchRead:
@@ -511,8 +579,9 @@ class DualCache:
                 await store.put(e.key, e.value, ttl=e.ttl, metadata=e.metadata)
             else:
                 await store.put_many(entries)
-        except SkippedError:
-            self.stats.skip(op, "kv")  # KV blocked: the write is dropped (the budget logs the block)
+        except SkippedError as exc:
+            self.stats.skip(op, "kv")
+            logger.debug("%s: KV write of %d key(s) skipped (%s)", op.value, len(entries), exc.reason)
         except BackendError as exc:
             self.stats.error(op)
             logger.warning("%s: KV write of %d key(s) failed, answer still served: %s", op.value, len(entries), exc)
@@ -559,6 +628,8 @@ class DualCache:
             self.stats.upstream(op, record.attempts)
             if record.faults:
                 self.stats.error(op, record.faults)
+            for layer in record.skipped:
+                self.stats.skip(op, layer)
 
     async def _serve(
         self,
@@ -882,7 +953,7 @@ class DualCache:
         """Bulk-read ``keys``, <= 100 a request; return ``(value, ok)`` per key. A failed chunk costs only its
         own keys (``ok`` false), counted once in ``errors``."""
         batch = await self._kv_read_many(op, store, keys)
-        return {k: (None, False) if k in batch.failed else (batch.values.get(k), True) for k in keys}
+        return {k: (None, _busy(batch.failed[k])) if k in batch.failed else (batch.values.get(k), True) for k in keys}
 
     async def _read_shared(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
         """``_kv_read`` of ``key``, shared with the concurrent readers of the same key (see ``SharedReads``)."""

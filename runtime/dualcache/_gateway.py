@@ -27,15 +27,20 @@ from typing import Any, assert_never
 import httpx
 from pydantic import SecretStr
 
+from dualcache._breaker import BreakerPolicy, CircuitBreaker
+from dualcache._budgets import Timeouts
 from dualcache._exceptions import (
     BackendError,
     BackendUnavailableError,
     BadResponseError,
     ConfigError,
+    RateLimitedError,
+    SkippedError,
 )
 from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
+from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
 __all__ = [
     "DEFAULT_OPENAI_BASE_URL",
@@ -247,10 +252,13 @@ class CallRecord:
     Attributes:
         attempts: HTTP requests sent.
         faults: Failures met (failed attempts, a gateway given up for the direct route).
+        skipped: Layers (``gateway``, ``provider``) a request was not sent to: an open circuit breaker,
+            or no place at the layer's pool within the budget.
     """
 
     attempts: int = 0
     faults: int = 0
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +291,8 @@ class UpstreamClient:
     """Sends provider requests on the routes the pure decisions pick, with bounded retries.
 
     Args:
-        client: The shared ``httpx.AsyncClient`` (owned by the caller).
+        client: The ``httpx.AsyncClient`` of both routes unless one is given for a route (owned by the
+            caller).
         account_id: Cloudflare account id, or ``None`` when Workers AI is not configured.
         api_base_url: Cloudflare API base (direct Workers AI).
         gateway_base_url: AI Gateway base, or ``None`` for no gateway.
@@ -293,9 +302,14 @@ class UpstreamClient:
         openai_api_key: OpenAI key.
         openai_base_url: Direct OpenAI base.
         retry: Retry bounds.
-        timeout: Seconds one HTTP request may take.
+        timeout: Seconds one HTTP request may take (also cut to what is left of the route's budget).
         sleep: Awaitable sleep (injected by tests to record the waits).
-        monotonic: Monotonic clock for the retry budget.
+        monotonic: Monotonic clock for the retry budget and the circuit breakers.
+        gateway_client: The gateway pool's client (default ``client``).
+        provider_client: The direct routes' pool client (default ``client``).
+        timeouts: Budgets: ``gateway`` bounds the gateway route of one call, ``provider`` the direct route
+            (retries included; the tighter of these and ``retry.total_timeout`` wins).
+        breaker: Circuit-breaker policy of the gateway and of each provider's direct route.
     """
 
     def __init__(
@@ -314,8 +328,15 @@ class UpstreamClient:
         timeout: float = 60.0,
         sleep: Sleep | None = None,
         monotonic: Callable[[], float] | None = None,
+        gateway_client: httpx.AsyncClient | None = None,
+        provider_client: httpx.AsyncClient | None = None,
+        timeouts: Timeouts | None = None,
+        breaker: BreakerPolicy | None = None,
     ) -> None:
         self._client = client
+        self._clients = {Route.GATEWAY: gateway_client or client, Route.DIRECT: provider_client or client}
+        self.timeouts = timeouts or Timeouts()
+        self._abandoner = Abandoner(self.timeouts.grace)
         self.account_id = account_id
         self.api_base_url = api_base_url.rstrip("/")
         self.gateway_url = (
@@ -331,6 +352,26 @@ class UpstreamClient:
         self.timeout = timeout
         self._sleep: Sleep = sleep or asyncio.sleep
         self._monotonic = monotonic or time.monotonic
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._breakers: dict[tuple[Route, Provider], CircuitBreaker] = {}
+
+    def breaker(self, route: Route, provider: Provider) -> CircuitBreaker:
+        """The circuit breaker of one route to one provider (``workers-ai (gateway)``, ``openai (direct)``...).
+
+        The gateway's breakers are per provider too: the gateway passes a provider's 5xx through, so a
+        failing Workers AI must not stop OpenAI calls through the same gateway (job analysis falls back to
+        OpenAI exactly then).
+        """
+        key = (route, provider)
+        found = self._breakers.get(key)
+        if found is None:
+            name = f"{provider.value} ({route.value})"
+            found = self._breakers[key] = CircuitBreaker(name, self._breaker_policy, clock=self._monotonic)
+        return found
+
+    async def aclose(self) -> None:
+        """Cancel abandoned requests still running (the caller closes the clients)."""
+        await self._abandoner.aclose()
 
     def __repr__(self) -> str:
         return f"UpstreamClient(gateway={self.gateway_url!r}, api_base_url={self.api_base_url!r})"
@@ -399,11 +440,13 @@ class UpstreamClient:
     ) -> UpstreamResult:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
 
-        Tries the gateway, then the direct endpoint when the gateway is unavailable and the policy
-        allows it; retries 429/5xx within :class:`RetryPolicy` on each route.
+        Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
+        breaker, a full pool) and the policy allows it; retries 429/5xx within :class:`RetryPolicy` and
+        the route's budget (:class:`~dualcache.Timeouts`) on each route.
 
         Raises:
             ConfigError: the provider is not configured.
+            SkippedError: the last route was not tried (``reason`` says why).
             BackendError: every route failed (the last error).
         """
         self.check_configured(provider)
@@ -417,6 +460,13 @@ class UpstreamClient:
                 )
             try:
                 return await self._send(provider, route, url, headers, payload, record)
+            except SkippedError as exc:
+                last = exc
+                record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
+                if route is Route.GATEWAY and len(routes) > 1:
+                    logger.debug("%s via gateway skipped for %s (%s); trying direct", provider, operation, exc.reason)
+                    continue
+                raise
             except BackendError as exc:
                 last = exc
                 if route is Route.GATEWAY and should_fall_back(exc) and len(routes) > 1:
@@ -436,26 +486,48 @@ class UpstreamClient:
         record: CallRecord,
     ) -> UpstreamResult:
         backend = f"{provider.value} ({route.value})"
+        client = self._clients[route]
+        breaker = self.breaker(route, provider)
+        route_budget = min(
+            self.retry.total_timeout, self.timeouts.gateway if route is Route.GATEWAY else self.timeouts.provider
+        )
         started = self._monotonic()
         attempt = 0
         previous: BackendError | None = None
         while True:
             attempt += 1
             # Each attempt gets what is left of the route's budget, so a slow upstream cannot stretch a call
-            # past RetryPolicy.total_timeout (decide_retry only bounds the waits between attempts).
-            budget = min(self.timeout, self.retry.total_timeout - (self._monotonic() - started))
+            # past it (decide_retry only bounds the waits between attempts).
+            budget = min(self.timeout, route_budget - (self._monotonic() - started))
             if budget <= 0 and previous is not None:
                 raise previous  # the wait overran the budget (decide_retry leaves room, a late wake-up may not)
             budget = max(budget, 0.001)
+            if not breaker.allow():
+                raise SkippedError(
+                    f"{backend}: circuit open, not sent",
+                    backend=backend,
+                    reason="circuit_open",
+                    retry_after=breaker.retry_after(),
+                ) from previous
             record.attempts += 1
             response: httpx.Response | None = None
             error: BackendError
             try:
-                # asyncio.timeout bounds the whole attempt whatever the transport (httpx's own timeouts are
-                # per phase and are not applied by every transport, e.g. httpx.MockTransport).
-                async with asyncio.timeout(budget):
-                    response = await self._client.post(url, json=payload, headers=headers, timeout=budget)
-            except (httpx.TimeoutException, TimeoutError) as exc:
+                # httpx's per-phase timeouts end the request itself; run_bounded also bounds the whole attempt
+                # for transports that ignore them (httpx.MockTransport) by abandoning it, never cancelling a
+                # request the pool may hold.
+                response = await run_bounded(
+                    client.post(url, json=payload, headers=headers, timeout=self.timeouts.attempt(budget)),
+                    budget,
+                    self._abandoner,
+                )
+            except httpx.PoolTimeout as exc:  # our gate's AdmissionTimeout, or httpx's own: nothing was sent
+                breaker.release()
+                record.attempts -= 1  # nothing was sent
+                raise SkippedError(
+                    f"{backend}: no free connection within {budget:.3g}s, not sent", backend=backend, reason="admission"
+                ) from exc
+            except (httpx.TimeoutException, BudgetExceeded) as exc:
                 error = BackendUnavailableError(f"{backend}: timed out after {budget:.3g}s", backend=backend)
                 error.__cause__ = exc
             except httpx.HTTPError as exc:
@@ -463,11 +535,18 @@ class UpstreamClient:
                 error.__cause__ = exc
             if response is not None:
                 if response.status_code < 400:
+                    breaker.success()
                     return self._parse(provider, route, backend, response)
                 try:
                     raise_for_status(response, backend=backend, what="request")
                 except BackendError as exc:
                     error = exc
+            if isinstance(error, BackendUnavailableError):
+                breaker.failure()
+            elif isinstance(error, RateLimitedError):
+                breaker.release()  # a limit, not an outage: no verdict on the target's health
+            else:
+                breaker.success()  # it answered (a 4xx): the target is up
             status = response.status_code if response is not None else None
             retry_after = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
             action, delay = decide_retry(
@@ -482,6 +561,8 @@ class UpstreamClient:
                 case RetryAction.DONE | RetryAction.GIVE_UP:
                     raise error
                 case RetryAction.RETRY:
+                    if self._monotonic() - started + delay >= route_budget:
+                        raise error
                     logger.info("%s: attempt %d failed (%s); retrying in %.2fs", backend, attempt, status, delay)
                     previous = error
                     await self._sleep(delay)

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -32,6 +33,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from dualcache._breaker import CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._exceptions import (
     AuthenticationError,
@@ -46,6 +48,7 @@ from dualcache._exceptions import (
 )
 from dualcache._keys import check_key
 from dualcache._policy import KV_MIN_TTL, Namespace
+from dualcache._transport import Abandoner, BudgetExceeded, is_admission_timeout, run_bounded
 
 __all__ = [
     "DATA_PLANE_BULK_BODY_MAX",
@@ -105,6 +108,7 @@ reports a write failed that landed (10,000 embeddings, 40.8 MB, get 1 s + 39 s).
 """
 
 _BINDINGS = tuple(n.value for n in Namespace)
+_KV_READS = frozenset({"get", "get_with_metadata", "get_many", "list"})
 
 Clock = Callable[[], float]
 """A function returning the current unix time in seconds (``time.time`` by default)."""
@@ -940,13 +944,19 @@ class KVStore:
     Args:
         backend: The backend holding the namespace.
         binding: The namespace binding name, for messages and counters.
-        timeout: Seconds one backend read may take (and the base of a write's budget); ``None`` for no limit.
+        timeout: Seconds one read (get, bulk get, list) may take before it is abandoned; ``None``
+            for no limit.
+        write_timeout: The base of a write's or delete's budget, in seconds; ``None``: as ``timeout``. A
+            write of ``n`` bytes gets ``write_timeout + n / write_throughput`` (:meth:`write_budget`).
         write_throughput: Bytes per second a write is assumed to move at least; 1 MiB/s by default
-            (:data:`KV_WRITE_THROUGHPUT`), so a 40 MB bulk write gets 1 s + 38 s.
+            (:data:`KV_WRITE_THROUGHPUT`), so a 40 MB bulk write gets its base + 38 s.
+        breaker: The circuit breaker of this namespace, or ``None`` for none.
+        abandoner: Holds the calls abandoned past their budget (one per store by default).
 
     Attributes:
-        counts: Calls made to the backend, by primitive (``get``, ``get_many``, ``put``, ...), and
-            ``errors`` and ``skipped`` (calls the backend refused to send, such as a blocked budget).
+        counts: Round trips made to the backend, by primitive (``get``, ``get_many``, ``put``, ...),
+            ``errors``, and ``skipped`` (not sent: a blocked REST budget, an open breaker, or no place at the
+            pool's gate).
     """
 
     def __init__(
@@ -955,56 +965,130 @@ class KVStore:
         *,
         binding: str = "",
         timeout: float | None = 1.0,
+        write_timeout: float | None = None,
         write_throughput: float = KV_WRITE_THROUGHPUT,
+        breaker: CircuitBreaker | None = None,
+        abandoner: Abandoner | None = None,
     ) -> None:
-        if timeout is not None and timeout <= 0:
-            raise InvalidInputError(f"timeout={timeout!r}: must be a positive number of seconds or None")
-        if not write_throughput > 0:
+        for name, value in (("timeout", timeout), ("write_timeout", write_timeout)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
+            ):
+                raise InvalidInputError(f"{name}={value!r}: must be a finite positive number of seconds or None")
+        if (
+            isinstance(write_throughput, bool)
+            or not isinstance(write_throughput, int | float)
+            or not (0 < write_throughput < math.inf)
+        ):
             raise InvalidInputError(f"write_throughput={write_throughput!r}: must be a positive number of bytes/s")
         self.backend = backend
         self.binding = binding
         self.timeout = timeout
+        self.write_timeout = write_timeout if write_timeout is not None else timeout
         self.write_throughput = write_throughput
+        self.breaker = breaker
+        self._abandoner = abandoner if abandoner is not None else Abandoner()
+        # In-process backends hold no connection pool that a cancelled call could wedge.
+        self._cancel_safe = isinstance(backend, MemoryKVBackend | SQLiteKVBackend)
+        # The memory backend itself (not a subclass, which may do anything) answers without ever awaiting
+        # anything that can hang: a timeout would only cost a timer per call on the in-process hit path.
+        self._unbounded = type(backend) is MemoryKVBackend
         self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"KVStore(binding={self.binding!r}, backend={self.backend.name!r}, timeout={self.timeout!r})"
 
-    def write_timeout(self, nbytes: int) -> float | None:
-        """Seconds a write of ``nbytes`` may take: ``timeout + nbytes / write_throughput``."""
-        return write_timeout(nbytes, self.timeout, self.write_throughput)
+    def write_budget(self, nbytes: int) -> float | None:
+        """Seconds a write of ``nbytes`` may take: ``write_timeout + nbytes / write_throughput``."""
+        return write_timeout(nbytes, self.write_timeout, self.write_throughput)
 
     def _limit(self, name: str, default: int | None) -> int | None:
         value = getattr(self.backend, name, default)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
     async def _io(self, op: str, call: Any, *, timeout: float | None = None) -> Any:
-        limit = self.timeout if timeout is None else timeout
+        """Run one backend call within its budget, through the breaker; map every failure to the tree.
+
+        ``timeout`` overrides the budget (a write's, sized for its body). A call past its budget is abandoned
+        (it ends on the HTTP client's own timeouts), never awaited further; one that a blocked REST budget or
+        an open breaker holds back, or that never got a place at the KV pool's gate, is a
+        :class:`~dualcache.SkippedError` (counted in ``counts["skipped"]``, not ``errors``).
+        """
         self.counts[op] += 1
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            call.close()
+            self.counts["skipped"] += 1
+            raise SkippedError(
+                f"kv {self.binding} {op}: circuit open, not sent",
+                backend="kv",
+                reason="circuit_open",
+                retry_after=breaker.retry_after(),
+            )
+        budget = timeout if timeout is not None else self.timeout if op in _KV_READS else self.write_timeout
         try:
-            if limit is None:
-                return await call
-            async with asyncio.timeout(limit):
-                return await call
-        except TimeoutError as exc:
-            self.counts["errors"] += 1
-            raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {limit:g}s", backend="kv") from exc
+            if budget is None or self._unbounded:
+                result = await call
+            elif self._cancel_safe:
+                # No connection pool to wedge: cancelling is safe (a SQLite call's thread finishes on its
+                # own), and it spares a task per hit on the in-process path.
+                try:
+                    async with asyncio.timeout(budget):
+                        result = await call
+                except TimeoutError as exc:
+                    raise BudgetExceeded(f"no answer within {budget:.3g}s") from exc
+            else:
+                result = await run_bounded(call, budget, self._abandoner)
+        except BudgetExceeded as exc:
+            self._failed(breaker)
+            raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {budget}s", backend="kv") from exc
         except SkippedError:
+            # Not sent (the REST budget is blocked): no verdict on the target.
+            if breaker is not None:
+                breaker.release()
             self.counts["skipped"] += 1
             raise
-        except BackendError:
+        except BackendError as exc:
+            if is_admission_timeout(exc):
+                # Waiting for a place at the pool's gate is not a KV failure: nothing was sent.
+                if breaker is not None:
+                    breaker.release()
+                self.counts["skipped"] += 1
+                raise SkippedError(
+                    f"kv {self.binding} {op}: no free connection within {budget}s, not sent",
+                    backend="kv",
+                    reason="admission",
+                ) from exc
+            if isinstance(exc, BackendUnavailableError):
+                self._failed(breaker)
+            elif breaker is not None:
+                breaker.success()  # KV answered (a 4xx, a malformed body): the target is up
             self.counts["errors"] += 1
             raise
         except (InvalidInputError, UsageError):
+            if breaker is not None:
+                breaker.release()
+            raise
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release()
             raise
         except Exception as exc:
             # A backend (an injected one especially) may fail with anything: OSError, a driver error, ...
             # Mapped here, at the one boundary, so callers (DualCache: "KV down is a miss") see a BackendError.
-            self.counts["errors"] += 1
+            self._failed(breaker)
             raise BackendUnavailableError(
                 f"kv {self.binding} {op}: {self.backend.name} backend failed: {type(exc).__name__}: {exc}",
                 backend="kv",
             ) from exc
+        if breaker is not None:
+            breaker.success()
+        return result
+
+    def _failed(self, breaker: CircuitBreaker | None) -> None:
+        self.counts["errors"] += 1
+        if breaker is not None:
+            breaker.failure()
 
     async def get(self, key: str) -> bytes | None:
         """Return the value of ``key`` as bytes, or ``None``."""
@@ -1098,7 +1182,7 @@ class KVStore:
     async def put(self, key: str, value: bytes | str, *, ttl: int | None = None, metadata: Any = None) -> None:
         """Write ``value`` under ``key``, expiring after ``ttl`` seconds (>= 60) when given."""
         entry = self.entry(key, value, ttl=ttl, metadata=metadata)
-        await self._io("put", self.backend.put(entry), timeout=self.write_timeout(len(entry.value)))
+        await self._io("put", self.backend.put(entry), timeout=self.write_budget(len(entry.value)))
 
     async def put_json(self, key: str, value: Any, *, ttl: int | None = None, metadata: Any = None) -> None:
         """Write ``value`` serialized as JSON."""
@@ -1146,7 +1230,7 @@ class KVStore:
     async def put_many(self, entries: Iterable[KVEntry] | Mapping[str, bytes | str], *, ttl: int | None = None) -> None:
         """Write many values: bulk writes split by count and by body bytes (:meth:`plan_writes`).
 
-        A batch of one goes as a single put. Each request gets :meth:`write_timeout` of its body.
+        A batch of one goes as a single put. Each request gets :meth:`write_budget` of its body.
 
         Args:
             entries: :class:`KVEntry` objects (from :meth:`entry`), or a mapping of key to value.
@@ -1160,9 +1244,9 @@ class KVStore:
             return
         for batch, nbytes in self.plan_writes(items):
             if len(batch) == 1:
-                await self._io("put", self.backend.put(batch[0]), timeout=self.write_timeout(len(batch[0].value)))
+                await self._io("put", self.backend.put(batch[0]), timeout=self.write_budget(len(batch[0].value)))
             else:
-                await self._io("put_many", self.backend.put_many(batch), timeout=self.write_timeout(nbytes))
+                await self._io("put_many", self.backend.put_many(batch), timeout=self.write_budget(nbytes))
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a missing key is fine)."""
@@ -1203,5 +1287,6 @@ class KVStore:
             cursor = page.cursor
 
     async def aclose(self) -> None:
-        """Close the backend."""
+        """Cancel abandoned calls still running, then close the backend."""
+        await self._abandoner.aclose()
         await self.backend.aclose()

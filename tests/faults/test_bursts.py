@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dualcache import DualCache, RetryPolicy
+from dualcache import DualCache, RetryPolicy, Timeouts
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TOKEN = "faults-token"
@@ -58,6 +58,10 @@ async def test_bursts_500_distinct_misses_land_in_kv_and_no_caller_waits_for_a_w
         api_token=TOKEN,
         transport=transport,
         kv_timeout=30.0,
+        # The gateway budget too: a loaded CI machine can take more than 10 s to serve 500 model calls, and a
+        # gateway attempt abandoned for the direct route would be a second upstream call; budgets are tested
+        # in test_faults.py.
+        timeouts=Timeouts(kv_read=30.0, kv_write=120.0, gateway=120.0, provider=120.0),
         retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=1.0, total_timeout=60.0),
     ) as cache:
         # Every KV write is held until the burst is over: a caller that waited for one would never return.

@@ -180,8 +180,8 @@ async def test_kvstore_writes_get_a_time_budget_sized_for_their_body(clock: Fake
     async with httpx.AsyncClient(transport=httpx.MockTransport(plane)) as client:
         backend = DataPlaneKVBackend(client, data_plane_url=DP_URL, binding="API_CACHE", token=TOKEN, timeout=1.0)
         store = KVStore(backend, timeout=1.0)
-        assert store.write_timeout(0) == 1.0
-        assert store.write_timeout(40 * MIB) == pytest.approx(1.0 + 40 * MIB / KV_WRITE_THROUGHPUT)
+        assert store.write_budget(0) == 1.0
+        assert store.write_budget(40 * MIB) == pytest.approx(1.0 + 40 * MIB / KV_WRITE_THROUGHPUT)
         await store.get("k")
         await store.put("k", b"z" * (4 * MIB))
         await store.put_many({"a": "x" * MIB, "b": "x" * MIB})

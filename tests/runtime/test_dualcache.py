@@ -914,7 +914,7 @@ async def test_cancellation_of_a_joiner_leaves_the_leader_and_others_served(cloc
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-async def test_cancellation_of_everyone_cancels_the_upstream_call_and_leaks_nothing(
+async def test_cancellation_of_everyone_abandons_the_upstream_call_and_leaks_nothing(
     clock: FakeClock, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncio")
@@ -927,9 +927,11 @@ async def test_cancellation_of_everyone_cancels_the_upstream_call_and_leaks_noth
             caller.cancel()
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
-        await _until(lambda: e.cloud.cancelled == 1)
-        await asyncio.sleep(0)
-        assert _other_tasks() == []
+        # The computation is cancelled, but its admitted upstream request is abandoned, not cancelled: cancelling
+        # a pooled request from outside is what wedged httpcore's pool (issue 10). It ends on its own (bounded
+        # by its budget, then the grace period) and its answer is dropped.
+        await _until(lambda: _other_tasks() == [])
+        assert e.cloud.cancelled == 0
         assert e.cache._flights.abandoned == 1 and len(e.cache._flights) == 0 and len(e.cache._reads) == 0
         assert sum(s.counts["put"] + s.counts["put_many"] for s in e.cache._stores.values()) == 0
         assert e.snap(op)["failures"] == 3 * n
