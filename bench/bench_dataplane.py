@@ -13,7 +13,8 @@ A script, not a test: it prints figures and asserts none. Prints (issue 8, "Meas
    process) and against the real data-plane Worker in workerd (skipped, with a note, when
    ``infra/worker/node_modules`` is missing).
 3. Hits per second and p50/p99 at 1, 10, 100 and 1,000 concurrent callers through the data plane, with the
-   provider calls made at each N (goal 0: every key is cached), on both servers.
+   provider calls made at each N (goal 0: every key is cached), the KV reads that became misses (errors,
+   skips at the KV pool's gate) and the peak of KV requests in flight at that gate, on both servers.
 """
 
 from __future__ import annotations

@@ -155,6 +155,15 @@ def kv_client(cache: DualCache) -> httpx.AsyncClient:
     return client
 
 
+def kv_gate(cache: DualCache) -> Any:
+    """The admission gate in front of the cache's KV pool, or ``None`` in a tree without one."""
+    try:
+        from dualcache._transport import admission_of
+    except ImportError:
+        return None
+    return admission_of(kv_client(cache))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
@@ -174,14 +183,21 @@ class HitsRow:
     not_from_kv: int
     """Calls not answered by a KV hit (provider, gateway, coalesced or failed)."""
     kv_errors: int
+    kv_skipped: int
+    """KV reads not sent (no place at the KV pool's gate in time, or an open breaker): misses too."""
     failed: int
     """Calls that raised (a miss whose provider could not be reached)."""
+    gate_peak: int | None
+    """Most KV requests in flight at once at the KV pool's admission gate (``None``: no gate in this tree)."""
 
 
 async def hits_at(cache: DualCache, items: Sequence[str], callers: int, hits: int) -> HitsRow:
     """``hits`` calls of ``cache.embed`` over ``items`` (all cached), spread over ``callers`` concurrent callers."""
     import asyncio
 
+    gate = kv_gate(cache)
+    if gate is not None:
+        gate.peak = gate.in_flight
     before = cache.stats.snapshot()["embeddings"]
     per_caller = max(1, hits // callers)
     latencies: list[float] = []
@@ -212,7 +228,9 @@ async def hits_at(cache: DualCache, items: Sequence[str], callers: int, hits: in
         provider_calls=after["provider_calls"] - before["provider_calls"],
         not_from_kv=done - (after["kv_hits"] - before["kv_hits"]),
         kv_errors=after["errors"] - before["errors"],
+        kv_skipped=after.get("kv_skipped", 0) - before.get("kv_skipped", 0),
         failed=failed,
+        gate_peak=None if gate is None else gate.peak,
     )
 
 
@@ -221,12 +239,13 @@ def print_hits_table(title: str, rows: Sequence[HitsRow]) -> None:
     print(f"  {title}")
     print(
         f"    {'callers':>8} {'hits':>7} {'hits/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'provider calls':>15} "
-        f"{'not KV hits':>12} {'KV errors':>10} {'failed':>7}"
+        f"{'not KV hits':>12} {'KV errors':>10} {'KV skipped':>11} {'failed':>7} {'KV gate peak':>13}"
     )
     for r in rows:
         print(
             f"    {r.callers:>8} {r.hits:>7} {r.per_second:>9,.0f} {r.p50_ms:>9.2f} {r.p99_ms:>9.2f} "
-            f"{r.provider_calls:>15} {r.not_from_kv:>12} {r.kv_errors:>10} {r.failed:>7}"
+            f"{r.provider_calls:>15} {r.not_from_kv:>12} {r.kv_errors:>10} {r.kv_skipped:>11} {r.failed:>7} "
+            f"{'-' if r.gate_peak is None else r.gate_peak:>13}"
         )
 
 
@@ -403,10 +422,15 @@ def servers(*, no_workerd: bool = False) -> Iterator[list[Server]]:
 
 
 @contextlib.asynccontextmanager
-async def data_plane_cache(server: Server, records: dict[str, bytes]) -> AsyncIterator[DualCache]:
-    """A cache on ``server``'s data plane, with ``records`` stored there first (through the cache's KV store)."""
+async def data_plane_cache(server: Server, records: dict[str, bytes], **kwargs: Any) -> AsyncIterator[DualCache]:
+    """A cache on ``server``'s data plane (other ``DualCache`` arguments in ``kwargs``), with ``records``
+    stored there first (through the cache's KV store)."""
     cache = DualCache.from_outputs(
-        server.outputs, api_token="bench-token", data_plane_token=server.data_plane_token, openai_api_key="sk-bench"
+        server.outputs,
+        api_token="bench-token",
+        data_plane_token=server.data_plane_token,
+        openai_api_key="sk-bench",
+        **kwargs,
     )
     async with cache:
         await cache.kv(Namespace.EMBEDDINGS_CACHE).put_many(records)
