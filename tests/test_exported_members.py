@@ -62,3 +62,11 @@ def test_exported_members_include_the_kv_client_surface() -> None:
         "SkippedError",
     ):
         assert name in dualcache.__all__, name
+
+
+def test_exported_members_include_the_operations_surface() -> None:
+    for name in ("Operation", "OperationPolicy", "Policies", "PriceTable", "Scope", "Stats"):
+        assert name in dualcache.__all__, name
+    for method in ("run", "forget", "forget_user", "record_key", "user_prefix"):
+        assert callable(getattr(dualcache.DualCache, method)), method
+    assert callable(dualcache.Policies.override) and callable(dualcache.Policies.with_overrides)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
         SQLiteKVBackend,
     )
     from dualcache._outputs import StackOutputs
-    from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
+    from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
     from dualcache._stackconfig import StackConfig, load_stack_config
     from dualcache._stats import Outcome, PriceTable, Stats
     from dualcache._writebehind import WriteBehindPolicy
@@ -82,6 +82,7 @@ _LAZY: dict[str, str] = {
     "Operation": "dualcache._policy",
     "OperationPolicy": "dualcache._policy",
     "Policies": "dualcache._policy",
+    "Scope": "dualcache._policy",
     "StackConfig": "dualcache._stackconfig",
     "load_stack_config": "dualcache._stackconfig",
     "Outcome": "dualcache._stats",
@@ -142,6 +143,7 @@ __all__ = [
     "RequestBudget",
     "RetryPolicy",
     "SQLiteKVBackend",
+    "Scope",
     "SkippedError",
     "StackConfig",
     "StackOutputs",

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, assert_never
 
 import httpx
 from pydantic import SecretStr
@@ -41,7 +41,16 @@ from dualcache._gateway import (
     UpstreamResult,
     parse_json_object,
 )
-from dualcache._keys import analysis_key, check_utf8, embed_key, gateway_cache_key, spam_key
+from dualcache._keys import (
+    canonical_json,
+    check_utf8,
+    embed_key,
+    embedding_fingerprint,
+    gateway_cache_key,
+    record_key,
+    sha256_hex,
+    user_prefix,
+)
 from dualcache._kv import (
     Clock,
     CloudflareKVBackend,
@@ -53,13 +62,14 @@ from dualcache._kv import (
     SQLiteKVBackend,
 )
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
-from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies
+from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import (
     DEFAULT_DECODE_MEMO_BYTES,
     EMBED_INPUT_MAX_CHARS,
     RecordStatus,
     build_embedding_record,
     encode_json_record,
+    expected_dimensions,
     judge_embedding_record,
     judge_json_record,
     should_coalesce,
@@ -96,11 +106,26 @@ _RESUME_PROMPT = (
 )
 
 
+_POOLINGS = ("mean", "cls")
+
+
 @dataclass(frozen=True, slots=True)
 class Models:
-    """The model each operation uses (the seed's choices by default).
+    """The model each operation uses (the seed's choices by default), and how embeddings are computed.
 
-    A change of ``embeddings`` makes every stored embedding of the old model a miss, overwritten on use.
+    The embedding key covers everything that changes a vector: ``embeddings`` (and so its dimension),
+    ``embedding_pooling``, ``embedding_max_chars`` and the policy's ``version``. A change of any of them
+    is a miss (a new key), never a vector of another shape; the old records expire by their TTL. The
+    seed's configuration (the defaults, no version) keeps the seed's keys, ``embed:{sha256(text)}``.
+
+    Attributes:
+        embedding_pooling: Workers AI's ``pooling`` for the bge models: ``"mean"`` (their default, not
+            sent) or ``"cls"`` (sent; its vectors are not compatible with mean ones).
+        embedding_max_chars: The text sent to the model is cut to this many characters (the seed: 2,000);
+            the key hashes the full text.
+
+    Raises:
+        ConfigError: a pooling other than mean or cls, a ``embedding_max_chars`` < 1, or an empty model.
     """
 
     embeddings: str = "@cf/baai/bge-base-en-v1.5"
@@ -110,6 +135,69 @@ class Models:
     application_generation: str = "gpt-4o-mini"
     resume_parsing_text: str = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
     resume_parsing_image: str = "gpt-4o"
+    embedding_pooling: str = "mean"
+    embedding_max_chars: int = EMBED_INPUT_MAX_CHARS
+
+    def __post_init__(self) -> None:
+        for name in (
+            "embeddings",
+            "job_analysis",
+            "job_analysis_fallback",
+            "spam_detection",
+            "application_generation",
+            "resume_parsing_text",
+            "resume_parsing_image",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"Models.{name}={value!r}: must be a non-empty model name")
+        if self.embedding_pooling not in _POOLINGS:
+            raise ConfigError(f"Models.embedding_pooling={self.embedding_pooling!r}: must be 'mean' or 'cls'")
+        n = self.embedding_max_chars
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"Models.embedding_max_chars={n!r}: must be an integer >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One provider call of a JSON operation: the provider, its model, extra body fields."""
+
+    provider: Provider
+    model: str
+    params: Mapping[str, Any]
+
+
+def _check_id(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a non-empty string, got {type(value).__name__} {value!r:.80}")
+    if not value:
+        raise InvalidInputError(f"{name} is empty; pass a non-empty {name}")
+    check_utf8(name, value)
+    return value
+
+
+def _parse_provider(value: object, name: str) -> Provider:
+    try:
+        return Provider(value)  # type: ignore[arg-type]  # a wrong type is a ValueError too
+    except ValueError:
+        valid = ", ".join(repr(p.value) for p in Provider)
+        raise InvalidInputError(f"{name}={value!r:.80} is not a provider; valid: {valid}") from None
+
+
+_RESERVED_PARAMS = frozenset({"response_format", "stream"})
+
+
+def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    reserved = sorted(_RESERVED_PARAMS & set(params))
+    if reserved:
+        raise InvalidInputError(
+            f"{', '.join(reserved)} cannot be passed to run(): the answer is always asked for in JSON mode, unstreamed"
+        )
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"params are not JSON-serializable: {exc}") from None
+    return dict(params)
 
 
 def _secret(value: str | SecretStr | None, name: str) -> SecretStr | None:
@@ -314,7 +402,9 @@ class DualCache:
         self.outputs = outputs
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
-        self.stats = Stats(prices)
+        self.stats = Stats(prices, self.policies)
+        self._computing = 0  # computations that may write a record (see _forgotten_since)
+        self._forgets: list[tuple[KVStore, str, bool]] = []
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
         self._data_plane_token = _secret(data_plane_token, "data_plane_token")
@@ -600,7 +690,7 @@ class DualCache:
     ) -> UpstreamResult:
         record = CallRecord()
         cache_key = (
-            gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id)
+            gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id, version=policy.version)
             if policy.gateway is GatewayMode.CACHE
             else None
         )
@@ -747,6 +837,13 @@ class DualCache:
                 return status, list(vector)
         return status, vector
 
+    def _embed_payload(self, text: str | list[str]) -> dict[str, Any]:
+        """The Workers AI body: ``pooling`` only when it is not the bge models' default (mean)."""
+        payload: dict[str, Any] = {"text": text}
+        if self.models.embedding_pooling != "mean":
+            payload["pooling"] = self.models.embedding_pooling
+        return payload
+
     def _embedding_entry(self, key: str, text: str, vector: list[float], ttl: int | None) -> KVEntry:
         record = build_embedding_record(text, vector, self.models.embeddings, self._clock())
         return KVEntry(key, encode_json_record(record), ttl)
@@ -784,7 +881,7 @@ class DualCache:
         _check_text(text)
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        key = embed_key(text)
+        key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
         # A key already in flight is joined without a KV read (its answer is what KV is about to hold).
@@ -803,12 +900,20 @@ class DualCache:
                 return vector
 
         async def compute() -> tuple[list[float], Outcome]:
-            payload = {"text": text[:EMBED_INPUT_MAX_CHARS]}
-            result = await self._upstream_call(op, Provider.WORKERS_AI, self.models.embeddings, payload, policy=policy)
-            vector = self._vectors(result, 1)[0]
-            if should_write_kv(policy, read):
-                await self._kv_save(op, self._store(policy), [self._embedding_entry(key, text, vector, policy.kv_ttl)])
-            return vector, self._outcome(result)
+            mark = self._begin_compute()
+            try:
+                payload = self._embed_payload(text[: self.models.embedding_max_chars])
+                result = await self._upstream_call(
+                    op, Provider.WORKERS_AI, self.models.embeddings, payload, policy=policy
+                )
+                vector = self._vectors(result, 1)[0]
+                if should_write_kv(policy, read):
+                    store = self._store(policy)
+                    if not self._forgotten_since(mark, store, key):
+                        await self._kv_save(op, store, [self._embedding_entry(key, text, vector, policy.kv_ttl)])
+                return vector, self._outcome(result)
+            finally:
+                self._end_compute()
 
         return await self._serve(op, policy, key, compute)
 
@@ -835,7 +940,8 @@ class DualCache:
             return []
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        keys = [embed_key(t) for t in texts]
+        fingerprint = self._embed_fingerprint()
+        keys = [embed_key(t, fingerprint) for t in texts]
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))
         results: dict[str, list[float]] = {}
         outcomes: dict[str, Outcome] = {}
@@ -986,23 +1092,27 @@ class DualCache:
         """
         by_input: dict[str, list[str]] = {}
         for k in lead:
-            by_input.setdefault(distinct[k][:EMBED_INPUT_MAX_CHARS], []).append(k)
+            by_input.setdefault(distinct[k][: self.models.embedding_max_chars], []).append(k)
         inputs = list(by_input)
+        mark = self._begin_compute()
         try:
-            for i in range(0, len(inputs), _EMBED_BATCH):
-                chunk = inputs[i : i + _EMBED_BATCH]
-                result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, self.models.embeddings, {"text": chunk}, policy=policy
-                )
-                outcome = self._outcome(result)
-                for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
-                    for j, k in enumerate(by_input[text_in]):
-                        # Two texts with the same first 2,000 characters share one upstream item.
-                        answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
-        except Exception:
-            await self._save_embeddings(op, policy, lead, distinct, reads, answers)
-            raise
-        await self._save_embeddings(op, policy, lead, distinct, reads, answers)
+            try:
+                for i in range(0, len(inputs), _EMBED_BATCH):
+                    chunk = inputs[i : i + _EMBED_BATCH]
+                    result = await self._upstream_call(
+                        op, Provider.WORKERS_AI, self.models.embeddings, self._embed_payload(chunk), policy=policy
+                    )
+                    outcome = self._outcome(result)
+                    for text_in, vector in zip(chunk, self._vectors(result, len(chunk)), strict=True):
+                        for j, k in enumerate(by_input[text_in]):
+                            # Two texts with the same first characters (the input cut) share one upstream item.
+                            answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
+            except Exception:
+                await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
+                raise
+            await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
+        finally:
+            self._end_compute()
 
     async def _save_embeddings(
         self,
@@ -1012,27 +1122,95 @@ class DualCache:
         distinct: Mapping[str, str],
         reads: Mapping[str, RecordStatus | None],
         answers: Mapping[str, tuple[list[float], Outcome]],
+        mark: int,
     ) -> None:
+        store = self._store(policy) if policy.kv else None
         entries = [
             self._embedding_entry(k, distinct[k], answers[k][0], policy.kv_ttl)
             for k in lead
-            if k in answers and should_write_kv(policy, reads[k])
+            if k in answers
+            and should_write_kv(policy, reads[k])
+            and not (store is not None and self._forgotten_since(mark, store, k))
         ]
-        if entries:
-            await self._kv_save(op, self._store(policy), entries)
+        if entries and store is not None:
+            await self._kv_save(op, store, entries)
 
     # -- JSON operations ----------------------------------------------------------------------------
+    #
+    # Every JSON operation, built in or custom, is one ``_run_json``: the KV key from the policy (scope,
+    # version), the KV read (hit path, before single-flight), then the provider calls in order (the next
+    # one when a provider fails on every route), single-flight, the record written behind, stats and cost.
 
-    async def _cached_json(
+    def _scoped_user(self, op: Operation, policy: OperationPolicy, user_id: object, *, strict: bool) -> str | None:
+        """The user id that goes into ``op``'s keys: required by scope ``user``; with scope ``global``, refused
+        when ``strict`` (custom operations), else left out of the key (kept for the gateway's metadata)."""
+        if user_id is not None:
+            user_id = _check_id(user_id, "user_id")
+        if policy.scope is Scope.USER:
+            if user_id is None and strict:
+                raise InvalidInputError(
+                    f"operation {op.value!r} has scope 'user' (its records are per user): pass user_id=, "
+                    f"or set policies.{op.value}.scope to 'global'"
+                )
+            return user_id
+        if user_id is not None and strict:
+            raise InvalidInputError(
+                f"operation {op.value!r} has scope 'global' (its records are shared by every user), so it takes "
+                f"no user_id; drop user_id=, or set policies.{op.value}.scope to 'user'"
+            )
+        return None
+
+    def _json_key(self, op: Operation, policy: OperationPolicy, key: str, user_id: str | None) -> str:
+        """The KV key (also the single-flight key) of a JSON operation's record of ``key``."""
+        if policy.scope is Scope.USER and user_id is None and (policy.kv or policy.gateway is GatewayMode.CACHE):
+            raise InvalidInputError(
+                f"operation {op.value!r} caches per user (scope 'user'): pass user_id=, "
+                f"or set policies.{op.value}.scope to 'global'"
+            )
+        return record_key(op.value, key, user_id=user_id, version=policy.version)
+
+    def _ready_calls(self, calls: Sequence[_Call]) -> list[_Call]:
+        """The calls whose provider is configured (checked before any I/O), in order."""
+        ready: list[_Call] = []
+        first: ConfigError | None = None
+        for call in calls:
+            try:
+                self._upstream.check_configured(call.provider)
+            except ConfigError as exc:
+                first = first or exc
+                continue
+            ready.append(call)
+        if not ready:
+            assert first is not None
+            raise first
+        return ready
+
+    async def _run_json(
         self,
         op: Operation,
+        policy: OperationPolicy,
         key: str,
-        fetch: Callable[[], Awaitable[tuple[dict[str, Any], Outcome]]],
+        calls: Sequence[_Call],
+        messages: list[dict[str, Any]],
+        *,
+        user_id: str | None,
+        refresh: bool = False,
     ) -> dict[str, Any]:
-        policy = self.policies.for_operation(op)
+        """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
+        ready = self._ready_calls(calls)
         read: RecordStatus | None = RecordStatus.MISSING
-        flight_key = f"{op.value}\x00{key}"
-        if should_read_kv(policy) and self._flights.get(flight_key) is None:
+        serve_key = key
+        upstream_policy = policy
+        if refresh:
+            # Neither cache is read: KV is skipped here, the gateway is told cf-aig-skip-cache once. The fresh
+            # answer overwrites the KV record. A refresh never joins (nor is joined by) an ordinary flight.
+            # Cloudflare documents skip-cache as a bypass (cloudflare-facts §2.2); whether the fresh answer also
+            # replaces the gateway's entry is not said. Both cases are fine with KV on (later calls hit the new
+            # KV record); with KV off the old entry may be served until its TTL, as the README says.
+            upstream_policy = policy.model_copy(update={"gateway": GatewayMode.SKIP, "gateway_ttl": None})
+            serve_key = key + "\x00refresh"
+        flight_key = f"{op.value}\x00{serve_key}"
+        if not refresh and should_read_kv(policy) and self._flights.get(flight_key) is None:
             store = self._store(policy)
             try:
                 raw, ok = await self._read_shared(op, store, flight_key, key)
@@ -1046,37 +1224,79 @@ class DualCache:
                 self.stats.record(op, Outcome.KV_HIT)
                 return value
 
+        async def fetch() -> tuple[dict[str, Any], Outcome]:
+            for i, call in enumerate(ready):
+                try:
+                    return await self._chat_json(op, upstream_policy, call, messages, user_id=user_id)
+                except BackendError as exc:
+                    if i == len(ready) - 1:
+                        raise
+                    self.stats.error(op)
+                    nxt = ready[i + 1]
+                    logger.warning(
+                        "%s: %s failed (%s); falling back to %s %s",
+                        op.value,
+                        call.provider.value,
+                        exc,
+                        nxt.provider.value,
+                        nxt.model,
+                    )
+            raise AssertionError("unreachable: _ready_calls returns at least one call")
+
         async def compute() -> tuple[dict[str, Any], Outcome]:
-            value, outcome = await fetch()
-            if should_write_kv(policy, read):
-                await self._kv_save(op, self._store(policy), [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
-            return value, outcome
+            mark = self._begin_compute()
+            try:
+                value, outcome = await fetch()
+                if should_write_kv(policy, read):
+                    store = self._store(policy)
+                    if not self._forgotten_since(mark, store, key):
+                        await self._kv_save(op, store, [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
+                return value, outcome
+            finally:
+                self._end_compute()
 
-        return await self._serve(op, policy, key, compute)
+        return await self._serve(op, policy, serve_key, compute)
 
-    async def _workers_ai_json(
+    async def _chat_json(
         self,
         op: Operation,
-        model: str,
-        payload: Mapping[str, Any],
+        policy: OperationPolicy,
+        call: _Call,
+        messages: list[dict[str, Any]],
         *,
-        user_id: str | None = None,
+        user_id: str | None,
     ) -> tuple[dict[str, Any], Outcome]:
-        policy = self.policies.for_operation(op)
-        # JSON mode (cloudflare-facts §3): result.response is then an object; a string is parsed too.
-        payload = {**payload, "response_format": {"type": "json_object"}}
-        result = await self._upstream_call(op, Provider.WORKERS_AI, model, payload, policy=policy, user_id=user_id)
-        answer = result.data.get("response") if isinstance(result.data, dict) else result.data
-        return parse_json_object(answer, backend="workers-ai"), self._outcome(result)
+        """One chat call in JSON mode (cloudflare-facts §3 for Workers AI; OpenAI's ``json_object``)."""
+        json_mode = {"type": "json_object"}
+        match call.provider:
+            case Provider.WORKERS_AI:
+                payload = {"messages": messages, **call.params, "response_format": json_mode}
+                result = await self._upstream_call(
+                    op, Provider.WORKERS_AI, call.model, payload, policy=policy, user_id=user_id
+                )
+                # JSON mode: result.response is then an object; a string holding one is parsed too.
+                answer = result.data.get("response") if isinstance(result.data, dict) else result.data
+                return parse_json_object(answer, backend="workers-ai"), self._outcome(result)
+            case Provider.OPENAI:
+                payload = {
+                    "model": call.model,
+                    "messages": _with_json_instruction(messages),
+                    **call.params,
+                    "response_format": json_mode,
+                }
+                content, outcome = await self._openai_chat(op, payload, policy=policy, user_id=user_id)
+                return parse_json_object(content, backend="openai"), outcome
+            case _ as unreachable:
+                assert_never(unreachable)
 
     async def _openai_chat(
         self,
         op: Operation,
         payload: Mapping[str, Any],
         *,
+        policy: OperationPolicy,
         user_id: str | None = None,
     ) -> tuple[str, Outcome]:
-        policy = self.policies.for_operation(op)
         result = await self._upstream_call(
             op, Provider.OPENAI, "chat/completions", payload, policy=policy, user_id=user_id
         )
@@ -1088,11 +1308,77 @@ class DualCache:
             raise BadResponseError("openai: choices[0].message.content is not a string", backend="openai")
         return content, self._outcome(result)
 
-    async def analyze_job(self, *, user_id: str, job_id: str, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    async def run(
+        self,
+        operation: Operation | str,
+        *,
+        key: str,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        user_id: str | None = None,
+        provider: Provider | str = Provider.WORKERS_AI,
+        fallback: tuple[Provider | str, str] | None = None,
+        refresh: bool = False,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Return the JSON answer of a chat call of ``operation``, cached per the operation's policy.
+
+        This is the machinery of the built-in JSON operations (``analyze_job`` and ``detect_spam`` are thin
+        uses of it), open to any operation the policies declare (``Policies.with_overrides`` or
+        ``<project>:policies.<name>.*`` in the stack file): KV first (key ``{name}[:{user}][:%v{version}]:{key}``,
+        see :meth:`record_key`), then the AI Gateway, then the provider, with single-flight, retries,
+        the gateway-to-direct fallback, write-behind, stats and cost (``PriceTable(<name>=...)``; without a
+        price the cost is reported unknown).
+
+        Args:
+            operation: The operation's name; its policy must exist (not ``embeddings``: use :meth:`embed`).
+            key: What the answer is about (a job id, a document id ...); escaped in the KV key.
+            model: The model: a Workers AI model id (``@cf/...``) or an OpenAI model name.
+            messages: The chat messages (``{"role": ..., "content": ...}``).
+            user_id: Required when the operation's scope is ``user`` (records per user), refused when
+                ``global``. Also sent in ``cf-aig-metadata``.
+            provider: ``"workers-ai"`` (default) or ``"openai"``.
+            fallback: ``(provider, model)`` to call when ``provider`` fails on every route.
+            refresh: Skip both caches once (no KV read, ``cf-aig-skip-cache: true`` to the gateway) and
+                overwrite the KV record with the fresh answer.
+            **params: Further body fields for the provider (``temperature``, ``max_tokens`` ...). The answer
+                is always asked for in JSON mode, so ``response_format`` and ``stream`` are refused.
+
+        Raises:
+            InvalidInputError: an unknown operation, a bad key, user id, provider, model, messages or params
+                (before any I/O); the message names the argument.
+            ConfigError: no provider of the call is configured.
+            BackendError: every provider failed (KV failures never raise: they are misses).
+        """
+        self._check_open()
+        op = Operation.parse(operation)
+        policy = self.policies.for_operation(op)
+        if op is Operation.EMBEDDINGS:
+            raise InvalidInputError("operation 'embeddings' is not a chat operation: use embed() or embed_many()")
+        user = self._scoped_user(op, policy, user_id, strict=True)
+        kv_key = self._json_key(op, policy, _check_id(key, "key"), user)
+        msgs = _check_messages(messages)
+        extra = _check_params(params)
+        calls = [_Call(_parse_provider(provider, "provider"), _check_id(model, "model"), extra)]
+        if fallback is not None:
+            if not isinstance(fallback, tuple) or len(fallback) != 2:
+                raise InvalidInputError(f"fallback must be a (provider, model) tuple, got {fallback!r:.80}")
+            calls.append(
+                _Call(_parse_provider(fallback[0], "fallback provider"), _check_id(fallback[1], "model"), extra)
+            )
+        if not isinstance(refresh, bool):
+            raise InvalidInputError(f"refresh must be a bool, got {refresh!r}")
+        return await self._run_json(op, policy, kv_key, calls, msgs, user_id=user, refresh=refresh)
+
+    async def analyze_job(
+        self, *, user_id: str, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
+    ) -> dict[str, Any]:
         """Return the compatibility analysis of a job for a user (a JSON object).
 
-        Cached in KV per user and job (``analysis:{userId}:{jobId}``, 7 days by default), gateway cache
-        skipped. Workers AI answers first; when it fails (on every route), OpenAI answers instead.
+        The built-in operation ``job_analysis``, a :meth:`run` with the seed's models: cached in KV per user
+        and job (``analysis:{userId}:{jobId}``, 7 days by default), gateway cache skipped. Workers AI answers
+        first; when it fails (on every route), OpenAI answers instead. ``refresh=True`` skips the caches once
+        and overwrites the record (see :meth:`run`); :meth:`forget` removes it.
 
         Raises:
             InvalidInputError: an empty id, or malformed ``messages``.
@@ -1100,47 +1386,25 @@ class DualCache:
             BackendError: both providers failed.
         """
         self._check_open()
-        key = analysis_key(user_id, job_id)
-        msgs = _check_messages(messages)
         op = Operation.JOB_ANALYSIS
-        try:
-            self._upstream.check_configured(Provider.WORKERS_AI)
-            workers_ai = True
-        except ConfigError:
-            self._upstream.check_configured(Provider.OPENAI)
-            workers_ai = False
-        try:
-            self._upstream.check_configured(Provider.OPENAI)
-            openai = True
-        except ConfigError:
-            openai = False
+        policy = self.policies.for_operation(op)
+        user = _check_id(user_id, "user_id")
+        key = self._json_key(op, policy, _check_id(job_id, "job_id"), user)
+        msgs = _check_messages(messages)
+        calls = [
+            _Call(Provider.WORKERS_AI, self.models.job_analysis, {}),
+            _Call(Provider.OPENAI, self.models.job_analysis_fallback, {"temperature": 0.3}),
+        ]
+        return await self._run_json(op, policy, key, calls, msgs, user_id=user, refresh=refresh)
 
-        async def fetch() -> tuple[dict[str, Any], Outcome]:
-            if workers_ai:
-                try:
-                    return await self._workers_ai_json(
-                        op, self.models.job_analysis, {"messages": msgs}, user_id=user_id
-                    )
-                except BackendError as exc:
-                    if not openai:
-                        raise
-                    self.stats.error(op)
-                    logger.warning("job_analysis: Workers AI failed (%s); falling back to OpenAI", exc)
-            payload = {
-                "model": self.models.job_analysis_fallback,
-                "messages": _with_json_instruction(msgs),
-                "temperature": 0.3,
-                "response_format": {"type": "json_object"},
-            }
-            content, outcome = await self._openai_chat(op, payload, user_id=user_id)
-            return parse_json_object(content, backend="openai"), outcome
-
-        return await self._cached_json(op, key, fetch)
-
-    async def detect_spam(self, *, job_id: str, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    async def detect_spam(
+        self, *, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
+    ) -> dict[str, Any]:
         """Return the spam verdict for a job posting (a JSON object).
 
-        Cached in KV per job (``spam:{jobId}``, 7 days) and in the gateway (24 hours) by default.
+        The built-in operation ``spam_detection``, a :meth:`run` with the seed's model: cached in KV per job
+        (``spam:{jobId}``, 7 days) and in the gateway (24 hours) by default. ``refresh=True`` skips both
+        caches once and overwrites the KV record.
 
         Raises:
             InvalidInputError: an empty id, or malformed ``messages``.
@@ -1148,15 +1412,12 @@ class DualCache:
             BackendError: the provider failed on every route.
         """
         self._check_open()
-        key = spam_key(job_id)
-        msgs = _check_messages(messages)
-        self._upstream.check_configured(Provider.WORKERS_AI)
         op = Operation.SPAM_DETECTION
-
-        async def fetch() -> tuple[dict[str, Any], Outcome]:
-            return await self._workers_ai_json(op, self.models.spam_detection, {"messages": msgs})
-
-        return await self._cached_json(op, key, fetch)
+        policy = self.policies.for_operation(op)
+        key = self._json_key(op, policy, _check_id(job_id, "job_id"), None)
+        msgs = _check_messages(messages)
+        calls = [_Call(Provider.WORKERS_AI, self.models.spam_detection, {})]
+        return await self._run_json(op, policy, key, calls, msgs, user_id=None, refresh=refresh)
 
     async def generate_application(
         self,
@@ -1167,7 +1428,11 @@ class DualCache:
         temperature: float = 0.7,
         max_tokens: int = 3000,
     ) -> dict[str, Any] | str:
-        """Generate a resume or cover letter with OpenAI (never cached: personalized and meant fresh).
+        """Generate a resume or cover letter with OpenAI (never cached by default: personalized and meant fresh).
+
+        With ``json_output`` this is the built-in operation ``application_generation`` run like any JSON
+        operation (:meth:`run`), keyed by the SHA-256 of the request, so a stack that turns its KV on caches
+        it per user. Text answers (``json_output=False``) are never cached.
 
         Args:
             messages: The chat messages.
@@ -1187,21 +1452,21 @@ class DualCache:
             _check_text(user_id, "user_id")
         self._upstream.check_configured(Provider.OPENAI)
         op = Operation.APPLICATION_GENERATION
-        payload: dict[str, Any] = {
-            "model": self.models.application_generation,
-            "messages": msgs,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
+        policy = self.policies.for_operation(op)
+        params = {"temperature": temperature, "max_tokens": max_tokens}
+        model = self.models.application_generation
         if json_output:
-            payload["messages"] = _with_json_instruction(msgs)
-            payload["response_format"] = {"type": "json_object"}
+            user = self._scoped_user(op, policy, user_id, strict=False)
+            request = canonical_json([model, msgs, params])
+            key = self._json_key(op, policy, sha256_hex(request), user)
+            calls = [_Call(Provider.OPENAI, model, params)]
+            return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
+        payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:
-            content, outcome = await self._openai_chat(op, payload, user_id=user_id)
-            return (parse_json_object(content, backend="openai") if json_output else content), outcome
+            return await self._openai_chat(op, payload, policy=policy, user_id=user_id)
 
-        return await self._serve(op, self.policies.application_generation, None, compute)
+        return await self._serve(op, policy, None, compute)
 
     async def parse_resume(
         self,
@@ -1212,10 +1477,12 @@ class DualCache:
         user_id: str | None = None,
     ) -> dict[str, Any]:
         """Parse a resume into a JSON object: from its text or PDF (Workers AI, Llama 3.3 70B) or an
-        image (OpenAI, GPT-4o vision). Not cached in KV; the gateway logs it for analytics.
+        image (OpenAI, GPT-4o vision). Not cached in KV by default; the gateway logs it for analytics.
 
         Pass exactly one of ``text``, ``pdf`` (the file's bytes; text is extracted locally with pypdf,
-        the ``pdf`` extra) or ``image_url`` (``https://`` or ``data:image/...``).
+        the ``pdf`` extra) or ``image_url`` (``https://`` or ``data:image/...``). This is the built-in
+        operation ``resume_parsing`` run like any JSON operation (:meth:`run`), keyed by the SHA-256 of the
+        resume's text (or image URL), so a stack that turns its KV on caches it per user.
 
         Raises:
             InvalidInputError: not exactly one input, an empty or unreadable one.
@@ -1232,25 +1499,19 @@ class DualCache:
         if user_id is not None:
             _check_text(user_id, "user_id")
         op = Operation.RESUME_PARSING
-        policy = self.policies.resume_parsing
+        policy = self.policies.for_operation(op)
+        user = self._scoped_user(op, policy, user_id, strict=False)
         if image_url is not None:
             if not isinstance(image_url, str) or not image_url.startswith(("https://", "http://", "data:image/")):
                 raise InvalidInputError(f"image_url must be an http(s) URL or a data:image/ URL, got {image_url!r:.80}")
             self._upstream.check_configured(Provider.OPENAI)
-            payload: dict[str, Any] = {
-                "model": self.models.resume_parsing_image,
-                "messages": [
-                    {"role": "system", "content": _RESUME_PROMPT},
-                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]},
-                ],
-                "response_format": {"type": "json_object"},
-            }
-
-            async def from_image() -> tuple[dict[str, Any], Outcome]:
-                content, outcome = await self._openai_chat(op, payload, user_id=user_id)
-                return parse_json_object(content, backend="openai"), outcome
-
-            return await self._serve(op, policy, None, from_image)
+            messages: list[dict[str, Any]] = [
+                {"role": "system", "content": _RESUME_PROMPT},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]},
+            ]
+            key = self._json_key(op, policy, "image-" + sha256_hex(image_url), user)
+            calls = [_Call(Provider.OPENAI, self.models.resume_parsing_image, {})]
+            return await self._run_json(op, policy, key, calls, messages, user_id=user_id)
         if pdf is not None:
             from dualcache._pdf import extract_pdf_text
 
@@ -1262,10 +1523,149 @@ class DualCache:
             {"role": "system", "content": _RESUME_PROMPT},
             {"role": "user", "content": resume_text},
         ]
+        key = self._json_key(op, policy, "text-" + sha256_hex(resume_text), user)
+        calls = [_Call(Provider.WORKERS_AI, self.models.resume_parsing_text, {})]
+        return await self._run_json(op, policy, key, calls, messages, user_id=user_id)
 
-        async def from_text() -> tuple[dict[str, Any], Outcome]:
-            return await self._workers_ai_json(
-                op, self.models.resume_parsing_text, {"messages": messages}, user_id=user_id
-            )
+    # -- keys and invalidation ----------------------------------------------------------------------
 
-        return await self._serve(op, policy, None, from_text)
+    def _embed_fingerprint(self) -> str | None:
+        m = self.models
+        return embedding_fingerprint(
+            m.embeddings,
+            dimensions=expected_dimensions(m.embeddings),
+            pooling=m.embedding_pooling,
+            max_input_chars=m.embedding_max_chars,
+            version=self.policies.embeddings.version,
+        )
+
+    def _embed_key(self, text: str) -> str:
+        return embed_key(text, self._embed_fingerprint())
+
+    def record_key(self, operation: Operation | str, *, key: str, user_id: str | None = None) -> str:
+        """Return the KV key under which ``operation`` stores its record of ``key`` (no I/O).
+
+        For people who inspect KV by hand, e.g.
+        ``wrangler kv key get --binding JOB_ANALYSIS_CACHE "$(python -c ...)"``: the namespace is the policy's
+        ``kv_namespace``. The layout is ``{prefix}[:{user}][:%v{version}]:{key}`` with ids escaped (see
+        :mod:`dualcache._keys`); for ``embeddings`` pass the text as ``key``.
+
+        Raises:
+            InvalidInputError: an unknown operation, an empty key, or a user id where the scope wants none
+                (or none where it wants one).
+        """
+        op = Operation.parse(operation)
+        policy = self.policies.for_operation(op)
+        if op is Operation.EMBEDDINGS:
+            return self._embed_key(_check_text(key, "key"))
+        user = self._scoped_user(op, policy, user_id, strict=True)
+        return record_key(op.value, _check_id(key, "key"), user_id=user, version=policy.version)
+
+    def user_prefix(self, operation: Operation | str, user_id: str) -> str:
+        """Return the prefix of every record of ``user_id`` in the user-scoped ``operation``, every version
+        included (``wrangler kv key list --binding ... --prefix ...``); no other user's key starts with it.
+
+        Raises:
+            InvalidInputError: an unknown operation, one whose scope is ``global``, or an empty user id.
+        """
+        op = Operation.parse(operation)
+        policy = self.policies.for_operation(op)
+        if policy.scope is not Scope.USER:
+            raise InvalidInputError(f"operation {op.value!r} has scope 'global': its records belong to no user")
+        return user_prefix(op.value, _check_id(user_id, "user_id"))
+
+    def _begin_compute(self) -> int:
+        """Note a computation that may write a record; returns the mark :meth:`_forgotten_since` takes."""
+        self._computing += 1
+        return len(self._forgets)
+
+    def _end_compute(self) -> None:
+        self._computing -= 1
+        if self._computing == 0:
+            self._forgets.clear()  # no computation started before these forgets is left
+
+    def _forgotten_since(self, mark: int, store: KVStore, key: str) -> bool:
+        """Whether ``key`` of ``store`` was forgotten after the computation that took ``mark`` began: its
+        answer was computed from what the caller has since invalidated, so it is served but not stored."""
+        return any(
+            s is store and (key == k or (is_prefix and key.startswith(k))) for s, k, is_prefix in self._forgets[mark:]
+        )
+
+    async def _remove(
+        self, op: Operation, store: KVStore, *, keys: Sequence[str] = (), prefix: str | None = None
+    ) -> int:
+        """Remove records from KV, from the write-behind queue and from computations in flight; return the count."""
+        if self._computing:
+            self._forgets.extend((store, k, False) for k in keys)
+            if prefix is not None:
+                self._forgets.append((store, prefix, True))
+        removed: set[str] = set()
+        if self._writes is not None:
+            removed.update(self._writes.discard(store, keys=keys, prefix=prefix))
+            removed.update(await self._writes.settle(store, keys=keys, prefix=prefix))
+        found = [k for k in keys if await store.get(k) is not None]
+        if prefix is not None:
+            found += [k.name async for k in store.list_keys(prefix=prefix)]
+        if found:
+            await store.delete_many(found)
+        removed.update(found)
+        for k in removed:
+            memo = self._memo.pop(k, None)
+            if memo is not None:
+                self._memo_used -= memo[2]
+        if removed:
+            logger.info("%s: forgot %d record(s) in %s", op.value, len(removed), store.binding or "KV")
+        return len(removed)
+
+    async def forget(self, operation: Operation | str, *, key: str, user_id: str | None = None) -> int:
+        """Remove ``operation``'s record of ``key`` (of ``user_id`` when the scope is ``user``).
+
+        The record is deleted from KV and dropped from the write-behind queue; a computation of it already
+        in flight still answers its callers but does not store its answer. Only the current version's key
+        is removed (old versions are misses already; :meth:`forget_user` removes every version).
+
+        The gateway's cache is not touched (it cannot be purged per key): for an operation the gateway
+        caches, the next identical request may be a gateway hit until ``gateway_ttl`` runs out. Pass
+        ``refresh=True`` to that call (``cf-aig-skip-cache``), or bump the policy's ``version``.
+
+        Returns:
+            How many records were removed: 1, or 0 when there was none (or the operation's KV is off).
+
+        Raises:
+            InvalidInputError: as :meth:`record_key`.
+            BackendError: KV failed (nothing is assumed removed: call again).
+        """
+        self._check_open()
+        kv_key = self.record_key(operation, key=key, user_id=user_id)
+        op = Operation.parse(operation)
+        policy = self.policies.for_operation(op)
+        if not policy.kv:
+            return 0
+        return await self._remove(op, self._store(policy), keys=[kv_key])
+
+    async def forget_user(self, user_id: str) -> int:
+        """Remove every user-scoped record of ``user_id``: in every operation whose scope is ``user`` and
+        whose KV is on, in its namespace, every version.
+
+        Per operation, one KV listing of the user's prefix (``{prefix}:{user}:``, one request per 1,000
+        keys) and one bulk delete: escaped ids contain no ``:``, so the listing returns that user's
+        records and no one else's, whatever the id (``:``, ``/``, ``%``, unicode). Queued and in-flight
+        records are handled as in :meth:`forget`. On Cloudflare a key written in the last seconds may not
+        be listed yet (KV listings are eventually consistent, up to about 60 s): call it again after a
+        minute to be sure. Global operations (embeddings, spam verdicts) hold no user's records.
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            InvalidInputError: an empty user id.
+            BackendError: KV failed (the operations done before it stay done: call again).
+        """
+        self._check_open()
+        user = _check_id(user_id, "user_id")
+        total = 0
+        for op in self.policies.operations:
+            policy = self.policies.for_operation(op)
+            if policy.scope is Scope.USER and policy.kv:
+                total += await self._remove(op, self._store(policy), prefix=user_prefix(op.value, user))
+        return total

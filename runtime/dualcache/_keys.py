@@ -1,6 +1,21 @@
 """Cache keys: pure functions, no I/O.
 
-Key schema (SPEC.md): ``embed:{sha256(text)}``, ``analysis:{userId}:{jobId}``, ``spam:{jobId}``.
+Key schema (SPEC.md): ``embed:{sha256(text)}``, ``analysis:{userId}:{jobId}``, ``spam:{jobId}``. In
+general, a record of an operation lives at::
+
+    {prefix}[:{user}][:%v{version}]:{key}
+
+* ``prefix`` is ``analysis``, ``spam``, ``embed``, ``generation`` or ``resume`` for the built-in
+  operations (:data:`BUILTIN_PREFIXES`) and the operation's own name for a custom one;
+* ``user`` is the escaped user id, present exactly when the operation's scope is ``user``: so every
+  record of one user in one operation starts with ``{prefix}:{user}:`` (:func:`user_prefix`), a prefix
+  that KV can list and that no other user's records share;
+* ``%v{version}`` is the policy's version, absent when it is ``None`` (so unversioned keys are the seed's);
+* ``key`` is the escaped caller key (a job id, ...).
+
+Embedding keys are ``embed:{sha256(text)}`` for the seed's embedding configuration and
+``embed:%s{fingerprint}:{sha256(text)}`` for any other (:func:`embed_key`): the fingerprint hashes
+everything that changes the vector (model, dimensions, pooling, input truncation) and the version.
 
 User-supplied parts are escaped so the mapping from (user, job) to key is injective:
 
@@ -12,7 +27,11 @@ User-supplied parts are escaped so the mapping from (user, job) to key is inject
   the SHA-256 of the raw part. An escaped part only ever has ``%`` followed by two upper-case hex
   digits, so ``%h`` cannot be produced by escaping: a hashed part never equals an escaped one.
 
-With both parts capped, every key stays under the KV limit of 512 bytes.
+A segment the library adds is ``%`` followed by a lower-case letter (``%h`` a hashed id, ``%v`` a
+version, ``%s`` an embedding fingerprint), which escaping never produces (its ``%`` is always followed by
+two upper-case hex digits): so no id, however hostile, can be mistaken for one, and the mapping from
+(operation, user, version, key) to a KV key is injective. With every part capped, every key stays under
+the KV limit of 512 bytes.
 """
 
 from __future__ import annotations
@@ -24,17 +43,23 @@ from typing import Any
 from dualcache._exceptions import InvalidInputError
 
 __all__ = [
+    "BUILTIN_PREFIXES",
     "KV_MAX_KEY_BYTES",
     "MAX_PART_BYTES",
+    "SEED_EMBEDDING",
     "analysis_key",
     "canonical_json",
     "check_key",
     "check_utf8",
     "embed_key",
+    "embedding_fingerprint",
     "escape_part",
     "gateway_cache_key",
+    "key_prefix",
+    "record_key",
     "sha256_hex",
     "spam_key",
+    "user_prefix",
 ]
 
 KV_MAX_KEY_BYTES = 512
@@ -84,29 +109,106 @@ def check_utf8(name: str, value: str) -> None:
         ) from None
 
 
-def embed_key(text: str) -> str:
-    """Return ``embed:{sha256(text)}``: the key hashes the full text, before any truncation."""
-    return "embed:" + sha256_hex(text)
+BUILTIN_PREFIXES: dict[str, str] = {
+    "application_generation": "generation",
+    "job_analysis": "analysis",
+    "resume_parsing": "resume",
+    "embeddings": "embed",
+    "spam_detection": "spam",
+}
+"""Key prefix of each built-in operation (the seed's, where it has one); a custom operation's is its name."""
+
+SEED_EMBEDDING: dict[str, Any] = {
+    "model": "@cf/baai/bge-base-en-v1.5",
+    "dimensions": 768,
+    "pooling": "mean",
+    "max_input_chars": 2000,
+    "version": None,
+}
+"""The embedding configuration whose records the seed's Worker writes, at ``embed:{sha256(text)}``."""
 
 
-def analysis_key(user_id: str, job_id: str) -> str:
-    """Return ``analysis:{userId}:{jobId}`` with both parts escaped.
+def key_prefix(operation: str) -> str:
+    """Return the key prefix of ``operation`` (its name, or the seed's prefix of a built-in one)."""
+    return BUILTIN_PREFIXES.get(str(operation), str(operation))
+
+
+def record_key(operation: str, key: str, *, user_id: str | None = None, version: str | None = None) -> str:
+    """Return the KV key of ``operation``'s record of ``key``: ``{prefix}[:{user}][:%v{version}]:{key}``.
+
+    Pass ``user_id`` exactly when the operation's scope is ``user``. This is the key :class:`DualCache`
+    reads and writes, e.g. for ``wrangler kv key get``.
+
+    Raises:
+        InvalidInputError: ``key`` or ``user_id`` is empty or not a string.
+    """
+    parts = [key_prefix(operation)]
+    if user_id is not None:
+        parts.append(escape_part(_require_id("user_id", user_id)))
+    if version is not None:
+        parts.append("%v" + version)
+    parts.append(escape_part(_require_id("key", key)))
+    return ":".join(parts)
+
+
+def user_prefix(operation: str, user_id: str) -> str:
+    """Return ``{prefix}:{user}:``, the start of every record of ``user_id`` in a user-scoped ``operation``
+    (every version). No other user's key starts with it: escaped ids contain no ``:``.
+
+    Raises:
+        InvalidInputError: ``user_id`` is empty or not a string.
+    """
+    return f"{key_prefix(operation)}:{escape_part(_require_id('user_id', user_id))}:"
+
+
+def embedding_fingerprint(
+    model: str, *, dimensions: int | None, pooling: str, max_input_chars: int, version: str | None = None
+) -> str | None:
+    """Return the fingerprint of an embedding configuration, or ``None`` for the seed's (:data:`SEED_EMBEDDING`).
+
+    It is the first 16 hex digits of the SHA-256 of the configuration's canonical JSON: two configurations
+    that could produce different vectors for one text never share a fingerprint (bar a 64-bit collision).
+    """
+    spec = {
+        "model": model,
+        "dimensions": dimensions,
+        "pooling": pooling,
+        "max_input_chars": max_input_chars,
+        "version": version,
+    }
+    if spec == SEED_EMBEDDING:
+        return None
+    return sha256_hex(canonical_json(spec))[:16]
+
+
+def embed_key(text: str, fingerprint: str | None = None) -> str:
+    """Return ``embed:{sha256(text)}``, or ``embed:%s{fingerprint}:{sha256(text)}`` for a non-seed
+    configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation."""
+    if fingerprint is None:
+        return "embed:" + sha256_hex(text)
+    return f"embed:%s{fingerprint}:{sha256_hex(text)}"
+
+
+def analysis_key(user_id: str, job_id: str, *, version: str | None = None) -> str:
+    """Return ``analysis:{userId}:{jobId}`` with both parts escaped (``analysis:{userId}:%v{version}:{jobId}``
+    with a version).
 
     Raises:
         InvalidInputError: an id is empty or not a string.
     """
-    user = escape_part(_require_id("user_id", user_id))
-    job = escape_part(_require_id("job_id", job_id))
-    return f"analysis:{user}:{job}"
+    _require_id("user_id", user_id)
+    _require_id("job_id", job_id)
+    return record_key("job_analysis", job_id, user_id=user_id, version=version)
 
 
-def spam_key(job_id: str) -> str:
-    """Return ``spam:{jobId}`` with the id escaped.
+def spam_key(job_id: str, *, version: str | None = None) -> str:
+    """Return ``spam:{jobId}`` with the id escaped (``spam:%v{version}:{jobId}`` with a version).
 
     Raises:
         InvalidInputError: the id is empty or not a string.
     """
-    return "spam:" + escape_part(_require_id("job_id", job_id))
+    _require_id("job_id", job_id)
+    return record_key("spam_detection", job_id, version=version)
 
 
 def check_key(key: object) -> str:
@@ -133,7 +235,9 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def gateway_cache_key(operation: str, provider: str, model: str, body: Any, *, user_id: str | None = None) -> str:
+def gateway_cache_key(
+    operation: str, provider: str, model: str, body: Any, *, user_id: str | None = None, version: str | None = None
+) -> str:
     """Return the ``cf-aig-cache-key`` for a cacheable request.
 
     It hashes the operation, provider, model and the canonical JSON of the body, so two requests
@@ -145,6 +249,11 @@ def gateway_cache_key(operation: str, provider: str, model: str, body: Any, *, u
     gateway cache on for such an operation, two users never share a gateway entry, even with identical
     bodies (no cross-tenant reuse or cache-probing, peers §1 LiteLLM #29955). ``cf-aig-metadata``
     cannot do this: it is not part of the gateway's cache key.
+
+    The policy's ``version`` is hashed in too, so a version bump misses in the gateway as well as in KV.
+    Without one, the key is what it was before versions existed.
     """
     parts: list[Any] = [provider, model, body] if user_id is None else [provider, model, body, user_id]
+    if version is not None:
+        parts.append({"version": version})
     return f"dualcache:{operation}:{sha256_hex(canonical_json(parts))}"

@@ -18,18 +18,23 @@ was served, only its record is missing from KV. ``upstream_requests`` counts HTT
 requests sent to the gateway or a provider (a batch of 100 embeddings is one).
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
-have cost. A hit costs nothing. So ``cost + saved`` is the cost without any cache.
+have cost. A hit costs nothing. So ``cost + saved`` is the cost without any cache. An operation without
+a price in the :class:`PriceTable` (a custom one nobody priced) still counts its calls, but its
+``cost`` and ``saved`` are ``None`` (unknown), never a misleading $0.
+
+``served_without_provider`` is the share of requests answered without a provider call: KV hits,
+gateway hits and coalesced requests, over all requests (``None`` before the first request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Any, assert_never
+from typing import Annotated, Any, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualcache._policy import Operation
+from dualcache._policy import Operation, Policies
 
 __all__ = ["Outcome", "PriceTable", "Stats"]
 
@@ -41,9 +46,13 @@ class PriceTable(BaseModel):
     generation ($0.02). The seed gives none for the other two; ours are estimates: resume parsing
     $0.01 (a 70B model or GPT-4o vision over a whole resume), spam detection $0.002 (an 8B model over
     one job posting).
+
+    A custom operation's price is an extra field named after it, ``PriceTable(summarize_job=0.004)``;
+    an operation without one has an unknown cost (:meth:`price` returns ``None``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="allow")
+    __pydantic_extra__: dict[str, Annotated[float, Field(ge=0)]] = Field(init=False)
 
     application_generation: float = Field(default=0.02, ge=0)
     job_analysis: float = Field(default=0.03, ge=0)
@@ -51,10 +60,13 @@ class PriceTable(BaseModel):
     embeddings: float = Field(default=0.001, ge=0)
     spam_detection: float = Field(default=0.002, ge=0)
 
-    def price(self, operation: Operation) -> float:
-        """Return the price of one provider-answered request of ``operation``."""
-        value: float = getattr(self, operation.value)
-        return value
+    def price(self, operation: Operation | str) -> float | None:
+        """Return the price of one provider-answered request of ``operation``, ``None`` when it has none."""
+        name = str(operation)
+        if name in type(self).model_fields:
+            value: float = getattr(self, name)
+            return value
+        return (self.__pydantic_extra__ or {}).get(name)
 
 
 class Outcome(Enum):
@@ -90,39 +102,53 @@ class Stats:
 
     Args:
         prices: The price table; the seed's defaults when ``None``.
+        policies: The operations to list (built-in and custom, in their order) and which of them read KV
+            (the report shows "-" as the KV hit rate of one that does not); the defaults when ``None``.
+            An operation counted without being listed is added at the end.
     """
 
-    def __init__(self, prices: PriceTable | None = None) -> None:
+    def __init__(self, prices: PriceTable | None = None, policies: Policies | None = None) -> None:
         self.prices = prices or PriceTable()
-        self._counts: dict[Operation, dict[str, int]] = {op: dict.fromkeys(_COUNTERS, 0) for op in Operation}
-        self._cost: dict[Operation, float] = dict.fromkeys(Operation, 0.0)
-        self._saved: dict[Operation, float] = dict.fromkeys(Operation, 0.0)
+        self._policies = policies or Policies()
+        self._counts: dict[str, dict[str, int]] = {}
+        self._cost: dict[str, float] = {}
+        self._saved: dict[str, float] = {}
+        self.reset()
 
     def __repr__(self) -> str:
         total = sum(c["requests"] for c in self._counts.values())
         return f"Stats(requests={total})"
 
-    def record(self, operation: Operation, outcome: Outcome, n: int = 1) -> None:
+    def _row(self, operation: Operation | str) -> dict[str, int]:
+        name = str(operation)
+        counts = self._counts.get(name)
+        if counts is None:
+            counts = self._counts[name] = dict.fromkeys(_COUNTERS, 0)
+            self._cost[name] = self._saved[name] = 0.0
+        return counts
+
+    def record(self, operation: Operation | str, outcome: Outcome, n: int = 1) -> None:
         """Count ``n`` requests of ``operation`` that ended in ``outcome``."""
-        counts = self._counts[operation]
+        counts = self._row(operation)
+        name = str(operation)
         counts["requests"] += n
         counts[outcome.value] += n
-        price = self.prices.price(operation) * n
+        price = (self.prices.price(name) or 0.0) * n  # an unknown price is reported as unknown, not summed
         match outcome:
             case Outcome.PROVIDER:
-                self._cost[operation] += price
+                self._cost[name] += price
             case Outcome.KV_HIT | Outcome.COALESCED | Outcome.GATEWAY_HIT:
-                self._saved[operation] += price
+                self._saved[name] += price
             case Outcome.FAILED:
                 pass
             case _ as unreachable:
                 assert_never(unreachable)
 
-    def error(self, operation: Operation, n: int = 1) -> None:
+    def error(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` faults met while serving ``operation`` (absorbed or not)."""
-        self._counts[operation]["errors"] += n
+        self._row(operation)["errors"] += n
 
-    def skip(self, operation: Operation, layer: str, n: int = 1) -> None:
+    def skip(self, operation: Operation | str, layer: str, n: int = 1) -> None:
         """Count ``n`` calls to ``layer`` (``kv``, ``gateway`` or ``provider``) that were not sent.
 
         Raises:
@@ -130,31 +156,52 @@ class Stats:
         """
         if layer not in _LAYERS:
             raise ValueError(f"layer={layer!r}: must be one of {', '.join(_LAYERS)}")
-        self._counts[operation][f"{layer}_skipped"] += n
+        self._row(operation)[f"{layer}_skipped"] += n
 
-    def write_dropped(self, operation: Operation, n: int = 1) -> None:
+    def write_dropped(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` KV writes of ``operation`` dropped by the write-behind queue."""
-        self._counts[operation]["kv_write_dropped"] += n
+        self._row(operation)["kv_write_dropped"] += n
 
-    def upstream(self, operation: Operation, n: int = 1) -> None:
+    def upstream(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
-        self._counts[operation]["upstream_requests"] += n
+        self._row(operation)["upstream_requests"] += n
+
+    def _kv_on(self, name: str) -> bool:
+        try:
+            return self._policies.for_operation(name).kv
+        except ValueError:  # counted, but not in the policies (an InvalidInputError): nothing says KV is off
+            return True
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
         errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, cost,
-        saved}}`` (cost and saved in US dollars, rounded to 1e-6)."""
-        return {
-            op.value: {**self._counts[op], "cost": round(self._cost[op], 6), "saved": round(self._saved[op], 6)}
-            for op in Operation
-        }
+        saved, served_without_provider, kv}}``.
+
+        ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
+        ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says
+        whether the operation's policy reads KV. Every operation of the policies is listed, then any
+        other that was counted.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for name, counts in self._counts.items():
+            priced = self.prices.price(name) is not None
+            served = counts["kv_hits"] + counts["gateway_hits"] + counts["coalesced"]
+            out[name] = {
+                **counts,
+                "cost": round(self._cost[name], 6) if priced else None,
+                "saved": round(self._saved[name], 6) if priced else None,
+                "served_without_provider": served / counts["requests"] if counts["requests"] else None,
+                "kv": self._kv_on(name),
+            }
+        return out
 
     def reset(self) -> None:
-        """Set every counter back to zero."""
-        for op in Operation:
-            self._counts[op] = dict.fromkeys(_COUNTERS, 0)
-            self._cost[op] = 0.0
-            self._saved[op] = 0.0
+        """Set every counter back to zero (operations counted outside the policies are dropped)."""
+        self._counts.clear()
+        self._cost.clear()
+        self._saved.clear()
+        for op in self._policies.operations:
+            self._row(op)
 
     def report(self) -> str:
         """Return a readable table of the counters, with hit rates and totals."""
@@ -165,29 +212,52 @@ def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:5.1f}%" if whole else "    -"
 
 
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3f}"
+
+
+def _unpriced(snapshot: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    return [name for name, c in snapshot if c.get("cost") is None and int(c["provider_calls"])]
+
+
 def render_report(snapshot: Mapping[str, Mapping[str, Any]]) -> str:
-    """Render a :meth:`Stats.snapshot` as a fixed-width text table."""
+    """Render a :meth:`Stats.snapshot` as a fixed-width text table.
+
+    ``no call`` is the share of requests served without a provider call (KV, gateway, coalesced). An
+    operation whose policy does not read KV shows "–" as its KV hit rate; one without a price shows its
+    cost as ``unknown``, and the total says it leaves that operation out.
+    """
     header = (
         f"{'operation':<24}{'requests':>9}{'KV hit':>8}{'GW hit':>8}{'coalesc':>8}"
-        f"{'provider':>9}{'errors':>7}{'fail':>6}{'cost $':>10}{'saved $':>10}"
+        f"{'provider':>9}{'no call':>8}{'errors':>7}{'fail':>6}{'cost $':>10}{'saved $':>10}"
     )
     lines = [header, "-" * len(header)]
-    totals = dict.fromkeys(("requests", "provider_calls", "errors", "failures"), 0)
+    totals = dict.fromkeys(("requests", "provider_calls", "errors", "failures", "kv_hits", "gateway_hits"), 0)
+    totals["coalesced"] = 0
     cost = saved = 0.0
     for name, c in snapshot.items():
         req = int(c["requests"])
+        kv_rate = _rate(int(c["kv_hits"]), req) if c.get("kv", True) else "    –"
+        served = int(c["kv_hits"]) + int(c["gateway_hits"]) + int(c["coalesced"])
         lines.append(
-            f"{name:<24}{req:>9}{_rate(int(c['kv_hits']), req):>8}{_rate(int(c['gateway_hits']), req):>8}"
-            f"{int(c['coalesced']):>8}{int(c['provider_calls']):>9}{int(c['errors']):>7}{int(c['failures']):>6}"
-            f"{float(c['cost']):>10.3f}{float(c['saved']):>10.3f}"
+            f"{name:<24}{req:>9}{kv_rate:>8}{_rate(int(c['gateway_hits']), req):>8}"
+            f"{int(c['coalesced']):>8}{int(c['provider_calls']):>9}{_rate(served, req):>8}"
+            f"{int(c['errors']):>7}{int(c['failures']):>6}"
+            f"{_money(c.get('cost')):>10}{_money(c.get('saved')):>10}"
         )
         for k in totals:
             totals[k] += int(c[k])
-        cost += float(c["cost"])
-        saved += float(c["saved"])
+        cost += float(c.get("cost") or 0.0)
+        saved += float(c.get("saved") or 0.0)
+    unpriced = _unpriced(snapshot.items())
+    mark = "*" if unpriced else ""
+    served_all = totals["kv_hits"] + totals["gateway_hits"] + totals["coalesced"]
     lines.append("-" * len(header))
     lines.append(
-        f"{'total':<24}{totals['requests']:>9}{'':>8}{'':>8}{'':>8}{totals['provider_calls']:>9}"
-        f"{totals['errors']:>7}{totals['failures']:>6}{cost:>10.3f}{saved:>10.3f}"
+        f"{'total':<24}{totals['requests']:>9}{'':>8}{'':>8}{totals['coalesced']:>8}{totals['provider_calls']:>9}"
+        f"{_rate(served_all, totals['requests']):>8}{totals['errors']:>7}{totals['failures']:>6}"
+        f"{f'{cost:.3f}{mark}':>10}{f'{saved:.3f}{mark}':>10}"
     )
+    if unpriced:
+        lines.append(f"* without {', '.join(unpriced)}: no price in the PriceTable, cost unknown")
     return "\n".join(lines)

@@ -19,6 +19,10 @@ Bounds, so that a KV outage never turns into a memory leak:
 A newer record of a key still queued replaces the older one (last write wins, as in KV). While a
 record is queued or being written, :meth:`WriteBehind.pending` returns it, so a caller that misses KV
 meanwhile is served the record instead of paying the provider again.
+
+Invalidation (``DualCache.forget`` / ``forget_user``) first :meth:`WriteBehind.discard` drops the queued
+records it removes (else the queue would write them after the delete), then :meth:`WriteBehind.settle`
+waits for the matching records already being written, so the delete that follows lands after them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from dualcache._exceptions import BackendError, ConfigError, InvalidInputError, SkippedError
@@ -98,13 +102,18 @@ class _Item:
 class _Lane:
     """The queued and in-progress records of one namespace (one :class:`KVStore`)."""
 
-    __slots__ = ("failing", "queued", "store", "writing")
+    __slots__ = ("failing", "queued", "settled", "store", "writing")
 
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self.queued: OrderedDict[str, _Item] = OrderedDict()
         self.writing: dict[str, _Item] = {}
         self.failing = False
+        self.settled: list[asyncio.Future[None]] = []  # woken when a batch of this lane is finished
+
+
+def _matches(key: str, keys: Collection[str], prefix: str | None) -> bool:
+    return key in keys or (prefix is not None and key.startswith(prefix))
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -158,6 +167,51 @@ class WriteBehind:
             return None
         item = lane.queued.get(key) or lane.writing.get(key)
         return None if item is None else item.entry.value
+
+    def discard(self, store: KVStore, *, keys: Collection[str] = (), prefix: str | None = None) -> list[str]:
+        """Drop the queued records of ``store`` whose key is in ``keys`` or starts with ``prefix``.
+
+        Records already being written are not dropped (the request is out): :meth:`settle` waits for them.
+
+        Returns:
+            The keys dropped.
+        """
+        lane = self._lanes.get(store)
+        if lane is None:
+            return []
+        dropped = [k for k in lane.queued if _matches(k, keys, prefix)]
+        for k in dropped:
+            item = lane.queued.pop(k)
+            self._account(-1, -item.size, queued=-1)
+        return dropped
+
+    async def settle(
+        self, store: KVStore, *, keys: Collection[str] = (), prefix: str | None = None, timeout: float | None = None
+    ) -> list[str]:
+        """Wait until no record of ``store`` matching ``keys``/``prefix`` is being written, at most ``timeout``
+        seconds (default ``policy.close_timeout``).
+
+        Returns:
+            The matching keys whose writes had started (written or given up by now, unless the time ran out).
+        """
+        lane = self._lanes.get(store)
+        if lane is None:
+            return []
+        seen = [k for k in lane.writing if _matches(k, keys, prefix)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.policy.close_timeout if timeout is None else timeout)
+        while any(_matches(k, keys, prefix) for k in lane.writing):
+            left = deadline - loop.time()
+            if left <= 0:
+                logger.warning("KV write-behind: a write to %s did not finish in time", lane.store.binding or "KV")
+                break
+            waiter: asyncio.Future[None] = loop.create_future()
+            lane.settled.append(waiter)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=left)
+            except TimeoutError:
+                continue
+        return seen
 
     def submit(self, op: Operation, store: KVStore, entries: Sequence[KVEntry]) -> None:
         """Queue ``entries`` for ``store`` and return at once (never raises, never waits).
@@ -302,6 +356,10 @@ class WriteBehind:
             if lane.writing.get(item.entry.key) is item:
                 del lane.writing[item.entry.key]
             self._account(-1, -item.size)
+        waiters, lane.settled = lane.settled, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def flush(self, timeout: float | None = None) -> int:
         """Wait until everything queued has been written (or given up), at most ``timeout`` seconds

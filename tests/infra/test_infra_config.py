@@ -214,3 +214,54 @@ def test_plan_unwraps_a_config_error_the_runtime_wrapped() -> None:
     except ValueError as wrapped:
         assert _find_config_error(wrapped) is original
     assert _find_config_error(ValueError("unrelated")) is None
+
+
+def test_config_accepts_a_custom_operation_and_exports_it_in_the_policies(write_stack: StackWriter) -> None:
+    summarize = {"kv": True, "kv_ttl": 86400, "kv_namespace": "API_CACHE", "gateway": "skip", "version": 2}
+    config = base_config() | {"jobmatch-ai:policies": {"summarize_job": summarize, "job_analysis": {"version": "3"}}}
+    exported = run_plan("test", write_stack(config)).outputs["dualcache"]["policies"]
+    assert list(exported)[-1] == "summarize_job"
+    assert exported["summarize_job"] == {
+        "kv": True,
+        "kv_ttl": 86400,
+        "kv_namespace": "API_CACHE",
+        "gateway": "skip",
+        "gateway_ttl": None,
+        "direct_fallback": True,
+        "collect_log": None,
+        "scope": "user",
+        "version": "2",
+    }
+    assert exported["job_analysis"]["version"] == "3"
+    # What the runtime reads back from these outputs is the same policy.
+    from dualcache import Policies
+
+    assert Policies.model_validate(exported).for_operation("summarize_job").kv_ttl == 86400
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        pytest.param(
+            {"kv": True},
+            r"jobmatch-ai:policies\.summarize_job: .*missing: policies\.summarize_job\.gateway",
+            id="incomplete",
+        ),
+        pytest.param(
+            {"kv": True, "kv_ttl": 10, "kv_namespace": "API_CACHE", "gateway": "skip"},
+            r"jobmatch-ai:policies\.summarize_job: kv_ttl=10",
+            id="kv-ttl",
+        ),
+        pytest.param(
+            {"kv": False, "gateway": "skip", "version": "no spaces"},
+            r"jobmatch-ai:policies\.summarize_job: version='no spaces'",
+            id="version",
+        ),
+    ],
+)
+def test_config_rejects_a_bad_custom_operation_naming_the_key(
+    write_stack: StackWriter, policy: dict[str, Any], message: str
+) -> None:
+    config = base_config() | {"jobmatch-ai:policies": {"summarize_job": policy}}
+    with pytest.raises(ConfigError, match=message):
+        run_plan("test", write_stack(config))

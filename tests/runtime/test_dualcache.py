@@ -188,7 +188,11 @@ async def test_embed_model_change_misses_old_records(clock: FakeClock) -> None:
     async with e2.cache:
         await e2.cache.embed("t")
         assert len(e2.cloud.requests) == 1
-        assert e2.stored(Namespace.EMBEDDINGS_CACHE, ekey("t"))["model"] == "@cf/baai/bge-large-en-v1.5"
+        # Another model writes under another key: the old record stays, untouched, until its TTL.
+        new_key = e2.cache.record_key("embeddings", key="t")
+        assert new_key != ekey("t") and new_key.startswith("embed:%s")
+        assert e2.stored(Namespace.EMBEDDINGS_CACHE, new_key)["model"] == "@cf/baai/bge-large-en-v1.5"
+        assert e2.stored(Namespace.EMBEDDINGS_CACHE, ekey("t"))["model"] == MODEL
 
 
 async def test_embed_returns_private_copies(env: Env) -> None:

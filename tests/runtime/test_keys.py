@@ -13,9 +13,12 @@ from dualcache._keys import (
     analysis_key,
     check_key,
     embed_key,
+    embedding_fingerprint,
     escape_part,
     gateway_cache_key,
+    record_key,
     spam_key,
+    user_prefix,
 )
 
 ids = st.text(min_size=1, max_size=400) | st.text(alphabet=":%h~", min_size=1, max_size=12)
@@ -119,3 +122,79 @@ def test_gateway_cache_key_separates_users_and_unscoped_calls(u1: str, u2: str) 
     assert (k1 == k2) == (u1 == u2)
     assert k1 != gateway_cache_key("job_analysis", "workers-ai", "m", body)
     assert len(k1.encode()) <= KV_MAX_KEY_BYTES
+
+
+# -- operation keys: scope, version, user prefixes ----------------------------------------------------
+
+versions = st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", fullmatch=True)
+users = st.none() | ids
+LONGEST_OP = "o" * 48
+
+
+def test_record_key_keeps_the_seed_keys_of_the_built_in_operations() -> None:
+    assert (
+        record_key("job_analysis", "job-42", user_id="3f2c") == "analysis:3f2c:job-42" == analysis_key("3f2c", "job-42")
+    )
+    assert record_key("spam_detection", "job-42") == "spam:job-42" == spam_key("job-42")
+    assert record_key("summarize_job", "job-42", user_id="u:1", version="2") == "summarize_job:u%3A1:%v2:job-42"
+    assert record_key("summarize_job", "job-42", version="2") == "summarize_job:%v2:job-42"
+
+
+@settings(max_examples=300, deadline=None)
+@given(u1=users, v1=versions, k1=ids, u2=users, v2=versions, k2=ids)
+def test_record_key_is_injective_over_user_version_and_key(
+    u1: str | None, v1: str | None, k1: str, u2: str | None, v2: str | None, k2: str
+) -> None:
+    a = record_key(LONGEST_OP, k1, user_id=u1, version=v1)
+    b = record_key(LONGEST_OP, k2, user_id=u2, version=v2)
+    assert len(a.encode("utf-8")) <= KV_MAX_KEY_BYTES
+    assert (a == b) == ((u1, v1, k1) == (u2, v2, k2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(u1=ids, u2=users, v=versions, k=ids)
+def test_user_prefix_lists_that_user_only(u1: str, u2: str | None, v: str | None, k: str) -> None:
+    # Whatever the ids (':', '/', '%', unicode, escape and marker lookalikes), a user's prefix starts that
+    # user's records, in every version, and no other user's record nor any global record.
+    key = record_key("job_analysis", k, user_id=u2, version=v)
+    assert key.startswith(user_prefix("job_analysis", u1)) == (u1 == u2)
+
+
+@pytest.mark.parametrize(
+    ("mine", "other"),
+    [
+        pytest.param("u", "u:1", id="prefix-of-the-raw-id"),
+        pytest.param("u:1", "u%3A1", id="literal-escape"),
+        pytest.param("u/1", "u/1/2", id="slash"),
+        pytest.param("é", "%C3%A9", id="unicode-vs-its-escape"),
+        pytest.param("%v2", "v2", id="version-marker-lookalike"),
+    ],
+)
+def test_user_prefix_separates_hostile_lookalikes(mine: str, other: str) -> None:
+    prefix = user_prefix("summarize_job", mine)
+    assert record_key("summarize_job", "k", user_id=mine).startswith(prefix)
+    assert not record_key("summarize_job", "k", user_id=other).startswith(prefix)
+    assert not record_key("summarize_job", mine, version="2").startswith(prefix)  # a global record
+
+
+def test_embedding_fingerprint_is_none_for_the_seed_and_differs_for_each_parameter() -> None:
+    seed = {"dimensions": 768, "pooling": "mean", "max_input_chars": 2000, "version": None}
+    assert embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **seed) is None
+    assert embed_key("t", None) == embed_key("t")
+    changed = [
+        embedding_fingerprint("@cf/baai/bge-large-en-v1.5", **{**seed, "dimensions": 1024}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "pooling": "cls"}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "max_input_chars": 512}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "version": "2"}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "dimensions": 384}),
+    ]
+    assert None not in changed and len(set(changed)) == len(changed)
+    keys = {embed_key("t", fp) for fp in changed} | {embed_key("t")}
+    assert len(keys) == len(changed) + 1
+
+
+def test_gateway_cache_key_includes_the_version_only_when_set() -> None:
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    plain = gateway_cache_key("spam_detection", "workers-ai", "m", body)
+    assert gateway_cache_key("spam_detection", "workers-ai", "m", body, version=None) == plain
+    assert gateway_cache_key("spam_detection", "workers-ai", "m", body, version="2") != plain

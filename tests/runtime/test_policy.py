@@ -49,7 +49,12 @@ def test_policies_with_overrides_changes_only_named_fields() -> None:
             {"embeddings": {"gateway": "skip", "gateway_ttl": 600}}, r"gateway_ttl=600 is set", id="skip-with-ttl"
         ),
         pytest.param({"embeddings": {"kv_ttl": "week"}}, r"policies\.embeddings: kv_ttl='week': ", id="kv-ttl-type"),
-        pytest.param({"embedding": {"kv": False}}, r"policies\.embedding: unknown operation", id="unknown-op"),
+        pytest.param(
+            {"embedding": {"kv": False}},
+            r"policies\.embedding: 'embedding' is not a built-in operation.*embeddings.*must set kv and gateway "
+            r"\(missing: policies\.embedding\.gateway\)",
+            id="unknown-op-is-an-incomplete-custom-one",
+        ),
         pytest.param({"embeddings": {"ttl": 1}}, r"unknown field\(s\) ttl", id="unknown-field"),
         pytest.param({"embeddings": {"kv_namespace": "NOPE"}}, r"kv_namespace", id="bad-namespace"),
     ],

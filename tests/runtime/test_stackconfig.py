@@ -285,3 +285,34 @@ def test_load_stack_config_rejects_a_plain_text_data_plane_token(tmp_path: Path)
     assert token not in str(info.value)
     config["jobmatch-ai:dataPlaneToken"] = {"secure": "v1:dG9rZW4="}
     assert "dataPlaneToken" in load_stack_config(_project(tmp_path, config), "qa").secrets_set
+
+
+def test_stackconfig_accepts_custom_operations_set_with_config_paths() -> None:
+    # `pulumi config set --path 'policies.summarize_job.kv' true` stores strings: they read as the values.
+    overrides = {"summarize_job": {"kv": "true", "kv_ttl": "86400", "kv_namespace": "API_CACHE", "gateway": "skip"}}
+    policy = _validate(policies=overrides).policies.for_operation("summarize_job")
+    assert (policy.kv, policy.kv_ttl, policy.kv_namespace) == (True, 86400, Namespace.API_CACHE)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({"Summarize": {}}, r"jobmatch-ai:policies\.Summarize: operation name 'Summarize'", id="name"),
+        pytest.param(
+            {"resume": {"kv": False, "gateway": "skip"}}, r"jobmatch-ai:policies\.resume: .*reserved", id="rsv"
+        ),
+        pytest.param(
+            {"summarize_job": {"kv": False}},
+            r"jobmatch-ai:policies\.summarize_job: .*must set kv and gateway",
+            id="miss",
+        ),
+        pytest.param(
+            {"summarize_job": {"kv": False, "gateway": "skip", "scope": "team"}},
+            r"jobmatch-ai:policies\.summarize_job: scope='team'",
+            id="scope",
+        ),
+    ],
+)
+def test_stackconfig_rejects_bad_custom_operations_naming_the_key(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _validate(policies=overrides)

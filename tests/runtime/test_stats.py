@@ -20,3 +20,22 @@ def test_stats_skip_counts_per_layer_apart_from_errors(layer: str) -> None:
 def test_stats_skip_rejects_an_unknown_layer() -> None:
     with pytest.raises(ValueError, match="layer='disk'"):
         Stats().skip(Operation.EMBEDDINGS, "disk")
+
+
+def test_stats_served_without_provider_counts_hits_and_coalesced_and_unknown_prices() -> None:
+    from dualcache import Outcome, Policies, PriceTable, Stats
+
+    policies = Policies.with_overrides({"rank_jobs": {"kv": False, "gateway": "cache", "gateway_ttl": 600}})
+    stats = Stats(PriceTable(), policies)
+    assert stats.snapshot()["rank_jobs"]["served_without_provider"] is None
+    stats.record("rank_jobs", Outcome.PROVIDER)
+    stats.record("rank_jobs", Outcome.COALESCED, 2)
+    stats.record("rank_jobs", Outcome.GATEWAY_HIT)
+    snap = stats.snapshot()["rank_jobs"]
+    assert (snap["served_without_provider"], snap["cost"], snap["saved"], snap["kv"]) == (0.75, None, None, False)
+    row = next(line for line in stats.report().splitlines() if line.startswith("rank_jobs"))
+    assert row.split()[1:3] == ["4", "–"] and row.split()[-2:] == ["unknown", "unknown"]
+    stats.record("not_declared", Outcome.PROVIDER)  # counted anyway, listed after the policies' operations
+    assert list(stats.snapshot())[-2:] == ["rank_jobs", "not_declared"]
+    stats.reset()
+    assert list(stats.snapshot())[-1] == "rank_jobs"
