@@ -93,7 +93,7 @@ async def _hit_us(text: str, n: int, runs: int, **kwargs: Any) -> dict[str, floa
         out["analyze_job"] = await _loop_us(
             lambda: cache.analyze_job(user_id="u", job_id="j", messages=MESSAGES), n, runs
         )
-        backend, key = backends[Namespace.EMBEDDINGS_CACHE], benchkit.embed_key_of(text)
+        backend, key = backends[Namespace.EMBEDDINGS_CACHE], benchkit.embed_key_of(text, cache)
         out["memory backend get"] = await _loop_us(lambda: backend.get(key), n, runs)
         snap = cache.stats.snapshot()
     calls = snap["embeddings"]["provider_calls"] + snap["job_analysis"]["provider_calls"]

@@ -120,8 +120,11 @@ async def seed_records(items: Sequence[str]) -> dict[str, bytes]:
     return {k: v for k, v in stored.items() if v is not None}
 
 
-def embed_key_of(text: str) -> str:
-    """The KV key of ``text``'s embedding record."""
+def embed_key_of(text: str, cache: DualCache | None = None) -> str:
+    """The KV key of ``text``'s embedding record (as ``cache`` keys it, where the tree keys per configuration)."""
+    own = getattr(cache, "_embed_key", None)
+    if own is not None:
+        return str(own(text))
     from dualcache._keys import embed_key
 
     return embed_key(text)
@@ -282,7 +285,7 @@ async def hit_vs_floor(cache: DualCache, text: str, data_plane_url: str, token: 
     """
     client = kv_client(cache)
     binding = Namespace.EMBEDDINGS_CACHE.value
-    url = f"{data_plane_url.rstrip('/')}/kv/{binding}/values/{quote(embed_key_of(text), safe='')}"
+    url = f"{data_plane_url.rstrip('/')}/kv/{binding}/values/{quote(embed_key_of(text, cache), safe='')}"
     headers = {"Authorization": f"Bearer {token}"}
     first = await client.get(url, headers=headers)
     if first.status_code != 200:
