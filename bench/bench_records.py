@@ -42,14 +42,18 @@ from dualcache._records import (
 
 MODEL = "@cf/baai/bge-base-en-v1.5"
 DIMS = 768
-OUTPUTS = StackOutputs(
-    stack="bench",
-    account_id="0" * 32,
-    gateway_id="gw",
-    api_base_url="https://api.invalid/client/v4",
-    gateway_base_url="https://gw.invalid/v1",
-    namespaces={n: n.value for n in Namespace},
-    worker_name="w",
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="bench",
+        account_id="0" * 32,
+        gateway_id="gw",
+        api_base_url="https://api.invalid/client/v4",
+        gateway_base_url="https://gw.invalid/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="w",
+    ),
+    trusted_hosts=["api.invalid", "gw.invalid"],
 )
 
 

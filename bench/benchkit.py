@@ -38,14 +38,17 @@ from dualcache import DualCache, DualCacheError, MemoryKVBackend, Namespace, Sta
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DIMS = 768
 EMBED_MODEL = "@cf/baai/bge-base-en-v1.5"
-FAKE_OUTPUTS = StackOutputs(
-    stack="bench",
-    account_id="a" * 32,
-    gateway_id="gw",
-    api_base_url="https://api.invalid/client/v4",
-    gateway_base_url="https://gateway.invalid/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+FAKE_OUTPUTS = StackOutputs.from_data(
+    {
+        "stack": "bench",
+        "account_id": "a" * 32,
+        "gateway_id": "gw",
+        "api_base_url": "https://api.invalid/client/v4",
+        "gateway_base_url": "https://gateway.invalid/v1",
+        "namespaces": {n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        "worker_name": "api",
+    },
+    trusted_hosts=["api.invalid", "gateway.invalid"],  # fake hosts, trusted explicitly (only tests' doubles answer)
 )
 """Outputs for in-process caches: every HTTP request goes to a ``httpx.MockTransport``."""
 

@@ -27,6 +27,7 @@ from dualcache._stackconfig import (
     SECRET_KEYS,
     secret_placement_error,
 )
+from dualcache._untrusted import quote
 
 __all__ = ["InfraConfig", "read_config"]
 
@@ -208,4 +209,4 @@ def _parse_object(project: str, key: str, text: str, source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise ConfigError(f"{source}: {project}:{key} = {text!r}: expected a mapping") from None
+        raise ConfigError(f"{source}: {project}:{key} = {quote(text)}: expected a mapping") from None

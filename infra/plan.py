@@ -35,7 +35,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 
 from dualcache import ConfigError, Namespace, StackConfig, load_stack_config
-from dualcache._stackconfig import DEFAULT_PROJECT, _read_yaml, split_config_key
+from dualcache._stackconfig import _read_yaml, check_stack_name, project_name, split_config_key
 
 __all__ = [
     "SECRET",
@@ -241,7 +241,9 @@ def _pulumi_config(project_dir: Path, stack: str) -> tuple[str, dict[str, str], 
 
     Secret (``secure:``) values are not decrypted: they get a placeholder and are marked secret.
     """
-    project = str(_read_yaml(project_dir / "Pulumi.yaml").get("name") or DEFAULT_PROJECT)
+    check_stack_name(stack)
+    project_file = project_dir / "Pulumi.yaml"
+    project = project_name(_read_yaml(project_file), source=str(project_file))
     stack_file = project_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
         load_stack_config(project_dir, stack)  # raises ConfigError naming the stacks that exist

@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from dualcache._exceptions import ConfigError, InvalidInputError
+from dualcache._untrusted import quote, read_json_file
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
+    "MANIFEST_MAX_BYTES",
     "MAY_REPLACE_ON_CHANGE",
     "MIN_MAX_CHARS",
     "MISSING",
@@ -75,6 +77,10 @@ __all__ = [
 
 SECRET: Final = "[secret]"
 """How a plan manifest writes a secret value, and how a secret is shown."""
+
+MANIFEST_MAX_BYTES: Final = 32 * 1024 * 1024
+"""Largest base manifest ``--diff`` reads (32 MiB): far above a real one (~14 KB; a Worker bundle is inlined, and
+Cloudflare caps a Worker at 10 MB compressed)."""
 
 DEFAULT_MAX_CHARS: Final = 60_000
 """Default bound of the Markdown: GitHub rejects comments over 65,536 characters."""
@@ -293,7 +299,7 @@ def validate_manifest(data: object, *, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: a plan manifest is a JSON object, got {type(data).__name__}")
     stack = data.get("stack")
     if not isinstance(stack, str) or not stack:
-        raise ConfigError(f"{source}: 'stack' must be a non-empty string, got {stack!r}")
+        raise ConfigError(f"{source}: 'stack' must be a non-empty string, got {quote(stack)}")
     resources = data.get("resources")
     if not isinstance(resources, list):
         raise ConfigError(f"{source}: 'resources' must be a list, got {type(resources).__name__}")
@@ -304,16 +310,18 @@ def validate_manifest(data: object, *, source: str) -> dict[str, Any]:
             raise ConfigError(f"{where} must be an object, got {type(resource).__name__}")
         rtype, rname = resource.get("type"), resource.get("name")
         if not isinstance(rtype, str) or not rtype or not isinstance(rname, str) or not rname:
-            raise ConfigError(f"{where} needs a non-empty string 'type' and 'name', got {rtype!r}, {rname!r}")
+            raise ConfigError(f"{where} needs a non-empty string 'type' and 'name', got {quote(rtype)}, {quote(rname)}")
         if (rtype, rname) in seen:
-            raise ConfigError(f"{where}: resource ({rtype}, {rname}) appears twice; (type, name) must be unique")
+            raise ConfigError(
+                f"{where}: resource ({quote(rtype)}, {quote(rname)}) appears twice; (type, name) must be unique"
+            )
         seen.add((rtype, rname))
         if not isinstance(resource.get("inputs", {}), dict):
-            raise ConfigError(f"{where} ({rname}): 'inputs' must be an object")
+            raise ConfigError(f"{where} ({quote(rname)}): 'inputs' must be an object")
         if not isinstance(resource.get("protect", False), bool):
-            raise ConfigError(f"{where} ({rname}): 'protect' must be true or false")
+            raise ConfigError(f"{where} ({quote(rname)}): 'protect' must be true or false")
         if not isinstance(resource.get("import"), str | None):
-            raise ConfigError(f"{where} ({rname}): 'import' must be a string or null")
+            raise ConfigError(f"{where} ({quote(rname)}): 'import' must be a string or null")
     outputs = data.get("outputs", {})
     if not isinstance(outputs, dict):
         raise ConfigError(f"{source}: 'outputs' must be an object, got {type(outputs).__name__}")
@@ -331,18 +339,10 @@ def load_manifest(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: the file is missing, unreadable, not JSON, or not a manifest.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"base manifest {str(path)!r} does not exist; pass a file from `dualcache plan --json`"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read base manifest {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"base manifest {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"base manifest {str(path)!r} does not exist; pass a file from `dualcache plan --json`")
+    # Bounded: a regular file of at most MANIFEST_MAX_BYTES, depth- and size-checked JSON, no duplicate keys.
+    data = read_json_file(path, limit=MANIFEST_MAX_BYTES, what="base manifest")
     return validate_manifest(data, source=str(path))
 
 

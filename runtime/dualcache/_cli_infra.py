@@ -22,6 +22,7 @@ from dualcache._exceptions import ConfigError, InvalidInputError
 from dualcache._outputs import OUTPUT_NAME, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace
 from dualcache._stackconfig import DATA_PLANE_TOKEN_KEY, StackConfig, load_stack_config
+from dualcache._untrusted import read_text_file
 
 __all__ = [
     "DATA_PLANE_WRANGLER_FILE",
@@ -48,6 +49,8 @@ WRANGLER_SPLIT_MARKER = "# ----- 8< -----"
 """The comment line that separates the two TOML documents ``dualcache wrangler`` prints by default."""
 _DATA_PLANE_MAIN = "infra/worker/dataplane.js"
 _WORKERS = ("both", "api", "data-plane")
+_SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024
+"""Largest committed snapshot ``plan --check`` reads (the same bound as a ``--diff`` base manifest)."""
 
 
 def register(subparsers: Any) -> None:
@@ -267,6 +270,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     reviewing = args.diff is not None or args.against is not None
     if not reviewing and (args.max_chars is not None or args.out is not None):
         raise InvalidInputError("--max-chars and --out go with --diff BASE_JSON or --against GIT_REF")
+    # The stack file first, before Pulumi is even imported: a bad or hostile file fails fast, in one line.
+    config = load_stack_config(project_dir, args.stack)
     if reviewing:
         _import_infra(project_dir)
         # The review diff lives next to the plan, in the project's infra package.
@@ -277,7 +282,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     manifest = plan.plan_manifest(args.stack, project_dir)
     text: str = plan.manifest_json(manifest)
     snapshot: Path = plan.snapshot_path(project_dir, args.stack)
-    warnings = plan_warnings(load_stack_config(project_dir, args.stack))
+    warnings = plan_warnings(config)
     if args.json or args.write or args.check:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -296,11 +301,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _check_snapshot(snapshot: Path, text: str, stack: str) -> int:
-    try:
-        committed = snapshot.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not snapshot.exists() and not snapshot.is_symlink():
         print(f"no snapshot {snapshot}; create it with `dualcache plan --stack {stack} --write`", file=sys.stderr)
         return 1
+    # Committed files come from pull requests too: a regular file of bounded size (not a link to /dev/zero).
+    committed = read_text_file(snapshot, limit=_SNAPSHOT_MAX_BYTES, what="snapshot")
     if committed == text:
         print(f"{snapshot} is up to date")
         return 0

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, assert_never
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -340,7 +341,7 @@ class UpstreamClient:
         self.account_id = account_id
         self.api_base_url = api_base_url.rstrip("/")
         self.gateway_url = (
-            f"{gateway_base_url.rstrip('/')}/{account_id}/{gateway_id}"
+            f"{gateway_base_url.rstrip('/')}/{quote(account_id, safe='')}/{quote(gateway_id, safe='')}"
             if gateway_base_url and gateway_id and account_id
             else None
         )
@@ -410,7 +411,10 @@ class UpstreamClient:
                     case Route.GATEWAY:
                         return f"{self.gateway_url}/workers-ai/{path}", auth
                     case Route.DIRECT:
-                        return f"{self.api_base_url}/accounts/{self.account_id}/ai/run/{path}", auth
+                        return (
+                            f"{self.api_base_url}/accounts/{quote(self.account_id or '', safe='')}/ai/run/{path}",
+                            auth,
+                        )
                     case _ as unreachable:
                         assert_never(unreachable)
             case Provider.OPENAI:

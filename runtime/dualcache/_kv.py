@@ -842,9 +842,10 @@ class CloudflareKVBackend(_HTTPKVBackend):
         budget_wait: float | None = None,
     ) -> None:
         base = api_base_url.rstrip("/")
+        account, namespace = quote(account_id, safe=""), quote(namespace_id, safe="")  # ids are path segments
         super().__init__(
             client,
-            base_url=f"{base}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}",
+            base_url=f"{base}/accounts/{account}/storage/kv/namespaces/{namespace}",
             token=api_token,
             timeout=timeout,
             budget=budget if budget is not None else RequestBudget.for_token(api_token, api_base_url=base),

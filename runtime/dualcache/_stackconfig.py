@@ -12,15 +12,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Policies
+from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yaml_file
 
 __all__ = [
     "DATA_PLANE_TOKEN_KEY",
@@ -29,6 +29,7 @@ __all__ = [
     "PLACEHOLDER_ACCOUNT_ID",
     "PLACEHOLDER_NAMESPACE_ID",
     "SECRET_KEYS",
+    "STACK_FILE_MAX_BYTES",
     "CustomDomainSettings",
     "DataPlaneSettings",
     "GatewaySettings",
@@ -37,8 +38,11 @@ __all__ = [
     "RouteSettings",
     "StackConfig",
     "WorkerSettings",
+    "check_stack_name",
     "is_valid_gateway_id",
+    "is_valid_worker_name",
     "load_stack_config",
+    "project_name",
     "secret_placement_error",
     "split_config_key",
 ]
@@ -75,8 +79,17 @@ _GATEWAY_ID_RULE = (
 # The account's workers.dev subdomain is one DNS label (`<subdomain>.workers.dev`).
 _DNS_LABEL = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 # A route the data plane can be addressed by: a whole hostname, every path (the Worker serves its API at `/`).
-_HOST_ROUTE = re.compile(r"^(?P<host>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)/\*$")
+_HOST_ROUTE = re.compile(
+    r"^(?P<host>(?=[^/]{1,253}/)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)/\*$"
+)
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
+# A custom domain's host name: lowercase DNS labels of 1..63 characters, at least two of them.
+_HOSTNAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+# Pulumi's rule for project and stack names: alphanumerics, '-', '_' and '.', at most 100 characters.
+_PULUMI_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# Policy overrides are a mapping of operation names to mappings of scalar fields (see _check_policy_shape).
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_POLICY_STRING_MAX = 64
 
 
 def is_valid_gateway_id(value: str) -> bool:
@@ -84,8 +97,13 @@ def is_valid_gateway_id(value: str) -> bool:
     return 1 <= len(value) <= 64 and _GATEWAY_ID_RE.match(value) is not None
 
 
+def is_valid_worker_name(value: str) -> bool:
+    """Whether ``value`` is a Workers script name: 1..63 of ``a-z0-9_-``, not starting or ending with ``-``."""
+    return isinstance(value, str) and _WORKER_NAME.match(value) is not None and not value.endswith("-")
+
+
 def _check_worker_name(value: str | None) -> str | None:
-    if value is not None and (not _WORKER_NAME.match(value) or value.endswith("-")):
+    if value is not None and not is_valid_worker_name(value):
         raise ValueError(
             "must be 1..63 characters of lowercase letters, digits, '_' and '-', not starting or ending with '-'"
         )
@@ -162,7 +180,8 @@ class RouteSettings(_Settings):
 class CustomDomainSettings(_Settings):
     """A Workers custom domain (``cloudflare.WorkersCustomDomain``)."""
 
-    hostname: str = Field(min_length=1)
+    hostname: str = Field(min_length=1, max_length=253, pattern=_HOSTNAME)
+    """A DNS host name (lowercase labels joined by dots): it becomes the Worker's ``https://`` base URL."""
     zone_id: Hex32 | None = None
 
 
@@ -184,6 +203,17 @@ class WorkerSettings(_Settings):
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         return _check_worker_name(value)
+
+    @field_validator("bundle")
+    @classmethod
+    def _check_bundle(cls, value: str | None) -> str | None:
+        # The bundle's text goes into the plan manifest (and its diff, posted on pull requests): a stack
+        # file must not be able to name a file outside the project, such as /proc/self/environ.
+        if value is not None:
+            path = PurePosixPath(value.replace("\\", "/"))
+            if not value or path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", value):
+                raise ValueError("must be a path inside the project directory, relative to it, without '..'")
+        return value
 
 
 class DataPlaneSettings(_Settings):
@@ -325,9 +355,17 @@ class StackConfig(_Settings):
                 f"valid keys: {', '.join(f'{project}:{k}' for k in sorted(allowed))}"
             )
         data = {k: v for k, v in values.items() if k not in SECRET_KEYS}
+        for key, value in data.items():
+            where = _secure_path(value, f"{project}:{key}")
+            if where is not None:
+                raise ConfigError(
+                    f"{source}: {where} is a secure (encrypted) value, which only "
+                    f"{', '.join(f'{project}:{k}' for k in sorted(SECRET_KEYS))} may be; set {project}:{key} in plain "
+                    "text (the value is not shown)"
+                )
         overrides = data.pop("policies", None)
-        if overrides is not None and not isinstance(overrides, Mapping):
-            raise ConfigError(f"{source}: {project}:policies = {overrides!r}: expected a mapping of operation names")
+        if overrides is not None:
+            _check_policy_shape(overrides, project=project, source=source)
         try:
             policies = Policies.with_overrides(overrides)
         except ConfigError as exc:  # the message starts with policies.<operation>
@@ -376,17 +414,63 @@ class StackConfig(_Settings):
             )
 
 
+def _secure_path(value: Any, path: str, depth: int = 0) -> str | None:
+    """The dotted path of the first ``secure:`` mapping inside ``value``, or None."""
+    if depth > 64:
+        return None
+    if isinstance(value, Mapping):
+        if "secure" in value:
+            return path
+        for key, item in value.items():
+            found = _secure_path(item, f"{path}.{quote(key, 40) if not isinstance(key, str) else key[:40]}", depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _secure_path(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_policy_shape(overrides: Any, *, project: str, source: str) -> None:
+    """Policy overrides are ``{operation: {field: scalar}}``, with short names and strings.
+
+    Checked before :meth:`Policies.with_overrides`, whose messages show names and values: this way they
+    show short ones only.
+    """
+    key = f"{project}:policies"
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{source}: {key} = {quote(overrides)}: expected a mapping of operation names")
+    for name, fields in overrides.items():
+        if not isinstance(name, str) or not _POLICY_NAME.match(name):
+            raise ConfigError(f"{source}: {key}: {quote(name)} is not an operation name")
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{source}: {key}.{name} = {quote(fields)}: expected a mapping of fields")
+        for field, value in fields.items():
+            if not isinstance(field, str) or not _POLICY_NAME.match(field):
+                raise ConfigError(f"{source}: {key}.{name}: {quote(field)} is not a field name")
+            if isinstance(value, str) and len(value) > _POLICY_STRING_MAX:
+                raise ConfigError(
+                    f"{source}: {key}.{name}.{field} = {quote(value)}: too long for a policy value "
+                    f"(at most {_POLICY_STRING_MAX} characters)"
+                )
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ConfigError(f"{source}: {key}.{name}.{field} = {quote(value)}: expected a single value")
+
+
 def _describe(exc: ValidationError, *, project: str, source: str) -> str:
     lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+    for err in exc.errors()[:10]:
+        loc = [str(p)[:60] for p in err["loc"]]
         key = f"{project}:{'.'.join(loc)}" if loc else project
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"{key} is required")
         else:
-            lines.append(f"{key} = {err.get('input')!r}: {msg}")
-    return f"{source}: " + "; ".join(lines)
+            lines.append(f"{key} = {quote(err.get('input'))}: {one_line(msg)}")
+    more = len(exc.errors()) - 10
+    return f"{source}: " + "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
 
 
 def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, str]:
@@ -400,9 +484,10 @@ def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, 
     """
     namespace, sep, name = str(full_key).partition(":")
     if not sep or not namespace or not name:
+        example = full_key if len(str(full_key)) <= 40 else "key"
         raise ConfigError(
-            f"{source}: config key {full_key!r} has no namespace; Pulumi needs `<namespace>:<name>`, "
-            f"for example `{project}:{full_key}`"
+            f"{source}: config key {quote(full_key)} has no namespace; Pulumi needs `<namespace>:<name>`, "
+            f"for example `{project}:{example}`"
         )
     return namespace, name
 
@@ -444,10 +529,10 @@ def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
             text (or a plain key as a secret), or a value is invalid (see :meth:`StackConfig.from_values`).
     """
     root = Path(project_dir)
+    check_stack_name(stack)
     project_file = root / "Pulumi.yaml"
     stack_file = root / f"Pulumi.{stack}.yaml"
-    project_doc = _read_yaml(project_file)
-    project = str(project_doc.get("name") or DEFAULT_PROJECT)
+    project = project_name(_read_yaml(project_file), source=str(project_file))
     if not stack_file.exists():
         existing = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
         raise ConfigError(f"no stack file {str(stack_file)!r} for stack {stack!r}; stacks here: {', '.join(existing)}")
@@ -475,27 +560,42 @@ def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
     )
 
 
-class _PulumiYamlLoader(yaml.SafeLoader):
-    """YAML as Pulumi reads a stack file: a date-like scalar (``2025-03-11``) stays a string.
+def check_stack_name(stack: str) -> str:
+    """Validate a stack name as Pulumi does (it also names the file ``Pulumi.<stack>.yaml``); return it.
 
-    PyYAML (YAML 1.1) turns it into a ``datetime.date``; Go's yaml (which Pulumi uses) keeps timestamps
-    decoded into untyped values as strings, so the program sees ``"2025-03-11"``.
+    Raises:
+        ConfigError: not 1..100 characters of letters, digits, ``-``, ``_`` and ``.``.
     """
+    if not isinstance(stack, str) or not _PULUMI_NAME.match(stack) or stack in (".", ".."):
+        raise ConfigError(
+            f"stack name {quote(stack)} is not valid; Pulumi stack names are 1..100 letters, digits, '-', '_' or '.'"
+        )
+    return stack
 
 
-_PulumiYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+def project_name(project_doc: Mapping[str, Any], *, source: str) -> str:
+    """The project name of a ``Pulumi.yaml`` document (its ``name``, default :data:`DEFAULT_PROJECT`), validated.
+
+    Raises:
+        ConfigError: not 1..100 characters of letters, digits, ``-``, ``_`` and ``.`` (Pulumi's rule).
+    """
+    name = project_doc.get("name") or DEFAULT_PROJECT
+    if not isinstance(name, str) or not _PULUMI_NAME.match(name):
+        raise ConfigError(
+            f"{source}: name = {quote(name)} is not a valid project name; Pulumi project names are 1..100 "
+            "letters, digits, '-', '_' or '.'"
+        )
+    return name
 
 
 def _read_yaml(path: Path) -> Mapping[str, Any]:
-    try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_PulumiYamlLoader)  # a SafeLoader
-    except OSError as exc:
-        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    """Read a Pulumi YAML file with the limits of :mod:`dualcache._untrusted` (size, aliases, depth, duplicates).
+
+    YAML as Pulumi reads it: a date-like scalar (``2025-03-11``) stays a string (Go's yaml keeps timestamps
+    decoded into untyped values as strings; PyYAML's YAML 1.1 would make a ``datetime.date``). Files are
+    limited to :data:`STACK_FILE_MAX_BYTES`.
+    """
+    doc = read_yaml_file(path, limit=STACK_FILE_MAX_BYTES, what="YAML file")
     if doc is None:
         return {}
     if not isinstance(doc, Mapping):

@@ -59,7 +59,7 @@ _ADOPT = "jobmatch-ai:namespaces"
         ),
         pytest.param(
             {"jobmatch-ai:worker": {"name": "a" * 64}},
-            r"jobmatch-ai:worker\.name = 'a{64}'",
+            r"jobmatch-ai:worker\.name = 'a{60}'… \(64 characters\)",
             id="worker-name-too-long",
         ),
         pytest.param(

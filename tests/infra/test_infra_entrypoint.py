@@ -17,14 +17,15 @@ USER_ACCOUNT = "abcdef0123456789abcdef0123456789"
 # here with the mock monitor instead of the engine. Runs in a subprocess from another directory, so that
 # neither the cwd nor this test's sys.path can make the imports work by accident.
 _HOST = """
-import asyncio, json, runpy, sys, warnings
+import asyncio, hashlib, json, runpy, sys, warnings
 warnings.simplefilter("ignore", DeprecationWarning)
 import pulumi, pulumi.runtime
 from pulumi.runtime import mocks
 
 class Mocks(mocks.Mocks):
     def new_resource(self, args):
-        return args.name + "-id", dict(args.inputs)
+        # A 32-hex id, the format Cloudflare gives namespaces (the stack output refuses any other).
+        return hashlib.md5(args.name.encode()).hexdigest(), dict(args.inputs)
     def call(self, args):
         return {}, None
 

@@ -16,7 +16,7 @@ import pytest
 
 from dualcache import ConfigError, Namespace, StackOutputs
 from dualcache.local import Emulator
-from dualcache.local._cli import _without_userinfo, register, run_dev
+from dualcache.local._cli import _api_token, _without_userinfo, register, run_dev
 from dualcache.local._server import connect_host, is_loopback
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("dualcache")
@@ -166,8 +166,10 @@ def test_cli_dev_defaults_to_loopback_and_the_environment_token(
 ) -> None:
     monkeypatch.setenv("DUALCACHE_DEV_TOKEN", "from-env")
     args = _args(tmp_path, project_dir)
-    assert (args.host, args.port, args.token, args.stack) == ("127.0.0.1", 8787, "from-env", "dev")
-    assert _args(tmp_path, project_dir, "--token", "explicit").token == "explicit"
+    assert (args.host, args.port, args.token, args.stack) == ("127.0.0.1", 8787, None, "dev")
+    assert _api_token(args.token, args.token_file) == ("from-env", "$DUALCACHE_DEV_TOKEN")
+    explicit = _args(tmp_path, project_dir, "--token", "explicit")
+    assert _api_token(explicit.token, explicit.token_file) == ("explicit", "--token")
 
 
 @pytest.mark.parametrize(

@@ -517,7 +517,7 @@ async def test_create_app_serves_the_data_plane_only_when_given_one(tmp_path: Pa
     try:
         provision(store, dev_config, 0.0)
         without = httpx.ASGITransport(app=create_app(EmulatorState(store)))
-        async with httpx.AsyncClient(transport=without, base_url="http://emulator") as client:
+        async with httpx.AsyncClient(transport=without, base_url="http://127.0.0.1") as client:
             assert (await client.get("/dataplane/health")).status_code == 404
         plane = data_plane_for(dev_config, "asgi-token")
         assert isinstance(plane, DataPlane) and plane.namespaces["API_CACHE"] == dev_config.offline_namespace_id(
@@ -527,7 +527,7 @@ async def test_create_app_serves_the_data_plane_only_when_given_one(tmp_path: Pa
         state = EmulatorState(store, data_plane=plane)
         transport = httpx.ASGITransport(app=create_app(state))
         headers = {"authorization": "Bearer asgi-token"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://emulator", headers=headers) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as client:
             assert (await client.put("/dataplane/kv/API_CACHE/values/k", content=b"v")).status_code == 200
             assert (await client.get("/dataplane/kv/API_CACHE/values/k")).content == b"v"
         assert state.snapshot()["data_plane"]["put"] == 1 and state.snapshot()["kv"]["put"] == 0

@@ -151,7 +151,7 @@ async def test_create_app_serves_over_asgi_transport(tmp_path: Path, dev_config:
         state = EmulatorState(store)
         provision(store, dev_config, state.clock.now())
         transport = httpx.ASGITransport(app=create_app(state))
-        async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             ns = dev_config.offline_namespace_id(Namespace.API_CACHE)
             base = f"/client/v4/accounts/{dev_config.account_id}/storage/kv/namespaces/{ns}/values"
             assert (await client.put(f"{base}/spam%3A1", content=b"no")).status_code == 200

@@ -24,14 +24,18 @@ from dualcache import (
 from dualcache._budget import RateLimitInfo, parse_rate_limit_headers
 
 ACCOUNT = "a" * 32
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id=ACCOUNT,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id=ACCOUNT,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="api",
+    ),
+    trusted_hosts=["api.test", "gw.test"],
 )
 
 

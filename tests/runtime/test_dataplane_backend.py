@@ -34,15 +34,19 @@ ACCOUNT = "a" * 32
 TOKEN = "dp-secret-token"
 MIB = 1024 * 1024
 DP_URL = "https://dataplane.test"
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id=ACCOUNT,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
-    data_plane_url=DP_URL,
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id=ACCOUNT,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="api",
+        data_plane_url=DP_URL,
+    ),
+    trusted_hosts=["api.test", "gw.test"],
 )
 
 
@@ -375,6 +379,7 @@ async def test_dualcache_without_dataplane_token_uses_rest(clock: FakeClock) -> 
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for var in ("CLOUDFLARE_API_TOKEN", "DUALCACHE_DATA_PLANE_TOKEN", "OPENAI_API_KEY", "CF_AIG_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DUALCACHE_TRUSTED_HOSTS", "api.test,gw.test")  # the fake hosts of OUTPUTS
     return monkeypatch
 
 

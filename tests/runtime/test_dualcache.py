@@ -33,14 +33,18 @@ from dualcache import (
 ACCOUNT = "a" * 32
 MODEL = "@cf/baai/bge-base-en-v1.5"
 MSGS = [{"role": "user", "content": "Analyze this job for me"}]
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id=ACCOUNT,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id=ACCOUNT,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="api",
+    ),
+    trusted_hosts=["api.test", "gw.test"],
 )
 
 
@@ -600,6 +604,7 @@ async def test_stats_report_and_totals(env: Env) -> None:
 
 async def test_from_env_reads_outputs_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DUALCACHE_OUTPUTS", OUTPUTS.to_json())
+    monkeypatch.setenv("DUALCACHE_TRUSTED_HOSTS", "api.test, gw.test")
     monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "env-token")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cloud = FakeCloud()

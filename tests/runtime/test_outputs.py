@@ -72,7 +72,9 @@ def test_outputs_from_env_unset_says_what_to_set(monkeypatch: pytest.MonkeyPatch
         pytest.param(
             {"namespaces": {"SESSIONS": "a" * 32}}, r"namespaces: namespaces is missing RATE_LIMITS", id="missing-ns"
         ),
-        pytest.param({"api_base_url": "ftp://x"}, r"api_base_url: 'ftp://x' is not an http\(s\) URL", id="url"),
+        pytest.param(
+            {"api_base_url": "ftp://x"}, r"api_base_url: api_base_url 'ftp://x' is not an http\(s\) URL", id="url"
+        ),
         pytest.param({"secret": "x"}, r"secret: Extra inputs are not permitted", id="extra-field"),
         pytest.param({"gateway_id": ""}, r"gateway_id", id="empty-gateway-id"),
         pytest.param(
@@ -89,7 +91,7 @@ def test_outputs_rejects_invalid_data_naming_the_field(changes: dict[str, Any], 
 
 
 def test_outputs_load_reports_missing_files_and_bad_json(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot read outputs file .*nope\.json"):
+    with pytest.raises(ConfigError, match=r"outputs file .*nope\.json.* does not exist"):
         StackOutputs.load(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text('"[secret]"')

@@ -212,7 +212,7 @@ def test_stackconfig_rejects_gateway_ids_cloudflare_rejects(gateway_id: str) -> 
     with pytest.raises(ConfigError) as info:
         _validate(gateway={"id": gateway_id})
     message = str(info.value)
-    assert f"jobmatch-ai:gateway.id = {gateway_id!r}" in message
+    assert f"jobmatch-ai:gateway.id = {gateway_id[:60]!r}" in message  # a long value is shown cut at 60
     assert "^[a-z0-9_]+(?:-[a-z0-9_]+)*$" in message and "1..64" in message
 
 
@@ -285,6 +285,46 @@ def test_load_stack_config_rejects_a_plain_text_data_plane_token(tmp_path: Path)
     assert token not in str(info.value)
     config["jobmatch-ai:dataPlaneToken"] = {"secure": "v1:dG9rZW4="}
     assert "dataPlaneToken" in load_stack_config(_project(tmp_path, config), "qa").secrets_set
+
+
+@pytest.mark.parametrize(
+    "hostname",
+    [
+        pytest.param("evil.example/x?", id="path-and-query"),
+        pytest.param("user@evil.example", id="userinfo"),
+        pytest.param("Kv.Example.com", id="uppercase"),
+        pytest.param("localhost", id="one-label"),
+        pytest.param("kv.example.com:8443", id="port"),
+    ],
+)
+def test_stackconfig_custom_domain_must_be_a_host_name(hostname: str) -> None:
+    # It becomes the data plane's https:// base URL, where the data-plane token is sent.
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:dataPlane\.customDomain\.hostname = .*String should match"):
+        _validate(dataPlane={"customDomain": {"hostname": hostname}})
+
+
+@pytest.mark.parametrize("bundle", ["/proc/self/environ", "../../etc/passwd", "dist/../../x.js", "C:/x.js", ""])
+def test_stackconfig_bundle_must_stay_inside_the_project(bundle: str) -> None:
+    # The bundle's text goes into the plan manifest and its diff, which a preview job posts on a pull request.
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:worker\.bundle = .*inside the project directory"):
+        _validate(worker={"bundle": bundle})
+    assert _validate(worker={"bundle": "dist/app.js"}).worker.bundle == "dist/app.js"
+
+
+@pytest.mark.parametrize("stack", ["../../etc/x", "a/b", "", "x" * 101, "."])
+def test_load_stack_config_refuses_a_stack_name_pulumi_refuses(tmp_path: Path, stack: str) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: jobmatch-ai\n")
+    with pytest.raises(ConfigError, match=r"^stack name .* is not valid; Pulumi stack names are 1\.\.100"):
+        load_stack_config(tmp_path, stack)
+
+
+def test_load_stack_config_refuses_a_long_project_name_quoting_a_prefix(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text(f"name: {'p' * 5000}\n")
+    with pytest.raises(ConfigError) as info:
+        load_stack_config(tmp_path, "dev")
+    message = str(info.value)
+    assert "is not a valid project name" in message and "(5,000 characters)" in message
+    assert len(message) < 300
 
 
 def test_stackconfig_accepts_custom_operations_set_with_config_paths() -> None:

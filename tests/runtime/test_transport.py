@@ -23,14 +23,18 @@ from dualcache import (
 )
 from dualcache._transport import admission_of, build_client
 
-OUTPUTS = StackOutputs(
-    stack="test",
-    account_id="0" * 32,
-    gateway_id="gw",
-    api_base_url="https://api.test/client/v4",
-    gateway_base_url="https://gw.test/v1",
-    namespaces={n: f"ns-{n.value.lower()}" for n in Namespace},
-    worker_name="api",
+# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
+OUTPUTS = StackOutputs.from_data(
+    dict(
+        stack="test",
+        account_id="0" * 32,
+        gateway_id="gw",
+        api_base_url="https://api.test/client/v4",
+        gateway_base_url="https://gw.test/v1",
+        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+        worker_name="api",
+    ),
+    trusted_hosts=["api.test", "gw.test"],
 )
 
 

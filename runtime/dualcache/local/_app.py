@@ -16,6 +16,7 @@ import email.parser
 import email.policy
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -39,7 +40,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dualcache._exceptions import ConfigError
+from dualcache._outputs import is_loopback_host
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, KV_MIN_TTL
+from dualcache._untrusted import redact_url
 from dualcache.local import _models
 from dualcache.local._clock import Clock
 from dualcache.local._store import CachedResponse, KVEntry, Store
@@ -111,6 +115,17 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAULT_TARGETS = ("kv", "gateway", "upstream")
 SURFACES = ("api", "data_plane", "gateway", "other")
 FAULT_PROVIDERS = ("workers-ai", "openai")
+MODEL_COUNTERS_MAX = 256
+"""Distinct model names counted by name in ``stats["upstream"]`` and ``stats["direct"]``; further names
+(clients choose them) are counted together under :data:`OTHER_MODELS`, so the counters and the stats
+response stay small."""
+MODEL_NAME_MAX = 200
+"""Longest model name counted by name (longer ones go to :data:`OTHER_MODELS`)."""
+OTHER_MODELS = "(other)"
+LOGGED_TEXT_MAX = 2048
+"""Longest path, query or header value kept in the request log (longer ones are cut, ``…`` appended)."""
+_MODEL_GROUPS = frozenset({"upstream", "direct"})
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 class HTTPError(Exception):
@@ -297,6 +312,13 @@ class EmulatorState:
         max_logged_requests: Size of the request log kept for ``GET /__emulator/requests``.
         data_plane: Serve the data-plane API under ``/dataplane`` with these bindings and token; ``None``
             leaves it out (every ``/dataplane`` path is then 404).
+        bound_host: The interface the server listens on. Requests must name a loopback host in their
+            ``Host`` header (``127.0.0.1``, ``localhost``, ``[::1]``, with any port), which stops DNS
+            rebinding from a web page; a server bound elsewhere on purpose also accepts that host, and one
+            bound to a wildcard (``0.0.0.0``, ``::``) any IP address (never another name).
+
+    Raises:
+        ConfigError: ``openai_upstream`` is not an http(s) URL (the message shows it without credentials).
     """
 
     def __init__(
@@ -308,9 +330,13 @@ class EmulatorState:
         openai_upstream: str | None = None,
         max_logged_requests: int = 10_000,
         data_plane: DataPlane | None = None,
+        bound_host: str = "127.0.0.1",
     ) -> None:
+        if openai_upstream and not openai_upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"openai_upstream {redact_url(openai_upstream)!r} is not an http(s) URL")
         self.store = store
         self.data_plane = data_plane
+        self.bound_host = bound_host
         self.clock = clock or Clock()
         self.token = token or None
         self.openai_upstream = openai_upstream.rstrip("/") if openai_upstream else None
@@ -325,9 +351,36 @@ class EmulatorState:
     # -- bookkeeping --------------------------------------------------------------------------------
 
     def count(self, group: str, name: str, n: int = 1) -> None:
-        """Add ``n`` to counter ``stats[group][name]``."""
+        """Add ``n`` to counter ``stats[group][name]``.
+
+        The per-model groups (``upstream``, ``direct``) count at most :data:`MODEL_COUNTERS_MAX` names; any
+        further name, or one longer than :data:`MODEL_NAME_MAX`, counts under :data:`OTHER_MODELS`.
+        """
         with self._lock:
-            self.stats[group][name] += n
+            counters = self.stats[group]
+            if group in _MODEL_GROUPS and name not in counters:
+                if len(name) > MODEL_NAME_MAX or len(counters) >= MODEL_COUNTERS_MAX:
+                    name = OTHER_MODELS
+            counters[name] += n
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """Whether a request naming ``host_header`` may be served (see ``bound_host``)."""
+        if not host_header:
+            return False
+        match = re.match(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?$", host_header)
+        if match is None:
+            return False
+        host = (match["v6"] or match["name"]).lower()
+        if is_loopback_host(host):
+            return True
+        bound = self.bound_host.lower().strip("[]")
+        if bound in _WILDCARD_HOSTS:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                return False  # a DNS name could be rebound to this machine by a web page
+            return True
+        return host == bound
 
     def reset(self) -> None:
         """Clear counters and the request log (state, faults and the clock stay)."""
@@ -350,7 +403,7 @@ class EmulatorState:
                 # Keep an auth scheme (a test may check "Bearer"); anything else could be part of the secret.
                 scheme = value.split(" ", 1)[0] if " " in value else ""
                 value = f"{scheme} <redacted>" if scheme.lower() in _AUTH_SCHEMES else "<redacted>"
-            headers[lname] = value
+            headers[lname] = _cut(value)
         with self._lock:
             self.stats["requests"] += 1
             self.stats["surfaces"][surface] += 1
@@ -359,8 +412,8 @@ class EmulatorState:
                     "surface": surface,
                     "method": request.method,
                     # As sent (percent-encoding kept), so a test can see how a client encoded a key.
-                    "path": _raw_path(request),
-                    "query": request.url.query,
+                    "path": _cut(_raw_path(request)),
+                    "query": _cut(request.url.query),
                     "headers": headers,
                     "time": self.clock.now(),
                 }
@@ -444,6 +497,10 @@ class EmulatorState:
 
 
 # -- request helpers --------------------------------------------------------------------------------
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= LOGGED_TEXT_MAX else text[:LOGGED_TEXT_MAX] + "…"
 
 
 def _raw_segments(request: Request) -> list[str]:
@@ -1529,8 +1586,17 @@ class _Handler:
         self.gateways = _Gateways(state)
 
     async def __call__(self, request: Request) -> Response:
+        if not self.state.host_allowed(request.headers.get("host")):
+            # DNS rebinding: a web page's own name resolved to this machine. Never served, never logged.
+            return JSONResponse(
+                {"error": "misdirected request: this emulator only answers Host 127.0.0.1, localhost or [::1]"},
+                status_code=421,
+            )
         segments = _raw_segments(request)
         if len(segments) >= 2 and segments[1] == "__emulator":
+            refused = _refuse_cross_site(request)
+            if refused is not None:
+                return refused
             try:
                 return await self.control(request, segments[2:])
             except HTTPError as exc:
@@ -1886,6 +1952,25 @@ class _Handler:
             state.faults = faults
             return JSONResponse({t: spec.to_json() for t, spec in faults.items()})
         return JSONResponse({"error": f"no control endpoint {request.method} /__emulator/{name}"}, status_code=404)
+
+
+def _refuse_cross_site(request: Request) -> Response | None:
+    """The control API answers only its own clients: no foreign ``Origin``, and POSTs with a JSON body type.
+
+    A web page can send a cross-origin ``text/plain`` POST without a CORS preflight; requiring
+    ``application/json`` forces one (which the emulator never grants), and a foreign ``Origin`` is refused
+    outright, GETs included.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = {f"{scheme}://{request.headers.get('host', '')}".lower() for scheme in ("http", "https")}
+        if origin.lower() not in own:
+            return JSONResponse({"error": "cross-origin requests to /__emulator are refused"}, status_code=403)
+    if request.method == "POST":
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            return JSONResponse({"error": "POST /__emulator/... needs Content-Type: application/json"}, status_code=415)
+    return None
 
 
 async def _control_json(request: Request) -> Any:

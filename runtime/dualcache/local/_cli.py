@@ -11,24 +11,25 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit, urlunsplit
 
 from dualcache._cli import add_project_dir_argument, find_project_dir
 from dualcache._exceptions import ConfigError
+from dualcache._untrusted import read_text_file, redact_url
 
-__all__ = ["register", "run_dev"]
+__all__ = ["API_TOKEN_ENV_VAR", "TOKEN_FILE_MAX_BYTES", "register", "run_dev"]
+
+API_TOKEN_ENV_VAR = "DUALCACHE_DEV_TOKEN"
+"""The environment variable ``dualcache dev`` reads its API token from when neither flag is given."""
+TOKEN_FILE_MAX_BYTES = 4096
+"""Largest token file read (``--token-file``, ``--data-plane-token-file``)."""
+_VISIBLE = "A command-line flag is visible to other users in the process list: prefer the file or the environment"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _without_userinfo(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, for printing."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+_without_userinfo = redact_url  # the one helper; kept under this name for the tests that import it
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: 127.0.0.1, loopback). Requests must name a loopback host (or this one) "
+        "in their Host header, so a web page cannot reach the emulator through DNS rebinding",
+    )
     parser.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787; 0 = a free port)")
     parser.add_argument(
         "--data",
@@ -54,19 +60,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="state folder: emulator.sqlite3 and outputs.STACK.json (default: .dualcache)",
     )
-    parser.add_argument(
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
         "--token",
-        default=os.environ.get("DUALCACHE_DEV_TOKEN") or None,
+        default=None,
         help="API token every Cloudflare API request (and Workers AI through the gateway) must carry as "
-        "'Authorization: Bearer <token>' (default: $DUALCACHE_DEV_TOKEN, else no authentication)",
+        f"'Authorization: Bearer <token>' (default: --token-file, else ${API_TOKEN_ENV_VAR}, else no "
+        f"authentication). {_VISIBLE}",
     )
-    parser.add_argument(
+    tokens.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the API token from this file (its first line; not visible in the process list)",
+    )
+    data_plane_tokens = parser.add_mutually_exclusive_group()
+    data_plane_tokens.add_argument(
         "--data-plane-token",
         default=None,
         metavar="TOKEN",
-        help="bearer token the data plane requires (default: $DUALCACHE_DATA_PLANE_TOKEN, else a random one, "
-        "printed at start). A command-line flag is visible to other users in the process list: prefer the "
-        "environment variable for a token that matters",
+        help="bearer token the data plane requires (default: --data-plane-token-file, else "
+        f"$DUALCACHE_DATA_PLANE_TOKEN, else a random one, printed at start). {_VISIBLE}",
+    )
+    data_plane_tokens.add_argument(
+        "--data-plane-token-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the data plane's bearer token from this file (its first line)",
     )
     parser.add_argument(
         "--openai-upstream",
@@ -79,12 +101,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run_dev)
 
 
-def _data_plane_token(flag: str | None) -> tuple[str, str]:
-    """The data-plane token and where it came from: the flag, the environment, or ``""`` (generated)."""
+def _token_from_file(path: Path, flag: str) -> str:
+    """The first line of a token file (bounded read; a FIFO or device is refused), without its newline."""
+    text = read_text_file(path, limit=TOKEN_FILE_MAX_BYTES, what=f"{flag} file")
+    token = text.splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise ConfigError(f"{flag} {str(path)!r} is empty; write the token on its first line")
+    return token
+
+
+def _api_token(flag: str | None, file: Path | None) -> tuple[str | None, str]:
+    """The API token and where it came from: the flag, the file, the environment, or ``(None, "")`` (none)."""
+    from dualcache.local._server import check_data_plane_token
+
+    # The API token has the data-plane token's rules: visible ASCII, it travels in a header.
+    if flag is not None:
+        return (check_data_plane_token(flag, source="--token") if flag else None), "--token"
+    if file is not None:
+        return check_data_plane_token(_token_from_file(file, "--token-file"), source="--token-file"), "--token-file"
+    from_env = os.environ.get(API_TOKEN_ENV_VAR)
+    if from_env:
+        source = f"${API_TOKEN_ENV_VAR}"
+        return check_data_plane_token(from_env, source=source), source
+    return None, ""
+
+
+def _data_plane_token(flag: str | None, file: Path | None = None) -> tuple[str, str]:
+    """The data-plane token and where it came from: the flag, the file, the environment, or ``""`` (generated)."""
     from dualcache.local._server import DATA_PLANE_TOKEN_ENV_VAR, check_data_plane_token, new_data_plane_token
 
     if flag is not None:
         return check_data_plane_token(flag, source="--data-plane-token"), "--data-plane-token"
+    if file is not None:
+        token = _token_from_file(file, "--data-plane-token-file")
+        return check_data_plane_token(token, source="--data-plane-token-file"), "--data-plane-token-file"
     from_env = os.environ.get(DATA_PLANE_TOKEN_ENV_VAR)
     if from_env:
         source = f"${DATA_PLANE_TOKEN_ENV_VAR}"
@@ -116,8 +166,9 @@ def run_dev(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port number (0..65535)")
     if args.openai_upstream and not str(args.openai_upstream).startswith(("http://", "https://")):
-        raise ConfigError(f"--openai-upstream {args.openai_upstream!r} is not an http(s) URL")
-    data_plane_token, token_source = _data_plane_token(args.data_plane_token)
+        raise ConfigError(f"--openai-upstream {redact_url(args.openai_upstream)!r} is not an http(s) URL")
+    api_token, api_token_source = _api_token(args.token, args.token_file)
+    data_plane_token, token_source = _data_plane_token(args.data_plane_token, args.data_plane_token_file)
     project_dir = args.project_dir if args.project_dir is not None else find_project_dir()
     config = load_stack_config(project_dir, args.stack)
 
@@ -132,9 +183,10 @@ def run_dev(args: argparse.Namespace) -> int:
         store = Store(args.data)
         state = EmulatorState(
             store,
-            token=args.token,
+            token=api_token,
             openai_upstream=args.openai_upstream,
             data_plane=data_plane_for(config, data_plane_token),
+            bound_host=args.host,
         )
         provision(store, config, state.clock.now())
         outputs = stack_outputs(config, url)
@@ -151,15 +203,21 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"  data-plane token     {DATA_PLANE_TOKEN_ENV_VAR}={data_plane_token}  (generated)", flush=True)
         print(f"  outputs              {outputs_path}  (DUALCACHE_OUTPUTS={outputs_path})", flush=True)
         print(f"  state                {store.path}", flush=True)
-        print(f"  API authentication   {'Bearer token required' if args.token else 'off'}", flush=True)
+        auth = f"Bearer token required (from {api_token_source})" if api_token else "off"
+        print(f"  API authentication   {auth}", flush=True)
         if args.openai_upstream:
-            print(f"  openai/* forwarded to {_without_userinfo(args.openai_upstream)}", flush=True)
+            print(f"  openai/* forwarded to {redact_url(args.openai_upstream)}", flush=True)
         print("  models are local, deterministic stand-ins; press Ctrl-C to stop", flush=True)
         if not is_loopback(args.host):
             print(
                 f"dualcache dev: warning: listening on {args.host}, reachable from other machines; the "
                 "/__emulator control endpoints take no token"
-                + ("" if args.token else ", and without --token neither does the API"),
+                + ("" if api_token else ", and without --token neither does the API")
+                + (
+                    ""
+                    if args.host in ("", "0.0.0.0", "::")
+                    else f"; services must trust it with DUALCACHE_TRUSTED_HOSTS=http://{connect_host(args.host)}"
+                ),
                 file=sys.stderr,
                 flush=True,
             )

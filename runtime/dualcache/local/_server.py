@@ -180,21 +180,25 @@ def provision(store: Store, config: StackConfig, now: float) -> None:
 def stack_outputs(config: StackConfig, base_url: str) -> StackOutputs:
     """The :class:`StackOutputs` of ``config`` with every base URL pointing at an emulator at ``base_url``.
 
-    The data plane is ``{base_url}/dataplane``; its token is never part of the outputs.
+    The data plane is ``{base_url}/dataplane``; its token is never part of the outputs. An emulator bound
+    to a host that is not loopback is trusted here for plain http; a service loading these outputs must
+    trust it too (``DUALCACHE_TRUSTED_HOSTS=http://<host>``, see :func:`dualcache.StackOutputs.load`).
     """
     base = base_url.rstrip("/")
-    return StackOutputs(
-        stack=config.stack,
-        account_id=config.account_id,
-        gateway_id=config.gateway_id,
-        api_base_url=f"{base}/client/v4",
-        gateway_base_url=f"{base}/v1",
-        namespaces={b: config.offline_namespace_id(b) for b in Namespace},
-        worker_name=config.worker_name,
-        data_plane_url=f"{base}/{DATA_PLANE_PATH}",
-        data_plane_worker_name=data_plane_worker_name(config),
-        policies=config.policies,
-    )
+    host = httpx.URL(base).host
+    data = {
+        "stack": config.stack,
+        "account_id": config.account_id,
+        "gateway_id": config.gateway_id,
+        "api_base_url": f"{base}/client/v4",
+        "gateway_base_url": f"{base}/v1",
+        "namespaces": {b.value: config.offline_namespace_id(b) for b in Namespace},
+        "worker_name": config.worker_name,
+        "data_plane_url": f"{base}/{DATA_PLANE_PATH}",
+        "data_plane_worker_name": data_plane_worker_name(config),
+        "policies": config.policies,
+    }
+    return StackOutputs.from_data(data, source="the emulator's outputs", trusted_hosts=[f"http://{host}"])
 
 
 class EmulatorControl:
@@ -209,7 +213,8 @@ class EmulatorControl:
         self._client = httpx.Client(base_url=base_url.rstrip("/") + "/__emulator/", timeout=timeout)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._client.request(method, path, json=body)
+        # Every POST carries a JSON body: the control API refuses any other content type (see _app).
+        response = self._client.request(method, path, json={} if body is None and method == "POST" else body)
         if response.status_code != 200:
             raise ConfigError(f"emulator control {method} {path} failed ({response.status_code}): {response.text}")
         return response.json()
@@ -376,6 +381,7 @@ class Emulator:
                 token=self.token,
                 openai_upstream=self._openai_upstream,
                 data_plane=data_plane_for(self.config, self.data_plane_token),
+                bound_host=self.host,
             )
             provision(store, self.config, state.clock.now())
         except BaseException:
