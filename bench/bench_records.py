@@ -27,6 +27,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+import benchkit
 import httpx
 
 from dualcache import DualCache, KVEntry, MemoryKVBackend, Namespace, StackOutputs
@@ -36,7 +37,6 @@ from dualcache._records import (
     build_embedding_record,
     build_seed_embedding_record,
     encode_json_record,
-    judge_embedding_record,
     to_float32,
 )
 
@@ -103,9 +103,7 @@ def decode(rng: random.Random, repeat: int) -> None:
     _row("", "µs per decode")
     n = 500
     for label, raw in records.items():
-        assert judge_embedding_record(raw, MODEL)[1] is not None
-        best = min(_cpu_repeat(lambda raw=raw: judge_embedding_record(raw, MODEL), n, repeat)) / n
-        _row(label, f"{best * 1e6:,.1f}")
+        _row(label, f"{benchkit.decode_us(raw, MODEL, number=n, repeat=repeat):,.1f}")  # as bench_scale.py
     cache = DualCache.from_outputs(OUTPUTS, api_token="t", kv=lambda ns: MemoryKVBackend(), transport=_fake_cloud())
     raw = records["compact v2 f32"]
     assert cache._judge_embedding("k", raw)[1] is not None  # decoded once, memoized

@@ -7,6 +7,10 @@ users revisiting the jobs they analysed, and bursts of concurrent identical requ
 firing several matches at once, double clicks). It is generated from ``--seed`` and replayed in order,
 bursts concurrently, while the emulator's clock moves through the day — so a run is reproducible.
 
+KV goes through the emulator's data-plane API by default (as it goes through the stack's own Worker in
+production: no Cloudflare API request on the cache path); ``--kv rest`` replays the same workload over the
+Cloudflare REST API instead, for comparison.
+
 This module stays cheap to import: rich, the emulator and the plan are imported inside the command.
 """
 
@@ -22,7 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoResult", "Step", "build_workload", "minimal_pdf", "register", "render_tables", "run_demo"]
+__all__ = [
+    "KV_PATHS",
+    "DemoResult",
+    "Step",
+    "build_workload",
+    "kv_requests",
+    "minimal_pdf",
+    "register",
+    "render_tables",
+    "replay",
+    "run_demo",
+]
+
+KV_PATHS = ("dataplane", "rest")
+"""How the demo reaches KV: the data-plane Worker API (the default, as in production) or the REST API."""
 
 DAILY_VOLUME: dict[str, int] = {
     "embed_job": 500,
@@ -95,6 +113,7 @@ class DemoResult:
         days: Days replayed.
         prices: The price table used, per operation.
         scale: Fraction of the seed's daily volume replayed (the seed's estimates are scaled alike).
+        kv: How KV was reached, one of :data:`KV_PATHS`.
     """
 
     snapshot: dict[str, dict[str, Any]]
@@ -103,6 +122,7 @@ class DemoResult:
     days: int
     prices: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
+    kv: str = "dataplane"
 
 
 def _job_text(rng: random.Random) -> str:
@@ -327,22 +347,49 @@ async def _run_call(cache: Any, call: Call) -> None:
             raise ValueError(f"unknown call kind {call.kind!r}")
 
 
+def _check_kv(kv: str) -> str:
+    if kv not in KV_PATHS:
+        from dualcache._exceptions import ConfigError
+
+        raise ConfigError(f"kv={kv!r}: must be one of {', '.join(KV_PATHS)}")
+    return kv
+
+
 async def replay(
     emulator: Any,
     workload: list[list[Step]],
     *,
     token: str,
+    kv: str = "dataplane",
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Replay ``workload`` through a :class:`~dualcache.DualCache` pointed at ``emulator``; return its stats.
 
-    The emulator's clock moves through each day as the steps are replayed, then to the next day.
+    The emulator's clock moves through each day as the steps are replayed, then to the next day. Queued
+    KV writes are flushed before the stats are taken, so the emulator has seen every request of the run.
+
+    Args:
+        emulator: A started :class:`dualcache.local.Emulator`.
+        workload: What :func:`build_workload` returned.
+        token: The emulator's API token (KV over REST, and Workers AI).
+        kv: ``"dataplane"`` (KV through the emulator's data-plane API, with its ``data_plane_token``) or
+            ``"rest"`` (KV through the Cloudflare REST API).
+        on_progress: Called with the number of requests of each step once it is served.
+
+    Raises:
+        ConfigError: ``kv`` is not one of :data:`KV_PATHS`.
     """
     from dualcache import DualCache
 
+    _check_kv(kv)
     clock = emulator.state.clock
+    data_plane_token = emulator.data_plane_token if kv == "dataplane" else None
     async with DualCache.from_outputs(
-        emulator.outputs, api_token=token, openai_api_key="sk-local-demo", clock=clock.now
+        emulator.outputs,
+        api_token=token,
+        data_plane_token=data_plane_token,
+        openai_api_key="sk-local-demo",
+        clock=clock.now,
     ) as cache:
         for day in workload:
             tick = 86_400 / max(1, len(day))
@@ -354,7 +401,24 @@ async def replay(
                     await asyncio.gather(*(_run_call(cache, c) for c in step.calls))
                 if on_progress is not None:
                     on_progress(sum(c.requests for c in step.calls))
+        await cache.flush()
         return cache.stats.snapshot()
+
+
+def kv_requests(emulator_stats: dict[str, Any]) -> dict[str, int]:
+    """KV requests the emulator served, by path: ``rest`` (Cloudflare REST API) and ``dataplane``.
+
+    Args:
+        emulator_stats: ``Emulator.control.stats()`` (or :attr:`DemoResult.emulator`).
+    """
+    from dualcache.local._app import KV_OPERATIONS
+
+    rest = emulator_stats.get("kv", {})
+    plane = emulator_stats.get("data_plane", {})
+    return {
+        "rest": sum(int(rest.get(op, 0)) for op in KV_OPERATIONS),
+        "dataplane": sum(int(plane.get(op, 0)) for op in KV_OPERATIONS),
+    }
 
 
 def run_demo(
@@ -363,14 +427,30 @@ def run_demo(
     days: int,
     project_dir: Path,
     scale: float = 1.0,
+    kv: str = "dataplane",
     data_dir: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> DemoResult:
-    """Start the emulator on a temporary data folder, replay the workload, return what was measured."""
+    """Start the emulator on a temporary data folder, replay the workload, return what was measured.
+
+    Args:
+        seed: Seed of the workload generator.
+        days: Days of traffic.
+        project_dir: Directory holding ``Pulumi.yaml`` (the dev stack's settings).
+        scale: Fraction of the seed's daily volume.
+        kv: How KV is reached, one of :data:`KV_PATHS` (see :func:`replay`).
+        data_dir: The emulator's data folder (default: a temporary one).
+        on_progress: See :func:`replay`.
+        on_total: Called once with the number of requests the workload holds.
+
+    Raises:
+        ConfigError: ``kv`` is not one of :data:`KV_PATHS`.
+    """
     from dualcache import PriceTable
     from dualcache.local import Emulator
 
+    _check_kv(kv)
     workload = build_workload(seed, days, scale=scale)
     planned = planned_requests(workload)
     if on_total is not None:
@@ -379,11 +459,11 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="dualcache-demo-") as tmp:
         folder = data_dir or Path(tmp)
         with Emulator(stack="dev", project_dir=project_dir, data_dir=folder, token=token) as emu:
-            snapshot = asyncio.run(replay(emu, workload, token=token, on_progress=on_progress))
+            snapshot = asyncio.run(replay(emu, workload, token=token, kv=kv, on_progress=on_progress))
             emulator_stats = emu.control.stats()
     prices = PriceTable().model_dump()
     return DemoResult(
-        snapshot=snapshot, emulator=emulator_stats, planned=planned, days=days, prices=prices, scale=scale
+        snapshot=snapshot, emulator=emulator_stats, planned=planned, days=days, prices=prices, scale=scale, kv=kv
     )
 
 
@@ -492,6 +572,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     _show_plan(console, project_dir)
     console.rule("Replaying the workload")
+    if args.kv == "dataplane":
+        console.print(
+            "KV goes through the data-plane Worker API (the emulator's; in production, the stack's own Worker "
+            "jobmatch-ai-dualcache-<stack>): no Cloudflare API request on the cache path."
+        )
+    else:
+        console.print(
+            "KV goes through the Cloudflare REST API (--kv rest, for comparison): every KV request counts "
+            "against the account's 1,200 API requests per 5 minutes."
+        )
     with Progress(
         TextColumn("requests"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -501,6 +591,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             days=args.days,
             project_dir=project_dir,
             scale=args.scale,
+            kv=args.kv,
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda n: progress.advance(task, n),
         )
@@ -511,6 +602,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"The emulator saw {result.emulator['requests']} HTTP requests: {upstream} model calls "
         f"({', '.join(f'{m}: {n}' for m, n in sorted(result.emulator['upstream'].items()))}), "
         f"{result.emulator['gateway']['hits']} gateway cache hits."
+    )
+    surfaces, kv = result.emulator["surfaces"], kv_requests(result.emulator)
+    served = sum(result.planned.values())
+    console.print(
+        f"Cloudflare API requests: {surfaces['api']} ({kv['rest']} of them KV); data-plane requests: "
+        f"{surfaces['data_plane']} ({kv['dataplane']} KV); AI Gateway requests: {surfaces['gateway']}. "
+        f"Per 1,000 demo requests: {1000 * surfaces['api'] / served:.0f} Cloudflare API, "
+        f"{1000 * surfaces['data_plane'] / served:.0f} data plane."
     )
     console.print(
         "Prices per provider-answered request: "
@@ -535,5 +634,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload generator (default 7)")
     parser.add_argument("--days", type=int, default=1, help="days of traffic to replay (default 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the seed's daily volume (default 1.0)")
+    parser.add_argument(
+        "--kv",
+        choices=KV_PATHS,
+        default="dataplane",
+        help="how KV is reached: the data-plane Worker API as in production (default), or the Cloudflare REST API",
+    )
     add_project_dir_argument(parser)
     parser.set_defaults(func=_cmd_demo)

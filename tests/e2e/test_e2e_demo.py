@@ -7,7 +7,8 @@ from e2e_support import PROJECT_DIR
 
 from dualcache import PriceTable
 from dualcache._cli import main
-from dualcache._demo import DAILY_VOLUME, build_workload, minimal_pdf, planned_requests, run_demo
+from dualcache._demo import DAILY_VOLUME, build_workload, kv_requests, minimal_pdf, planned_requests, run_demo
+from dualcache._exceptions import ConfigError
 from dualcache._pdf import extract_pdf_text
 
 LLAMA_8B = "@cf/meta/llama-3.1-8b-instruct"
@@ -53,8 +54,31 @@ def test_demo_small_run_totals_are_consistent() -> None:
     # Reuse shows up: KV hits for embeddings and analyses, bursts coalesced.
     assert snap["embeddings"]["kv_hits"] > 0 and snap["job_analysis"]["kv_hits"] > 0
     assert snap["embeddings"]["coalesced"] > 0
+    # KV went through the data plane only: no Cloudflare API request at all (AI calls go to the gateway).
+    assert result.kv == "dataplane"
+    kv = kv_requests(emu)
+    assert kv["rest"] == 0 and emu["surfaces"]["api"] == 0
+    assert kv["dataplane"] > 0 and kv["dataplane"] == emu["surfaces"]["data_plane"]
+    assert emu["data_plane"]["unauthorized"] == 0
     again = run_demo(seed=3, days=2, project_dir=PROJECT_DIR, scale=0.1)
     assert again.snapshot == snap
+
+
+def test_demo_over_rest_sends_every_kv_request_to_the_cloudflare_api() -> None:
+    plane = run_demo(seed=4, days=1, project_dir=PROJECT_DIR, scale=0.05)
+    rest = run_demo(seed=4, days=1, project_dir=PROJECT_DIR, scale=0.05, kv="rest")
+    assert rest.kv == "rest"
+    kv = kv_requests(rest.emulator)
+    assert kv["dataplane"] == 0 and rest.emulator["surfaces"]["data_plane"] == 0
+    assert kv["rest"] > 0 and kv["rest"] == rest.emulator["surfaces"]["api"]
+    # Same workload, same outcomes, whichever path KV takes; the data plane took the REST API's place.
+    assert rest.snapshot == plane.snapshot
+    assert kv["rest"] == kv_requests(plane.emulator)["dataplane"]
+
+
+def test_demo_rejects_an_unknown_kv_path() -> None:
+    with pytest.raises(ConfigError, match="kv='grpc': must be one of dataplane, rest"):
+        run_demo(seed=1, days=1, project_dir=PROJECT_DIR, kv="grpc")
 
 
 def test_demo_command_prints_plan_and_tables(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +88,16 @@ def test_demo_command_prints_plan_and_tables(capsys: pytest.CaptureFixture[str])
     assert "Plan of stack 'dev'" in out
     assert "Traffic, 1 day(s)" in out and "Cost (US$)" in out
     assert "job_analysis" in out and "65-75%" in out
+    assert "KV goes through the data-plane Worker API" in out
+    assert "Cloudflare API requests: 0 (0 of them KV); data-plane requests: " in out
+
+
+def test_demo_command_over_rest_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["demo", "--seed", "1", "--scale", "0.05", "--kv", "rest", "--project-dir", str(PROJECT_DIR)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "KV goes through the Cloudflare REST API (--kv rest" in out
+    assert "data-plane requests: 0 (0 KV)" in out
 
 
 def test_demo_command_rejects_bad_days(capsys: pytest.CaptureFixture[str]) -> None:
