@@ -11,10 +11,13 @@ Defaults (seconds, connections):
 =====================  =========  ========================================================================
 Setting                Default    Meaning
 =====================  =========  ========================================================================
-``Timeouts.kv_read``   1.0        A KV read, admission wait included; past it the read is abandoned and
+``Timeouts.kv_read``   1.0        A KV read, from its admission; past it the read is abandoned and
                                   counted as a miss (``errors``; ``kv_skipped`` when never admitted).
-``Timeouts.kv_write``  10.0       A KV write or delete, admission wait included (counted, never raised
-                                  by ``DualCache``).
+``Timeouts.kv_write``  10.0       A KV write or delete, from its admission (counted, never raised by
+                                  ``DualCache``).
+``Timeouts.kv_queue``  5.0        How long a KV request may wait for a place at the KV gate (a queue with
+                                  a deadline): under a burst, hits wait their turn instead of turning into
+                                  paid misses; past it the read is skipped (``kv_skipped``), a miss.
 ``Timeouts.connect``   3.0        TCP + TLS connect to any layer (capped by the layer's budget).
 ``Timeouts.gateway``   10.0       The gateway route of one call, every attempt and retry wait included
                                   (connect and first byte): past it the direct route starts.
@@ -29,7 +32,8 @@ Circuit breaker        5 / 30.0   Consecutive failures that open it / seconds be
                                   (:class:`~dualcache.BreakerPolicy`).
 =====================  =========  ========================================================================
 
-A request waits at most half its budget at a gate (``dualcache._transport.GATE_SHARE``), so an admitted
+A KV request waits at most ``kv_queue`` at the KV gate, then has its own budget. A gateway or provider
+request waits at most half its budget at a gate (``dualcache._transport.GATE_SHARE``), so an admitted
 request keeps at least the other half; one that waited longer gives up unsent (``*_skipped``).
 ``RetryPolicy.total_timeout`` still bounds a route too: the tighter of the two wins.
 """
@@ -59,8 +63,9 @@ class Timeouts:
     """The time budget of each layer (seconds); see the module table for what each one bounds.
 
     Attributes:
-        kv_read: Budget of one KV read (admission wait included); past it, a miss.
-        kv_write: Budget of one KV write or delete.
+        kv_read: Budget of one KV read, from its admission; past it, a miss.
+        kv_write: Budget of one KV write or delete, from its admission.
+        kv_queue: Longest wait of a KV request for a place at the KV pool's gate; then it is skipped.
         connect: Connect timeout of every pool (capped by the layer's budget).
         gateway: Budget of the gateway route of one call, retries included; then the direct route.
         provider: Budget of the direct provider route of one call, retries included.
@@ -72,6 +77,7 @@ class Timeouts:
 
     kv_read: float = 1.0
     kv_write: float = 10.0
+    kv_queue: float = 5.0
     connect: float = 3.0
     gateway: float = 10.0
     provider: float = 60.0
@@ -83,7 +89,7 @@ class Timeouts:
 
     def kv_http(self) -> httpx.Timeout:
         """The ``httpx.Timeout`` of the KV pool: every phase within the longer of the two KV budgets."""
-        longest = max(self.kv_read, self.kv_write)
+        longest = max(self.kv_read, self.kv_write, self.kv_queue)
         return httpx.Timeout(longest, connect=min(self.connect, longest))
 
     def attempt(self, budget: float) -> httpx.Timeout:

@@ -433,6 +433,7 @@ class DualCache:
         self._stores: dict[Namespace, KVStore] = {}
         self._flights = SingleFlight(enabled=single_flight)
         self._reads = SharedReads()
+        self._fingerprint_memo: tuple[Models, Policies, str | None] | None = None
         self._memo: OrderedDict[str, tuple[bytes, list[float], int]] = OrderedDict()
         self._memo_bytes = decode_memo_bytes if decode_memo_size != 0 else 0
         self._memo_entries = decode_memo_size
@@ -628,6 +629,7 @@ class DualCache:
                 binding=namespace.value,
                 timeout=self.timeouts.kv_read,
                 write_timeout=self.timeouts.kv_write,
+                queue_timeout=self.timeouts.kv_queue,
                 breaker=CircuitBreaker(f"kv {namespace.value}", self._breaker_policy, clock=self._monotonic),
                 abandoner=Abandoner(self.timeouts.grace),
             )
@@ -1564,14 +1566,21 @@ class DualCache:
     # -- keys and invalidation ----------------------------------------------------------------------
 
     def _embed_fingerprint(self) -> str | None:
+        # Computed once per (models, policies): both are frozen, and every embed call needs it (a SHA-256 of
+        # canonical JSON per hit was a third of the in-process hit).
+        memo = self._fingerprint_memo
+        if memo is not None and memo[0] is self.models and memo[1] is self.policies:
+            return memo[2]
         m = self.models
-        return embedding_fingerprint(
+        fingerprint = embedding_fingerprint(
             m.embeddings,
             dimensions=expected_dimensions(m.embeddings),
             pooling=m.embedding_pooling,
             max_input_chars=m.embedding_max_chars,
             version=self.policies.embeddings.version,
         )
+        self._fingerprint_memo = (self.models, self.policies, fingerprint)
+        return fingerprint
 
     def _embed_key(self, text: str) -> str:
         return embed_key(text, self._embed_fingerprint())

@@ -965,6 +965,10 @@ class KVStore:
             (:data:`KV_WRITE_THROUGHPUT`), so a 40 MB bulk write gets its base + 38 s.
         breaker: The circuit breaker of this namespace, or ``None`` for none.
         abandoner: Holds the calls abandoned past their budget (one per store by default).
+        queue_timeout: How long a request may wait for a place at the KV pool's admission gate, after which
+            it is skipped; its own budget then counts from its admission. ``None``: the gate wait is part of
+            the budget (at most half of it). Only backends whose client has a gate (the ones ``DualCache``
+            builds) ever get admitted; for others the call is bounded by ``queue_timeout`` + its budget.
 
     Attributes:
         counts: Round trips made to the backend, by primitive (``get``, ``get_many``, ``put``, ...),
@@ -982,8 +986,9 @@ class KVStore:
         write_throughput: float = KV_WRITE_THROUGHPUT,
         breaker: CircuitBreaker | None = None,
         abandoner: Abandoner | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
-        for name, value in (("timeout", timeout), ("write_timeout", write_timeout)):
+        for name, value in (("timeout", timeout), ("write_timeout", write_timeout), ("queue_timeout", queue_timeout)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
             ):
@@ -1000,6 +1005,7 @@ class KVStore:
         self.write_timeout = write_timeout if write_timeout is not None else timeout
         self.write_throughput = write_throughput
         self.breaker = breaker
+        self.queue_timeout = queue_timeout
         self._abandoner = abandoner if abandoner is not None else Abandoner()
         # In-process backends hold no connection pool that a cancelled call could wedge.
         self._cancel_safe = isinstance(backend, MemoryKVBackend | SQLiteKVBackend)
@@ -1052,7 +1058,7 @@ class KVStore:
                 except TimeoutError as exc:
                     raise BudgetExceeded(f"no answer within {budget:.3g}s") from exc
             else:
-                result = await run_bounded(call, budget, self._abandoner)
+                result = await run_bounded(call, budget, self._abandoner, queue=self.queue_timeout)
         except BudgetExceeded as exc:
             self._failed(breaker)
             raise BackendUnavailableError(f"kv {self.binding} {op}: no answer within {budget}s", backend="kv") from exc

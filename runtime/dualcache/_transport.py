@@ -49,10 +49,16 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Ticket:
-    """What the gate knows of the bounded call it serves: its deadline, and whether it got in."""
+    """What the gate knows of the bounded call it serves: its deadline, and whether (and when) it got in.
+
+    ``on_admit``, when set, is resolved by the gate at admission, so the caller can start the request's own
+    budget from that moment (a call that queues, see :func:`run_bounded`'s ``queue``).
+    """
 
     deadline: float
     admitted: bool = False
+    admitted_at: float = 0.0
+    on_admit: asyncio.Future[None] | None = None
 
 
 _TICKET: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("dualcache_ticket", default=None)
@@ -196,6 +202,9 @@ class AdmissionTransport(httpx.AsyncBaseTransport):
         await self.admission.acquire(wait, request)
         if ticket is not None:
             ticket.admitted = True
+            ticket.admitted_at = asyncio.get_running_loop().time()
+            if ticket.on_admit is not None and not ticket.on_admit.done():
+                ticket.on_admit.set_result(None)
         try:
             if self._inner is None:
                 assert self._factory is not None
@@ -315,27 +324,50 @@ so under overload the excess is shed at the gate (a fast miss, nothing sent) rat
 late to finish, which would load the target with requests nobody waits for any more."""
 
 
-async def run_bounded(coro: Coroutine[Any, Any, T], budget: float, abandoner: Abandoner) -> T:
+async def run_bounded(
+    coro: Coroutine[Any, Any, T], budget: float, abandoner: Abandoner, *, queue: float | None = None
+) -> T:
     """Await ``coro`` at most ``budget`` seconds; past it, abandon it and raise :class:`BudgetExceeded`.
 
-    The coroutine runs in its own task with a deadline the admission gates see (``GATE_SHARE`` of the
-    budget). A caller that is cancelled abandons the request the same way, so a cancelled caller never
-    cancels a pooled request.
+    The coroutine runs in its own task with a deadline the admission gates see. Without ``queue`` that is
+    ``GATE_SHARE`` of the budget, and the whole call, gate wait included, gets ``budget``. With ``queue``, the
+    call may wait up to ``queue`` seconds at the gate (a queue with a deadline: under a burst, callers wait
+    their turn instead of timing out), and ``budget`` counts from its admission. A caller that is cancelled
+    abandons the request the same way, so a cancelled caller never cancels a pooled request.
 
     Raises:
-        BudgetExceeded: no answer within ``budget``.
+        BudgetExceeded: no answer within ``budget`` (of admission, when ``queue`` is given).
     """
     loop = asyncio.get_running_loop()
-    ticket = _Ticket(deadline=loop.time() + budget * GATE_SHARE)
+    started = loop.time()
+    admit: asyncio.Future[None] | None = None
+    if queue is None:
+        ticket = _Ticket(deadline=started + budget * GATE_SHARE)
+    else:
+        admit = loop.create_future()
+        ticket = _Ticket(deadline=started + queue, on_admit=admit)
     context = contextvars.copy_context()
     context.run(_TICKET.set, ticket)
     task: asyncio.Task[T] = loop.create_task(coro, context=context)
     try:
-        done, _ = await asyncio.wait((task,), timeout=budget)
+        if admit is None:
+            done, _ = await asyncio.wait((task,), timeout=budget)
+        else:
+            assert queue is not None
+            waits: tuple[asyncio.Future[Any], ...] = (task, admit)
+            done_any, _ = await asyncio.wait(waits, timeout=queue + budget, return_when=asyncio.FIRST_COMPLETED)
+            done = {f for f in done_any if f is task}
+            if task not in done and admit.done():
+                # Admitted: the request itself gets its budget from now on.
+                left = ticket.admitted_at + budget - loop.time()
+                done, _ = await asyncio.wait((task,), timeout=max(left, 0.0))
     except asyncio.CancelledError:
         abandoner.abandon(task, ticket)
         raise
-    if not done:
+    finally:
+        if admit is not None and not admit.done():
+            admit.cancel()
+    if task not in done:
         abandoner.abandon(task, ticket)
         raise BudgetExceeded(f"no answer within {budget:.3g}s")
     return task.result()

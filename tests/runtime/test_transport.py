@@ -129,7 +129,7 @@ def test_dualcache_rejects_a_wrong_budget_object_and_a_bad_kv_timeout() -> None:
 
 def test_dualcache_builds_one_sized_pool_per_layer() -> None:
     limits = PoolLimits(kv=LayerLimits(10, 7), gateway=LayerLimits(6, 5), provider=LayerLimits(4, 3))
-    cache = DualCache(OUTPUTS, api_token="t", limits=limits, timeouts=Timeouts(kv_read=0.5, kv_write=2.0))
+    cache = DualCache(OUTPUTS, api_token="t", limits=limits, timeouts=Timeouts(kv_read=0.5, kv_write=2.0, kv_queue=1.0))
     gates = [admission_of(c) for c in (cache._kv_http, cache._gateway_http, cache._provider_http)]
     assert [(g.layer, g.limit) for g in gates if g is not None] == [("kv", 7), ("gateway", 5), ("provider", 3)]
     assert cache._kv_http.timeout.read == 2.0 and cache._kv_http.timeout.pool == 2.0
@@ -170,7 +170,7 @@ def _memory() -> Any:
 async def test_dualcache_kv_read_without_a_place_is_a_skipped_miss_not_an_error() -> None:
     handler = Counting(hold={"api.test"})
     limits = PoolLimits(kv=LayerLimits(2, 1))
-    async with cache_over(handler, limits=limits, timeouts=Timeouts(kv_read=0.2)) as cache:
+    async with cache_over(handler, limits=limits, timeouts=Timeouts(kv_read=0.2, kv_queue=0.2)) as cache:
         vectors = await asyncio.gather(cache.embed("first"), cache.embed("second"))
         snap = cache.stats.snapshot()["embeddings"]
         store = cache.kv("EMBEDDINGS_CACHE")
@@ -183,6 +183,33 @@ async def test_dualcache_kv_read_without_a_place_is_a_skipped_miss_not_an_error(
         assert admission_of(cache._kv_http).in_flight == 0  # type: ignore[union-attr]
     assert [len(v) for v in vectors] == [768, 768]
     assert (snap["errors"], snap["kv_skipped"], snap["provider_calls"], snap["failures"]) == (1, 1, 2, 0)
+
+
+async def test_dualcache_kv_reads_wait_their_turn_in_the_queue_instead_of_becoming_misses() -> None:
+    # One place at the KV gate, reads that take 0.15 s, a read budget of 0.2 s: ten concurrent reads need
+    # 1.5 s in all. Each waits its turn (kv_queue) and then has its own budget, so none is skipped or fails;
+    # with the gate wait counted in the read budget, all but the first would have been misses.
+    handler = Counting(delay=0.15)
+    limits = PoolLimits(kv=LayerLimits(2, 1))
+    store_timeouts = Timeouts(kv_read=0.2, kv_queue=5.0)
+    async with cache_over(handler, limits=limits, timeouts=store_timeouts) as cache:
+        store = cache.kv("EMBEDDINGS_CACHE")
+        got = await asyncio.gather(*(store.get(f"embed:{i}") for i in range(10)))
+        assert got == [None] * 10  # every read answered (the handler's KV has nothing)
+        assert (store.counts["errors"], store.counts["skipped"]) == (0, 0)
+        assert handler.calls["api.test"] == 10 and handler.peak["api.test"] == 1
+
+
+async def test_kv_read_budget_counts_from_admission_not_from_the_queue() -> None:
+    # Admitted at once, a read that hangs is still abandoned after kv_read, whatever kv_queue allows.
+    handler = Counting(hold={"api.test"})
+    async with cache_over(handler, timeouts=Timeouts(kv_read=0.05, kv_queue=30.0, grace=0.05)) as cache:
+        store = cache.kv("EMBEDDINGS_CACHE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailableError, match="no answer within 0.05s"):
+            await store.get("embed:x")
+        assert asyncio.get_running_loop().time() - started < 10.0  # far below kv_queue + kv_read
+        handler.released.set()
 
 
 # -- abandonment ------------------------------------------------------------------------------------
