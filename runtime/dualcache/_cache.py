@@ -88,6 +88,7 @@ __all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBacke
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 KVBackendFactory = Callable[[Namespace], KVBackend]
 """Builds the backend of one namespace (called once per namespace, on first use)."""
@@ -894,17 +895,8 @@ class DualCache:
         read: RecordStatus | None = RecordStatus.MISSING
         # A key already in flight is joined without a KV read (its answer is what KV is about to hold).
         if should_read_kv(policy) and self._flights.get(flight_key) is None:
-            store = self._store(policy)
-            try:
-                raw, ok = await self._read_shared(op, store, flight_key, key)
-            except BaseException:
-                self.stats.record(op, Outcome.FAILED)
-                raise
-            read, vector = self._decode_embedding(op, key, raw) if ok else (None, None)
-            if vector is None and (pending := self._pending(store, key)) is not None:
-                vector = self._decode_embedding(op, key, pending)[1]
+            read, vector = await self._read_hit(op, policy, flight_key, key, self._decode_embedding)
             if vector is not None:
-                self.stats.record(op, Outcome.KV_HIT)
                 return vector
 
         async def compute() -> tuple[list[float], Outcome]:
@@ -1075,6 +1067,32 @@ class DualCache:
         batch = await self._kv_read_many(op, store, keys)
         return {k: (None, _busy(batch.failed[k])) if k in batch.failed else (batch.values.get(k), True) for k in keys}
 
+    async def _read_hit(
+        self,
+        op: Operation,
+        policy: OperationPolicy,
+        flight_key: str,
+        key: str,
+        decode: Callable[[Operation, str, bytes | None], tuple[RecordStatus, V | None]],
+    ) -> tuple[RecordStatus | None, V | None]:
+        """The hit path of one key: the (shared) KV read, else a record still queued for writing.
+
+        Returns ``(read, value)``: what the read found (``None`` when it failed), and the value on a hit,
+        which is counted as a KV hit here.
+        """
+        store = self._store(policy)
+        try:
+            raw, ok = await self._read_shared(op, store, flight_key, key)
+        except BaseException:
+            self.stats.record(op, Outcome.FAILED)
+            raise
+        read, value = decode(op, key, raw) if ok else (None, None)
+        if value is None and (pending := self._pending(store, key)) is not None:
+            value = decode(op, key, pending)[1]
+        if value is not None:
+            self.stats.record(op, Outcome.KV_HIT)
+        return read, value
+
     async def _read_shared(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
         """``_kv_read`` of ``key``, shared with the concurrent readers of the same key (see ``SharedReads``)."""
         if not self._flights.enabled:
@@ -1231,17 +1249,8 @@ class DualCache:
             serve_key = key + "\x00refresh"
         flight_key = f"{op.value}\x00{serve_key}"
         if not refresh and should_read_kv(policy) and self._flights.get(flight_key) is None:
-            store = self._store(policy)
-            try:
-                raw, ok = await self._read_shared(op, store, flight_key, key)
-            except BaseException:
-                self.stats.record(op, Outcome.FAILED)
-                raise
-            read, value = self._decode_json(op, key, raw) if ok else (None, None)
-            if value is None and (pending := self._pending(store, key)) is not None:
-                value = self._decode_json(op, key, pending)[1]
+            read, value = await self._read_hit(op, policy, flight_key, key, self._decode_json)
             if value is not None:
-                self.stats.record(op, Outcome.KV_HIT)
                 return value
 
         async def fetch() -> tuple[dict[str, Any], Outcome]:
