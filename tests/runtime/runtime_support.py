@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from dualcache import KVStore
+from dualcache import KVStore, Namespace, StackOutputs
 from dualcache._records import expected_dimensions
 
 
@@ -109,3 +109,20 @@ class FakeCloud:
         return httpx.Response(
             200, json={"result": result, "success": True, "errors": [], "messages": []}, headers=headers
         )
+
+
+def fake_outputs(*, account_id: str = "a" * 32) -> StackOutputs:
+    """Outputs of a stack on fake hosts (``api.test``, ``gw.test``), trusted explicitly: by default only
+    Cloudflare's own hosts (or loopback) get a token."""
+    return StackOutputs.from_data(
+        dict(
+            stack="test",
+            account_id=account_id,
+            gateway_id="gw",
+            api_base_url="https://api.test/client/v4",
+            gateway_base_url="https://gw.test/v1",
+            namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
+            worker_name="api",
+        ),
+        trusted_hosts=["api.test", "gw.test"],
+    )

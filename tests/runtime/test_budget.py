@@ -8,35 +8,21 @@ from typing import Any
 
 import httpx
 import pytest
-from runtime_support import FakeClock, FakeCloud
+from runtime_support import FakeClock, FakeCloud, fake_outputs
 
 from dualcache import (
     CloudflareKVBackend,
     ConfigError,
     DualCache,
     KVStore,
-    Namespace,
     RateLimitedError,
     RequestBudget,
     SkippedError,
-    StackOutputs,
 )
 from dualcache._budget import RateLimitInfo, parse_rate_limit_headers
 
 ACCOUNT = "a" * 32
-# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
-OUTPUTS = StackOutputs.from_data(
-    dict(
-        stack="test",
-        account_id=ACCOUNT,
-        gateway_id="gw",
-        api_base_url="https://api.test/client/v4",
-        gateway_base_url="https://gw.test/v1",
-        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
-        worker_name="api",
-    ),
-    trusted_hosts=["api.test", "gw.test"],
-)
+OUTPUTS = fake_outputs()
 
 
 class Waits:

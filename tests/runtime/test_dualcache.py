@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from runtime_support import FakeClock, FakeCloud
+from runtime_support import FakeClock, FakeCloud, fake_outputs
 
 from dualcache import (
     BackendUnavailableError,
@@ -26,26 +26,13 @@ from dualcache import (
     Namespace,
     Policies,
     RetryPolicy,
-    StackOutputs,
     UsageError,
 )
 
 ACCOUNT = "a" * 32
 MODEL = "@cf/baai/bge-base-en-v1.5"
 MSGS = [{"role": "user", "content": "Analyze this job for me"}]
-# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
-OUTPUTS = StackOutputs.from_data(
-    dict(
-        stack="test",
-        account_id=ACCOUNT,
-        gateway_id="gw",
-        api_base_url="https://api.test/client/v4",
-        gateway_base_url="https://gw.test/v1",
-        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
-        worker_name="api",
-    ),
-    trusted_hosts=["api.test", "gw.test"],
-)
+OUTPUTS = fake_outputs()
 
 
 class Env:

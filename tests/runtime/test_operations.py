@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from runtime_support import FakeClock, FakeCloud
+from runtime_support import FakeClock, FakeCloud, fake_outputs
 
 from dualcache import (
     ConfigError,
@@ -17,32 +17,18 @@ from dualcache import (
     InvalidInputError,
     MemoryKVBackend,
     Models,
-    Namespace,
     Operation,
     Policies,
     PriceTable,
     RetryPolicy,
     Scope,
-    StackOutputs,
     WriteBehindPolicy,
 )
 
 ACCOUNT = "a" * 32
 LLAMA = "@cf/meta/llama-3.1-8b-instruct"
 MSGS = [{"role": "user", "content": "Summarize this job posting"}]
-# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
-OUTPUTS = StackOutputs.from_data(
-    dict(
-        stack="test",
-        account_id=ACCOUNT,
-        gateway_id="gw",
-        api_base_url="https://api.test/client/v4",
-        gateway_base_url="https://gw.test/v1",
-        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
-        worker_name="api",
-    ),
-    trusted_hosts=["api.test", "gw.test"],
-)
+OUTPUTS = fake_outputs()
 SUMMARIZE = {"kv": True, "kv_ttl": 86_400, "kv_namespace": "API_CACHE", "gateway": "skip"}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from runtime_support import FakeCloud
+from runtime_support import FakeCloud, fake_outputs
 
 import dualcache._records
 from dualcache import (
@@ -22,7 +22,6 @@ from dualcache import (
     Namespace,
     OperationPolicy,
     Policies,
-    StackOutputs,
 )
 from dualcache._keys import embed_key
 from dualcache._records import (
@@ -316,19 +315,7 @@ def test_judge_json_record_accepts_many_shallow_brackets() -> None:
 
 # -- the decode memo ----------------------------------------------------------------------------------
 
-# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
-OUTPUTS = StackOutputs.from_data(
-    dict(
-        stack="test",
-        account_id="a" * 32,
-        gateway_id="gw",
-        api_base_url="https://api.test/client/v4",
-        gateway_base_url="https://gw.test/v1",
-        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
-        worker_name="api",
-    ),
-    trusted_hosts=["api.test", "gw.test"],
-)
+OUTPUTS = fake_outputs()
 
 
 def _cache(backend: MemoryKVBackend, cloud: FakeCloud, **kwargs: Any) -> DualCache:

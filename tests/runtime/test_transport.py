@@ -9,33 +9,20 @@ from typing import Any
 
 import httpx
 import pytest
+from runtime_support import fake_outputs
 
 from dualcache import (
     BackendUnavailableError,
     ConfigError,
     DualCache,
     LayerLimits,
-    Namespace,
     PoolLimits,
     SkippedError,
-    StackOutputs,
     Timeouts,
 )
 from dualcache._transport import admission_of, build_client
 
-# Fake hosts, trusted explicitly: by default only Cloudflare's own hosts (or loopback) get a token.
-OUTPUTS = StackOutputs.from_data(
-    dict(
-        stack="test",
-        account_id="0" * 32,
-        gateway_id="gw",
-        api_base_url="https://api.test/client/v4",
-        gateway_base_url="https://gw.test/v1",
-        namespaces={n: f"{i:032x}" for i, n in enumerate(Namespace, start=1)},
-        worker_name="api",
-    ),
-    trusted_hosts=["api.test", "gw.test"],
-)
+OUTPUTS = fake_outputs(account_id="0" * 32)
 
 
 class Counting:
