@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,10 @@ class HeldKVWrites(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_bursts_500_distinct_misses_land_in_kv_and_no_caller_waits_for_a_write(emu: Any) -> None:
+async def test_bursts_500_distinct_misses_land_in_kv_and_no_caller_waits_for_a_write(
+    emu: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dualcache")
     emu.control.set_faults({"upstream": {"latency_ms": 100}})
     transport = HeldKVWrites()
     texts = [f"burst posting {i}: backend engineer, Python and Postgres" for i in range(500)]
@@ -78,7 +82,11 @@ async def test_bursts_500_distinct_misses_land_in_kv_and_no_caller_waits_for_a_w
         snap = cache.stats.snapshot()["embeddings"]
     assert len(stored) >= 495  # the goal: >= 99 % of the burst in KV afterwards
     assert len(stored) == 500  # and with KV healthy, all of it
-    assert (snap["provider_calls"], snap["failures"], snap["errors"], snap["kv_write_dropped"]) == (500, 0, 0, 0)
+    # A fault absorbed by a retry is still a fault (counted in errors); on a loaded machine a model call can meet one
+    # (a connection closed under it). Every error must be such a retried attempt, logged, and no caller failed.
+    retried = [r.getMessage() for r in caplog.records if "failed" in r.msg and "retrying" in r.msg]
+    assert (snap["provider_calls"], snap["failures"], snap["kv_write_dropped"]) == (500, 0, 0)
+    assert snap["errors"] == len(retried), (snap["errors"], retried)
     after = emu.control.stats()
     assert 5 <= after["kv"]["bulk_write"] + after["kv"]["put"] <= 500  # batched: at most 100 keys a write
     assert after["kv"]["bulk_write"] >= 1

@@ -394,7 +394,17 @@ class Emulator:
         port = sock.getsockname()[1]
         self.url = f"http://{connect_host(self.host)}:{port}"
         app = create_app(state)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+        # uvicorn closes a connection idle for 5 s by default; a pooled client that picks such a connection just as
+        # it closes gets "server disconnected" and retries (a fault counted in ``errors``). Cloudflare's edge keeps
+        # idle connections far longer, so the emulator does too.
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=75,
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dualcache-emulator", daemon=True)
         self._state, self._server, self._thread, self._sock = state, server, thread, sock
