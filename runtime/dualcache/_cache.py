@@ -40,6 +40,7 @@ from dualcache._gateway import (
     Sleep,
     UpstreamClient,
     UpstreamResult,
+    embedding_request,
     parse_json_object,
 )
 from dualcache._keys import (
@@ -125,6 +126,9 @@ class Models:
             sent) or ``"cls"`` (sent; its vectors are not compatible with mean ones).
         embedding_max_chars: The text sent to the model is cut to this many characters (the seed: 2,000);
             the key hashes the full text.
+        embedding_encoding: For an OpenAI embeddings model (any ``embeddings`` not starting with ``@cf/``):
+            the ``encoding_format`` asked, ``"base64"`` (the OpenAI SDK's default) or ``"float"``. Not part
+            of the KV key (both decode to the same vectors), part of the gateway's (the bodies differ).
 
     Raises:
         ConfigError: a pooling other than mean or cls, a ``embedding_max_chars`` < 1, or an empty model.
@@ -139,8 +143,11 @@ class Models:
     resume_parsing_image: str = "gpt-4o"
     embedding_pooling: str = "mean"
     embedding_max_chars: int = EMBED_INPUT_MAX_CHARS
+    embedding_encoding: str = "base64"
 
     def __post_init__(self) -> None:
+        if self.embedding_encoding not in ("base64", "float"):
+            raise ConfigError(f"Models.embedding_encoding={self.embedding_encoding!r}: must be 'base64' or 'float'")
         for name in (
             "embeddings",
             "job_analysis",
@@ -464,6 +471,7 @@ class DualCache:
             provider_client=self._provider_http,
             timeouts=self.timeouts,
             breaker=self._breaker_policy,
+            gateway_api=outputs.gateway_api if outputs else "legacy",
         )
 
     # -- construction -------------------------------------------------------------------------------
@@ -856,12 +864,10 @@ class DualCache:
                 return status, list(vector)
         return status, vector
 
-    def _embed_payload(self, text: str | list[str]) -> dict[str, Any]:
-        """The Workers AI body: ``pooling`` only when it is not the bge models' default (mean)."""
-        payload: dict[str, Any] = {"text": text}
-        if self.models.embedding_pooling != "mean":
-            payload["pooling"] = self.models.embedding_pooling
-        return payload
+    def _embed_request(self, text: str | list[str]) -> tuple[Provider, str, dict[str, Any]]:
+        """``(provider, path, body)`` of an embeddings call (Workers AI, or OpenAI: see ``embedding_request``)."""
+        m = self.models
+        return embedding_request(m.embeddings, text, pooling=m.embedding_pooling, encoding=m.embedding_encoding)
 
     def _embedding_entry(self, key: str, text: str, vector: list[float], ttl: int | None) -> KVEntry:
         record = build_embedding_record(text, vector, self.models.embeddings, self._clock())
@@ -888,7 +894,7 @@ class DualCache:
         """
         self._check_open()
         _check_text(text)
-        self._upstream.check_configured(Provider.WORKERS_AI)
+        self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
@@ -902,12 +908,12 @@ class DualCache:
         async def compute() -> tuple[list[float], Outcome]:
             mark = self._begin_compute()
             try:
-                payload = self._embed_payload(text[: self.models.embedding_max_chars])
+                provider, path, payload = self._embed_request(text[: self.models.embedding_max_chars])
                 dims = expected_dimensions(self.models.embeddings)
                 result = await self._upstream_call(
                     op,
-                    Provider.WORKERS_AI,
-                    self.models.embeddings,
+                    provider,
+                    path,
                     payload,
                     policy=policy,
                     check=lambda r: self._vectors(r, 1, dims),
@@ -944,7 +950,7 @@ class DualCache:
             _check_text(t, f"texts[{i}]")
         if not texts:
             return []
-        self._upstream.check_configured(Provider.WORKERS_AI)
+        self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
@@ -1132,11 +1138,12 @@ class DualCache:
                 for i in range(0, len(inputs), _EMBED_BATCH):
                     chunk = inputs[i : i + _EMBED_BATCH]
                     dims, n = expected_dimensions(self.models.embeddings), len(chunk)
+                    provider, path, payload = self._embed_request(chunk)
                     result = await self._upstream_call(
                         op,
-                        Provider.WORKERS_AI,
-                        self.models.embeddings,
-                        self._embed_payload(chunk),
+                        provider,
+                        path,
+                        payload,
                         policy=policy,
                         check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
                     )

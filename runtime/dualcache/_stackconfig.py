@@ -25,6 +25,7 @@ from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yam
 __all__ = [
     "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
+    "GATEWAY_APIS",
     "GATEWAY_ID_PATTERN",
     "PLACEHOLDER_ACCOUNT_ID",
     "PLACEHOLDER_NAMESPACE_ID",
@@ -32,6 +33,8 @@ __all__ = [
     "STACK_FILE_MAX_BYTES",
     "CustomDomainSettings",
     "DataPlaneSettings",
+    "GatewayApi",
+    "GatewayRetrySettings",
     "GatewaySettings",
     "NamespaceSettings",
     "RateLimitSettings",
@@ -136,10 +139,34 @@ class RateLimitSettings(_Settings):
         return self.limit > 0 and self.interval > 0
 
 
+GatewayApi = Literal["legacy", "rest"]
+"""The gateway's URL shape the runtime uses: ``legacy`` (``gateway.ai.cloudflare.com/v1/{account}/{gateway}/...``)
+or ``rest`` (``api.cloudflare.com/client/v4/accounts/{account}/ai/...`` with a ``cf-aig-gateway-id`` header)."""
+GATEWAY_APIS: tuple[GatewayApi, ...] = ("legacy", "rest")
+
+
+class GatewayRetrySettings(_Settings):
+    """The gateway's own retry defaults (``cloudflare.AiGateway`` ``retry_max_attempts`` / ``retry_delay`` /
+    ``retry_backoff``), for requests that do not say otherwise.
+
+    dualcache's runtime sends ``cf-aig-max-attempts`` and the other retry headers on every request, which
+    override these; they are declared so the gateway's behaviour for every other caller (the API Worker) is
+    in the stack file, not in dashboard state. Bounds: attempts 1..5 (provider and docs), delay in
+    milliseconds 0..5000 (the provider takes 0..60000, the docs say "maximum of 5 seconds").
+    """
+
+    max_attempts: int = Field(default=3, ge=1, le=5)
+    delay: int = Field(default=500, ge=0, le=5_000)
+    backoff: Literal["constant", "linear", "exponential"] = "exponential"
+
+
 class GatewaySettings(_Settings):
-    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
+    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments), and the URL shape (``api``)
+    the runtime reaches it by (exported in the stack output as ``gateway_api``)."""
 
     id: str | None = None
+    api: GatewayApi = "legacy"
+    retry: GatewayRetrySettings = GatewayRetrySettings()
     cache_ttl: int = 0
     cache_invalidate_on_update: bool = True
     collect_logs: bool = True
