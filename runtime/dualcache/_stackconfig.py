@@ -151,13 +151,16 @@ class GatewayRetrySettings(_Settings):
 
     dualcache's runtime sends ``cf-aig-max-attempts`` and the other retry headers on every request, which
     override these; they are declared so the gateway's behaviour for every other caller (the API Worker) is
-    in the stack file, not in dashboard state. Bounds: attempts 1..5 (provider and docs), delay in
-    milliseconds 0..5000 (the provider takes 0..60000, the docs say "maximum of 5 seconds").
+    in the stack file, not in dashboard state. The default is one attempt (no gateway retries): a caller that
+    retries on its own and sends no headers then never has its retries multiplied by the gateway's. (The
+    provider's schema calls the field "maximum number of retry attempts (1-5)"; its minimum of 1 reads as
+    attempts, the first included, since 0 retries could not be declared otherwise.) Bounds: attempts 1..5,
+    delay in milliseconds 0..5000 (the provider takes 0..60000, the docs say "maximum of 5 seconds").
     """
 
-    max_attempts: int = Field(default=3, ge=1, le=5)
+    max_attempts: int = Field(default=1, ge=1, le=5)
     delay: int = Field(default=500, ge=0, le=5_000)
-    backoff: Literal["constant", "linear", "exponential"] = "exponential"
+    backoff: Literal["constant", "linear", "exponential"] = "constant"
 
 
 class GatewaySettings(_Settings):

@@ -44,7 +44,7 @@ from dualcache._exceptions import ConfigError
 from dualcache._outputs import is_loopback_host
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, KV_MIN_TTL
 from dualcache._untrusted import redact_url
-from dualcache.local import _models
+from dualcache.local import _ai_rest, _models
 from dualcache.local._clock import Clock
 from dualcache.local._store import CachedResponse, KVEntry, Store
 
@@ -259,7 +259,7 @@ def _empty_stats() -> dict[str, Any]:
         "kv": dict.fromkeys(KV_OPERATIONS, 0),
         # KV operations through the data plane (the Worker's API), its refused requests and health checks.
         "data_plane": {**dict.fromkeys(KV_OPERATIONS, 0), "unauthorized": 0, "health": 0},
-        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused"), 0),
+        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused", "retries"), 0),
         "upstream": Counter(),
         "direct": Counter(),
         "faults": dict.fromkeys(FAULT_TARGETS, 0),
@@ -1656,6 +1656,10 @@ class _Handler:
                 return await self.gateways.collection(request, account_id)
             if n == 3:
                 return await self.gateways.item(request, account_id, seg[2])
+        if n >= 2 and seg[0] == "ai":  # the AI REST API through a gateway (_ai_rest); None: not one of its routes
+            served = await _ai_rest.route_ai(self, request, account_id, raw, seg)
+            if served is not None:
+                return served
         if n >= 3 and seg[:2] == ["ai", "run"]:
             if request.method != "POST":
                 raise _method_not_allowed(request)
@@ -1898,7 +1902,7 @@ class _Handler:
                 local = provider == "workers-ai" or state.openai_upstream is None
                 return self.reply_response(ModelReply(hit.status, hit.body, hit.content_type, local), headers)
         state.count("gateway", "skips" if skip else "misses")
-        reply = await self.invoke(provider, model, data, request, path=rest)
+        reply = await _ai_rest.gateway_invoke(self, gateway, provider, model, data, request, path=rest)
         if cacheable and reply.status == 200:
             state.store.cache_put(
                 account_id,
