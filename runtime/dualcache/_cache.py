@@ -354,6 +354,10 @@ class DualCache:
         limits: Pool and admission sizes of each layer.
         breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
         monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
+        on_upstream: Called with ``(operation, result)`` after every answered provider call (an
+            :class:`~dualcache.UpstreamResult`: route, ``cache_status``, ``log_id`` = ``cf-aig-log-id``, the
+            ``cf-aig-*`` headers), to correlate answers with the gateway's logs; an exception it raises is
+            logged, never passed to the caller.
     """
 
     def __init__(
@@ -387,7 +391,11 @@ class DualCache:
         limits: PoolLimits | None = None,
         breaker: BreakerPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
+        on_upstream: Callable[[Operation, UpstreamResult], object] | None = None,
     ) -> None:
+        if on_upstream is not None and not callable(on_upstream):
+            raise ConfigError(f"on_upstream must be callable, got {type(on_upstream).__name__}")
+        self._on_upstream = on_upstream
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
         for name, value in (("timeouts", timeouts), ("limits", limits), ("breaker", breaker)):
@@ -734,6 +742,11 @@ class DualCache:
                 result.cache_status,
                 result.log_id,
             )
+            if self._on_upstream is not None:
+                try:
+                    self._on_upstream(op, result)
+                except Exception:  # an observer must never fail the call it observes
+                    logger.exception("%s: the on_upstream hook raised; the answer is still served", op.value)
             return result
         finally:
             self.stats.upstream(op, record.attempts)

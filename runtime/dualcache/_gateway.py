@@ -483,6 +483,8 @@ class UpstreamResult:
         cache_status: ``cf-aig-cache-status`` (``HIT``/``MISS``) when the gateway answered, else ``None``.
         log_id: ``cf-aig-log-id`` when present: the gateway log entry of this request (opaque: a ULID on
             older accounts, a UUIDv7 on newer ones), for correlating a result with the gateway's logs.
+        headers: Every ``cf-aig-*`` response header (``cf-aig-log-id``, ``cf-aig-request-id``,
+            ``cf-aig-cache-status``, ``cf-aig-step`` ...), lower-cased: the gateway's metadata of this answer.
     """
 
     data: Any
@@ -898,4 +900,5 @@ class UpstreamClient:
             route=route,
             cache_status=response.headers.get("cf-aig-cache-status") if route is Route.GATEWAY else None,
             log_id=response.headers.get("cf-aig-log-id"),
+            headers={k.lower(): v for k, v in response.headers.items() if k.lower().startswith("cf-aig-")},
         )
