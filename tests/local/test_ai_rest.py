@@ -224,3 +224,26 @@ def test_ai_rest_openai_sdk_embeddings_default_to_base64_and_decode(rest_sdk: op
     assert len(packed.data[0].embedding) == 768
     assert packed.data[0].embedding == list(struct.unpack("<768f", struct.pack("<768f", *floats.data[0].embedding)))
     assert emu.control.stats()["upstream"] == {BGE: 2}  # two bodies, two gateway entries
+
+
+def test_ai_rest_authorization_is_enough_for_an_authenticated_gateway(
+    client: httpx.Client, emu: Emulator, gateways: Gateways
+) -> None:
+    gw = gateways.create(authentication=True)
+    body = {"text": "x"}
+    rest = client.post(ai(emu, f"run/{BGE}"), json=body, headers={"cf-aig-gateway-id": gw, "authorization": "Bearer t"})
+    assert rest.status_code == 200 and rest.headers["cf-aig-cache-status"] == "MISS"
+    bare = client.post(legacy(emu, f"workers-ai/{BGE}", gw), json=body, headers={"authorization": "Bearer t"})
+    assert bare.status_code == 401  # the legacy URL still needs cf-aig-authorization
+    assert emu.control.stats()["gateway"]["refused"] == 1
+
+
+def test_ai_rest_legacy_workers_ai_openai_compatible_embeddings(client: httpx.Client, emu: Emulator) -> None:
+    r = client.post(
+        legacy(emu, "workers-ai/v1/embeddings"),
+        json={"model": BGE, "input": ["a", "b"], "encoding_format": "base64"},
+        headers={"authorization": "Bearer t", "cf-aig-skip-cache": "true"},
+    )
+    assert r.status_code == 200
+    assert [len(base64.b64decode(item["embedding"])) for item in r.json()["data"]] == [768 * 4, 768 * 4]
+    assert emu.control.stats()["upstream"] == {BGE: 1}
