@@ -707,8 +707,10 @@ class UpstreamClient:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
-        breaker, a full pool) and the policy allows it; retries 429/5xx within :class:`RetryPolicy` and
-        the route's budget (:class:`~dualcache.Timeouts`) on each route.
+        breaker, a full pool) and the policy allows it. Retries 429/5xx within :class:`RetryPolicy` and the
+        route's budget (:class:`~dualcache.Timeouts`), one owner per route: on the gateway route the request
+        carries :func:`plan_gateway_retries`' headers and the client sends it ``client_attempts`` times (once
+        when the gateway owns retries); on the direct route the client retries.
 
         ``check`` validates an answer (see ``dualcache._answers``); a bad one (a
         :class:`~dualcache.BadResponseError`) is counted in ``record.faults`` and, from the gateway, tried once

@@ -247,3 +247,17 @@ def test_ai_rest_legacy_workers_ai_openai_compatible_embeddings(client: httpx.Cl
     assert r.status_code == 200
     assert [len(base64.b64decode(item["embedding"])) for item in r.json()["data"]] == [768 * 4, 768 * 4]
     assert emu.control.stats()["upstream"] == {BGE: 1}
+
+
+def test_ai_rest_openai_sdk_openai_embeddings_base64_default_matches_float(emu: Emulator) -> None:
+    o = emu.outputs
+    base_url = f"{o.gateway_base_url}/{o.account_id}/{o.gateway_id}/openai"
+    text = unique()
+    with openai.OpenAI(api_key="sk-local", base_url=base_url, max_retries=0) as sdk:
+        packed = sdk.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[text])
+        floats = sdk.embeddings.create(model="text-embedding-3-small", input=[text], encoding_format="float")
+    vector = packed.parse().data[0].embedding
+    assert len(vector) == 1536
+    assert vector == list(struct.unpack("<1536f", struct.pack("<1536f", *floats.data[0].embedding)))
+    assert packed.headers["cf-aig-log-id"]
+    assert emu.control.stats()["upstream"] == {"text-embedding-3-small": 2}
