@@ -20,9 +20,11 @@ from dualcache._exceptions import ConfigError, UsageError
 from dualcache._outputs import StackOutputs
 from dualcache._policy import Namespace
 from dualcache._stackconfig import StackConfig, load_stack_config
-from dualcache.local._app import DATA_PLANE_PATH, DataPlane, EmulatorState, create_app
+from dualcache.local._app import create_app
 from dualcache.local._clock import Clock
+from dualcache.local._common import DATA_PLANE_PATH
 from dualcache.local._lock import DataDirLock
+from dualcache.local._state import DataPlane, EmulatorState
 from dualcache.local._store import Store
 
 __all__ = [
@@ -159,7 +161,7 @@ def provision(store: Store, config: StackConfig, now: float) -> None:
     the source of truth, as ``pulumi up`` would make it); its cache is kept unless the settings changed
     and ``cache_invalidate_on_update`` is on.
     """
-    from dualcache.local._app import _iso
+    from dualcache.local._common import _iso
 
     account = config.account_id
     for binding in Namespace:
