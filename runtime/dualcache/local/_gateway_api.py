@@ -178,3 +178,13 @@ class _Gateways:
             store.delete_gateway(account_id, gateway_id)
             return envelope(self._view(account_id, current))
         raise _method_not_allowed(request)
+
+    async def route(self, request: Request, account_id: str, raw: list[str], seg: list[str]) -> Response | None:
+        """``/client/v4/accounts/{id}/ai-gateway/gateways[/{gateway_id}]``; None: no such route."""
+        n = len(seg)
+        if n >= 2 and seg[:2] == ["ai-gateway", "gateways"]:
+            if n == 2:
+                return await self.collection(request, account_id)
+            if n == 3:
+                return await self.item(request, account_id, seg[2])
+        return None

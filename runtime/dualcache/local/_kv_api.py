@@ -652,3 +652,21 @@ class _KV:
             else:
                 values[key] = value
         return envelope({"values": values})
+
+    async def route(self, request: Request, account_id: str, raw: list[str], seg: list[str]) -> Response | None:
+        """``/client/v4/accounts/{id}/storage/kv/namespaces[/...]`` (the REST surface); None: no such route.
+
+        ``raw`` and ``seg`` are the path segments after the account id, as sent and decoded.
+        """
+        n = len(seg)
+        if n >= 3 and seg[:3] == ["storage", "kv", "namespaces"]:
+            fault = await self.state.apply_fault("kv")
+            if fault is not None:
+                raise self.state.fault_error("kv", fault)
+            if n == 3:
+                return await self.namespaces(request, account_id)
+            namespace_id = seg[3]
+            if n == 4:
+                return await self.one_namespace(request, account_id, namespace_id)
+            return await self.item(request, account_id, namespace_id, raw[4:], seg[4:])
+        return None

@@ -7,13 +7,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
 from dualcache.local import _models
-from dualcache.local._common import CODE_FAULT, WAI_INCOMPLETE, WAI_INVALID_DATA, WAI_NO_SUCH_MODEL
+from dualcache.local._common import (
+    CODE_FAULT,
+    WAI_INCOMPLETE,
+    WAI_INVALID_DATA,
+    WAI_NO_SUCH_MODEL,
+    _json_body,
+    _method_not_allowed,
+)
+from dualcache.local._state import EmulatorState
+
+logger = logging.getLogger(__name__)
 
 EMBED_BATCH_MAX = 100
 
@@ -253,3 +268,68 @@ def _fault_reply(provider: str, status: int) -> ModelReply:
         kind = "rate_limit_exceeded" if status == 429 else "server_error"
         return _json_reply(status, {"error": {"message": message, "type": kind, "param": None, "code": kind}})
     return _wai_error(status, CODE_FAULT, message)
+
+
+class _Models:
+    """Calls of the models (upstream of the gateway, or direct through ``/ai/run``), local or forwarded."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+
+    async def invoke(self, provider: str, model: str, data: Any, request: Request, *, path: str) -> ModelReply:
+        """Call the model (upstream): count it, apply upstream faults, answer locally or forward."""
+        self.state.count("upstream", model or "(none)")
+        fault = await self.state.apply_fault("upstream", provider)
+        if fault is not None:
+            return _fault_reply(provider, fault)
+        if provider == "workers-ai":
+            return run_workers_ai(model, data)
+        if self.state.openai_upstream is not None:
+            return await self.forward(path, request)
+        return run_openai(path, data, self.state.clock.now())
+
+    async def forward(self, path: str, request: Request) -> ModelReply:
+        assert self.state.openai_upstream is not None
+        url = f"{self.state.openai_upstream}/{path}"
+        headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
+        client = await self.state.http()
+        try:
+            upstream = await client.request(request.method, url, content=await request.body(), headers=headers)
+        except httpx.HTTPError as exc:
+            logger.warning("forwarding to the OpenAI upstream failed: %s", type(exc).__name__)
+            return _json_reply(
+                502,
+                {
+                    "error": {
+                        "message": f"the OpenAI upstream could not be reached: {type(exc).__name__}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "upstream_unreachable",
+                    }
+                },
+            )
+        return ModelReply(
+            upstream.status_code,
+            upstream.content,
+            upstream.headers.get("content-type", "application/json"),
+            local=False,
+        )
+
+    @staticmethod
+    def reply_response(reply: ModelReply, headers: dict[str, str]) -> Response:
+        if reply.local:
+            headers["x-dualcache-local-model"] = "true"
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
+
+    async def route(self, request: Request, account_id: str, raw: list[str], seg: list[str]) -> Response | None:
+        """``/client/v4/accounts/{id}/ai/run/{model}``: Workers AI called directly; None: no such route."""
+        n = len(seg)
+        if n >= 3 and seg[:2] == ["ai", "run"]:
+            if request.method != "POST":
+                raise _method_not_allowed(request)
+            model = "/".join(seg[2:])
+            data = await _json_body(request)
+            self.state.count("direct", model)
+            reply = await self.invoke("workers-ai", model, data, request, path=model)
+            return self.reply_response(reply, {})
+        return None

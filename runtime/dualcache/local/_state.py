@@ -22,10 +22,10 @@ from dualcache._exceptions import ConfigError
 from dualcache._outputs import is_loopback_host
 from dualcache._untrusted import redact_url
 from dualcache.local._clock import Clock
-from dualcache.local._common import CODE_FAULT, DATA_PLANE_PATH, HTTPError, _raw_path, cf_error
+from dualcache.local._common import CODE_AUTH, CODE_FAULT, DATA_PLANE_PATH, HTTPError, _bearer, _raw_path, cf_error
 from dualcache.local._store import Store
 
-__all__ = ["DataPlane", "EmulatorState", "FaultSpec"]
+__all__ = ["DataPlane", "EmulatorState", "FaultSpec", "check_api_token"]
 
 DEFAULT_RETRY_AFTER = 60
 """``retry-after`` (seconds) of an injected 429 unless the fault says otherwise. Facts §1.2: a 429 of the
@@ -386,3 +386,23 @@ class EmulatorState:
                     return max(1.0, start + interval - now)
             window.append(now)
             return None
+
+
+def check_api_token(state: EmulatorState, request: Request) -> None:
+    """Refuse a Cloudflare API request without ``state.token`` as its bearer token (no token: all pass).
+
+    Raises:
+        HTTPError: 401 when the token is missing, 403 when it is wrong.
+    """
+    token = state.token
+    if token is None:
+        return
+    given = request.headers.get("authorization")
+    if not given:
+        # Cloudflare's exact status for a missing token is not in the fact sheet: 401 here, 403 for a
+        # wrong one, both with code 10000 "Authentication error". Clients treat 401 and 403 alike.
+        state.count("api", "unauthorized")
+        raise cf_error(401, CODE_AUTH, "Authentication error: missing Authorization: Bearer <API token>")
+    if _bearer(given) != token:
+        state.count("api", "unauthorized")
+        raise cf_error(403, CODE_AUTH, "Authentication error")
