@@ -2,99 +2,74 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, assert_never
+from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
 
-from dualcache._answers import AnswerSchemas, check_vectors
+from dualcache._answers import AnswerSchemas
 from dualcache._breaker import BreakerPolicy
 from dualcache._budget import RequestBudget
 from dualcache._budgets import PoolLimits, Timeouts
-from dualcache._engine import CacheEngine
+from dualcache._embed_ops import EmbedOperations
+from dualcache._engine import _check_id, _check_text
 from dualcache._exceptions import (
-    BackendError,
-    BadResponseError,
     ConfigError,
     InvalidInputError,
 )
 from dualcache._gateway import (
     DEFAULT_OPENAI_BASE_URL,
-    Provider,
     RetryPolicy,
     Sleep,
     UpstreamClient,
-    UpstreamResult,
-    parse_json_object,
 )
+from dualcache._json_ops import JsonOperations
 from dualcache._keys import (
-    canonical_json,
-    check_utf8,
-    embed_key,
-    embedding_fingerprint,
     record_key,
-    sha256_hex,
     user_prefix,
 )
 from dualcache._kv import (
     Clock,
     KVBackend,
-    KVEntry,
     KVStore,
 )
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
-from dualcache._params import check_json_content, check_sampling
-from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
+from dualcache._policy import Namespace, Operation, Policies, Scope
 from dualcache._records import (
     DEFAULT_DECODE_MEMO_BYTES,
     EMBED_INPUT_MAX_CHARS,
-    RecordStatus,
-    build_embedding_record,
-    encode_json_record,
-    expected_dimensions,
-    judge_embedding_record,
-    judge_json_record,
-    should_coalesce,
-    should_read_kv,
-    should_write_kv,
 )
-from dualcache._singleflight import Flight, SharedReads, SingleFlight
-from dualcache._stats import Outcome, PriceTable, Stats
+from dualcache._singleflight import SharedReads, SingleFlight
+from dualcache._stats import PriceTable, Stats
 from dualcache._transport import build_client
 from dualcache._writebehind import WriteBehind, WriteBehindPolicy
 
 __all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
 
+
 logger = logging.getLogger(__name__)
+
 
 KVBackendFactory = Callable[[Namespace], KVBackend]
 """Builds the backend of one namespace (called once per namespace, on first use)."""
 
+
 DATA_PLANE_TOKEN_ENV_VAR = "DUALCACHE_DATA_PLANE_TOKEN"
 """Environment variable holding the data-plane token read by :meth:`DualCache.from_env`."""
 
+
 DEFAULT_DATA_DIR = Path(".dualcache")
 """Where the SQLite KV file lives when neither outputs nor a KV backend are given."""
-
-_EMBED_BATCH = 100  # Workers AI bge-base takes at most 100 texts a call (the emulator enforces the same).
-
-_RESUME_PROMPT = (
-    "You are an expert resume parser. Extract the candidate's details from the resume and answer with one JSON "
-    "object with the keys: name, email, phone, location, summary, skills (list of strings), experience (list of "
-    "{title, company, start, end, description}), education (list of {degree, institution, year})."
-)
 
 
 _POOLINGS = ("mean", "cls")
@@ -149,48 +124,6 @@ class Models:
             raise ConfigError(f"Models.embedding_max_chars={n!r}: must be an integer >= 1")
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One provider call of a JSON operation: the provider, its model, extra body fields."""
-
-    provider: Provider
-    model: str
-    params: Mapping[str, Any]
-
-
-def _check_id(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a non-empty string, got {type(value).__name__} {value!r:.80}")
-    if not value:
-        raise InvalidInputError(f"{name} is empty; pass a non-empty {name}")
-    check_utf8(name, value)
-    return value
-
-
-def _parse_provider(value: object, name: str) -> Provider:
-    try:
-        return Provider(value)  # type: ignore[arg-type]  # a wrong type is a ValueError too
-    except ValueError:
-        valid = ", ".join(repr(p.value) for p in Provider)
-        raise InvalidInputError(f"{name}={value!r:.80} is not a provider; valid: {valid}") from None
-
-
-_RESERVED_PARAMS = frozenset({"response_format", "stream"})
-
-
-def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    reserved = sorted(_RESERVED_PARAMS & set(params))
-    if reserved:
-        raise InvalidInputError(
-            f"{', '.join(reserved)} cannot be passed to run(): the answer is always asked for in JSON mode, unstreamed"
-        )
-    try:
-        json.dumps(params)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"params are not JSON-serializable: {exc}") from None
-    return dict(params)
-
-
 def _secret(value: str | SecretStr | None, name: str) -> SecretStr | None:
     if value is None or isinstance(value, SecretStr):
         return value
@@ -199,60 +132,7 @@ def _secret(value: str | SecretStr | None, name: str) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
-def _check_text(text: object, name: str = "text") -> str:
-    if not isinstance(text, str):
-        raise InvalidInputError(f"{name} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidInputError(f"{name} is empty (or only whitespace); pass the text to process")
-    check_utf8(name, text)
-    return text
-
-
-def _check_messages(messages: object) -> list[dict[str, Any]]:
-    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes) or not messages:
-        raise InvalidInputError(
-            "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, got " + repr(messages)[:80]
-        )
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise InvalidInputError(f"messages[{i}] must be a dict with 'role' (str) and 'content', got {m!r:.80}")
-        content = m["content"]
-        if isinstance(content, str):
-            if not content.strip():
-                raise InvalidInputError(f"messages[{i}].content is empty")
-        elif not isinstance(content, list) or not content:
-            raise InvalidInputError(f"messages[{i}].content must be a non-empty string or list of parts")
-        out.append(dict(m))
-    check_json_content(out, "messages")  # lone surrogates, NaN/Infinity: InvalidInputError, before any I/O
-    try:
-        json.dumps(out)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"messages are not JSON-serializable: {exc}") from None
-    return out
-
-
-_JSON_INSTRUCTION = {"role": "system", "content": "Answer with one JSON object."}
-
-
-def _with_json_instruction(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return ``messages`` with a system line asking for JSON when none of them mentions JSON.
-
-    OpenAI's JSON mode (``response_format: json_object``) refuses, with a 400, a conversation in which
-    the word "json" never appears; the caller's messages need not say it, since asking for JSON is
-    this library's choice.
-    """
-    for m in messages:
-        content = m.get("content")
-        parts = content if isinstance(content, list) else [content]
-        for part in parts:
-            text = part.get("text") if isinstance(part, Mapping) else part
-            if isinstance(text, str) and "json" in text.lower():
-                return messages
-    return [dict(_JSON_INSTRUCTION), *messages]
-
-
-class DualCache(CacheEngine):
+class DualCache(EmbedOperations, JsonOperations):
     """Dual-layer caching of AI calls: Workers KV, then the AI Gateway, then the provider.
 
     One instance per process (or per event loop); it owns one ``httpx.AsyncClient`` per layer (KV, the
@@ -551,721 +431,7 @@ class DualCache(CacheEngine):
         if self._transport is not None:
             await self._transport.aclose()  # injected: shared by the three clients, closed once
 
-    # -- embeddings ---------------------------------------------------------------------------------
-
-    def _decode_embedding(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, list[float] | None]:
-        try:
-            return self._judge_embedding(key, raw)
-        except Exception as exc:
-            return self._undecodable(op, key, exc)
-
-    def _judge_embedding(self, key: str, raw: bytes | None) -> tuple[RecordStatus, list[float] | None]:
-        # The memo holds (stored bytes, decoded list, bytes charged), ~29 KB a 768-d record: a hit hands
-        # out a copy of the list (callers may mutate it), 2 µs where a float32 array's tolist() costs 12.
-        if raw is not None and self._memo_bytes:
-            memo = self._memo.get(key)
-            if memo is not None:
-                if memo[0] is raw or memo[0] == raw:
-                    self._memo.move_to_end(key)
-                    return RecordStatus.HIT, list(memo[1])
-                self._memo_used -= self._memo.pop(key)[2]  # KV holds new bytes: the old decode is stale
-        status, vector = judge_embedding_record(raw, self.models.embeddings)
-        if status is RecordStatus.HIT and vector is not None and raw is not None and self._memo_bytes:
-            # The list's slots and its float objects (8 + 24 bytes a component), plus the tuple and links.
-            cost = len(raw) + 32 * len(vector) + 200
-            if cost <= self._memo_bytes:
-                self._memo[key] = (raw, vector, cost)
-                self._memo_used += cost
-                while self._memo_used > self._memo_bytes or (
-                    self._memo_entries is not None and len(self._memo) > self._memo_entries
-                ):
-                    self._memo_used -= self._memo.popitem(last=False)[1][2]
-                return status, list(vector)
-        return status, vector
-
-    def _embed_payload(self, text: str | list[str]) -> dict[str, Any]:
-        """The Workers AI body: ``pooling`` only when it is not the bge models' default (mean)."""
-        payload: dict[str, Any] = {"text": text}
-        if self.models.embedding_pooling != "mean":
-            payload["pooling"] = self.models.embedding_pooling
-        return payload
-
-    def _embedding_entry(self, key: str, text: str, vector: list[float], ttl: int | None) -> KVEntry:
-        record = build_embedding_record(text, vector, self.models.embeddings, self._clock())
-        return KVEntry(key, encode_json_record(record), ttl)
-
-    @staticmethod
-    def _vectors(result: UpstreamResult, expected: int, dims: int | None = None) -> list[list[float]]:
-        # The model's dimension, finite numbers only (dualcache._answers); rounded as a stored record would be:
-        # a miss returns the very vector a later hit returns.
-        data = result.data.get("data") if isinstance(result.data, dict) else None
-        return check_vectors(data, count=expected, dims=dims)
-
-    async def embed(self, text: str) -> list[float]:
-        """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
-
-        The key hashes the full text; the text sent to the model is cut to 2,000 characters (as the
-        seed does). Identical concurrent calls share one upstream call and one KV write. A hit reads
-        KV and returns; only a miss enters single-flight. A cancelled call cancels no other.
-
-        Raises:
-            InvalidInputError: ``text`` is empty or not a string.
-            ConfigError: Workers AI is not configured.
-            BackendError: the provider failed on every route (KV failures never raise).
-        """
-        self._check_open()
-        _check_text(text)
-        self._upstream.check_configured(Provider.WORKERS_AI)
-        op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        key = self._embed_key(text)
-        flight_key = f"{op.value}\x00{key}"
-        read: RecordStatus | None = RecordStatus.MISSING
-        # A key already in flight is joined without a KV read (its answer is what KV is about to hold).
-        if should_read_kv(policy) and self._flights.get(flight_key) is None:
-            read, vector = await self._read_hit(op, policy, flight_key, key, self._decode_embedding)
-            if vector is not None:
-                return vector
-
-        async def compute() -> tuple[list[float], Outcome]:
-            mark = self._begin_compute()
-            try:
-                payload = self._embed_payload(text[: self.models.embedding_max_chars])
-                dims = expected_dimensions(self.models.embeddings)
-                result = await self._upstream_call(
-                    op,
-                    Provider.WORKERS_AI,
-                    self.models.embeddings,
-                    payload,
-                    policy=policy,
-                    check=lambda r: self._vectors(r, 1, dims),
-                )
-                vector = self._vectors(result, 1, dims)[0]
-                if should_write_kv(policy, read):
-                    store = self._store(policy)
-                    if not self._forgotten_since(mark, store, key):
-                        await self._kv_save(op, store, [self._embedding_entry(key, text, vector, policy.kv_ttl)])
-                return vector, self._outcome(result)
-            finally:
-                self._end_compute()
-
-        return await self._serve(op, policy, key, compute)
-
-    async def embed_many(self, texts: Sequence[str]) -> list[list[float]]:
-        """Return the embeddings of ``texts``, in input order, duplicates included.
-
-        One KV bulk read per 100 distinct keys (a failed one costs only its own keys), one upstream call
-        per 100 distinct misses (a text repeated in the batch is sent once), one KV bulk write for the
-        new records. Texts already in flight in this process (another ``embed``/``embed_many``) are
-        awaited, not sent again. The misses are computed detached from this caller: when it is cancelled,
-        the callers that joined them still get their answers.
-
-        Raises:
-            InvalidInputError: ``texts`` is not a list of non-empty strings.
-            ConfigError: Workers AI is not configured.
-            BackendError: the provider failed on every route.
-        """
-        self._check_open()
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InvalidInputError(f"texts must be a list of strings, got {type(texts).__name__}")
-        for i, t in enumerate(texts):
-            _check_text(t, f"texts[{i}]")
-        if not texts:
-            return []
-        self._upstream.check_configured(Provider.WORKERS_AI)
-        op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        fingerprint = self._embed_fingerprint()
-        keys = [embed_key(t, fingerprint) for t in texts]
-        distinct: dict[str, str] = dict(zip(keys, texts, strict=True))
-        results: dict[str, list[float]] = {}
-        outcomes: dict[str, Outcome] = {}
-        coalesce = self._flights.enabled and should_coalesce(policy)
-        prefix = f"{op.value}\x00"
-        try:
-            joined = self._joinable(prefix, distinct) if coalesce else {}
-            todo = [k for k in distinct if k not in joined]
-            reads: dict[str, RecordStatus | None] = dict.fromkeys(todo, RecordStatus.MISSING)
-            if todo and should_read_kv(policy):
-                reads = await self._embed_read(op, policy, prefix, todo, results, outcomes)
-            misses = [k for k in todo if k not in results]
-            if coalesce and misses:  # flights may have started for some of them during the read
-                late = self._joinable(prefix, misses)
-                joined.update(late)
-                misses = [k for k in misses if k not in late]
-            waits: list[tuple[str, Flight]] = list(joined.items())
-            if misses and coalesce:
-
-                async def run(futures: Mapping[str, asyncio.Future[Any]]) -> None:
-                    answers: dict[str, tuple[list[float], Outcome]] = {}
-                    try:
-                        await self._embed_lead(op, policy, misses, distinct, reads, answers)
-                    finally:  # what was answered before a failure is served; the rest gets the error
-                        for k, answer in answers.items():
-                            futures[prefix + k].set_result(answer)
-
-                launched = self._flights.launch([prefix + k for k in misses], run)
-                waits.extend((k, launched[prefix + k]) for k in misses)
-            elif misses:
-                answers: dict[str, tuple[list[float], Outcome]] = {}
-                await self._embed_lead(op, policy, misses, distinct, reads, answers)
-                for k, (vector, outcome) in answers.items():
-                    results[k], outcomes[k] = vector, outcome
-            if waits:
-                collected = await self._flights.wait([flight for _, flight in waits])
-                for (k, _), ((vector, outcome), first) in zip(waits, collected, strict=True):
-                    results[k], outcomes[k] = (vector, outcome) if first else (list(vector), Outcome.COALESCED)
-        except BaseException:
-            self.stats.record(op, Outcome.FAILED, len(texts))
-            raise
-        out: list[list[float]] = []
-        seen: set[str] = set()
-        for k in keys:
-            first = k not in seen
-            seen.add(k)
-            outcome = outcomes[k]
-            if not first and outcome is not Outcome.KV_HIT:
-                outcome = Outcome.COALESCED  # a duplicate inside the batch rode on the first one's answer
-            self.stats.record(op, outcome)
-            out.append(results[k] if first else list(results[k]))
-        return out
-
-    async def _embed_read(
-        self,
-        op: Operation,
-        policy: OperationPolicy,
-        prefix: str,
-        keys: list[str],
-        results: dict[str, list[float]],
-        outcomes: dict[str, Outcome],
-    ) -> dict[str, RecordStatus | None]:
-        """Read ``keys`` from KV (sharing the reads in progress of other callers); fill the hits, return every
-        key's status (``None``: its read failed)."""
-        store = self._store(policy)
-        shared = self._flights.enabled
-        waiting = self._joinable_reads(prefix, keys) if shared else {}
-        mine = [k for k in keys if k not in waiting]
-        slots = {k: self._reads.begin(prefix + k) for k in mine} if shared else {}
-        got: dict[str, tuple[bytes | None, bool]] = {}
-        try:
-            got.update(await self._kv_read_chunks(op, store, mine))
-        finally:
-            for k, slot in slots.items():
-                self._reads.end(prefix + k, slot, got.get(k))
-        again: list[str] = []
-        for k, future in waiting.items():
-            answer = await asyncio.shield(future)
-            if answer is None:  # that reader was cancelled before its read ended
-                again.append(k)
-            else:
-                got[k] = answer
-        if again:
-            got.update(await self._kv_read_chunks(op, store, again))
-        reads: dict[str, RecordStatus | None] = {}
-        for k in keys:
-            raw, ok = got[k]
-            status, vector = self._decode_embedding(op, k, raw) if ok else (None, None)
-            if vector is None and (pending := self._pending(store, k)) is not None:
-                vector = self._decode_embedding(op, k, pending)[1]
-            reads[k] = status
-            if vector is not None:
-                results[k], outcomes[k] = vector, Outcome.KV_HIT
-        return reads
-
-    async def _embed_lead(
-        self,
-        op: Operation,
-        policy: OperationPolicy,
-        lead: list[str],
-        distinct: Mapping[str, str],
-        reads: Mapping[str, RecordStatus | None],
-        answers: dict[str, tuple[list[float], Outcome]],
-    ) -> None:
-        """Embed the misses ``lead`` upstream (<= 100 a call) into ``answers``, then write their records.
-
-        On a failure, the records of the answers obtained before it are still written.
-        """
-        by_input: dict[str, list[str]] = {}
-        for k in lead:
-            by_input.setdefault(distinct[k][: self.models.embedding_max_chars], []).append(k)
-        inputs = list(by_input)
-        mark = self._begin_compute()
-        try:
-            try:
-                for i in range(0, len(inputs), _EMBED_BATCH):
-                    chunk = inputs[i : i + _EMBED_BATCH]
-                    dims, n = expected_dimensions(self.models.embeddings), len(chunk)
-                    result = await self._upstream_call(
-                        op,
-                        Provider.WORKERS_AI,
-                        self.models.embeddings,
-                        self._embed_payload(chunk),
-                        policy=policy,
-                        check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
-                    )
-                    outcome = self._outcome(result)
-                    for text_in, vector in zip(chunk, self._vectors(result, n, dims), strict=True):
-                        for j, k in enumerate(by_input[text_in]):
-                            # Two texts with the same first characters (the input cut) share one upstream item.
-                            answers[k] = (vector, outcome) if j == 0 else (list(vector), Outcome.COALESCED)
-            except Exception:
-                await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
-                raise
-            await self._save_embeddings(op, policy, lead, distinct, reads, answers, mark)
-        finally:
-            self._end_compute()
-
-    async def _save_embeddings(
-        self,
-        op: Operation,
-        policy: OperationPolicy,
-        lead: list[str],
-        distinct: Mapping[str, str],
-        reads: Mapping[str, RecordStatus | None],
-        answers: Mapping[str, tuple[list[float], Outcome]],
-        mark: int,
-    ) -> None:
-        store = self._store(policy) if policy.kv else None
-        entries = [
-            self._embedding_entry(k, distinct[k], answers[k][0], policy.kv_ttl)
-            for k in lead
-            if k in answers
-            and should_write_kv(policy, reads[k])
-            and not (store is not None and self._forgotten_since(mark, store, k))
-        ]
-        if entries and store is not None:
-            await self._kv_save(op, store, entries)
-
-    # -- JSON operations ----------------------------------------------------------------------------
-    #
-    # Every JSON operation, built in or custom, is one ``_run_json``: the KV key from the policy (scope,
-    # version), the KV read (hit path, before single-flight), then the provider calls in order (the next
-    # one when a provider fails on every route), single-flight, the record written behind, stats and cost.
-
-    def _decode_json(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, dict[str, Any] | None]:
-        try:
-            status, value = judge_json_record(raw)
-        except Exception as exc:
-            return self._undecodable(op, key, exc)
-        if value is not None and not self.answer_schemas.is_valid(op, value):
-            # A stored answer that fails the operation's schema (tampered, or written before the schema) is a
-            # miss: the fresh answer overwrites it.
-            logger.warning("%s: stored answer of %r does not fit its schema; treated as a miss", op.value, key)
-            return RecordStatus.CORRUPT, None
-        return status, value
-
-    def _scoped_user(self, op: Operation, policy: OperationPolicy, user_id: object, *, strict: bool) -> str | None:
-        """The user id that goes into ``op``'s keys: required by scope ``user``; with scope ``global``, refused
-        when ``strict`` (custom operations), else left out of the key (kept for the gateway's metadata)."""
-        if user_id is not None:
-            user_id = _check_id(user_id, "user_id")
-        if policy.scope is Scope.USER:
-            if user_id is None and strict:
-                raise InvalidInputError(
-                    f"operation {op.value!r} has scope 'user' (its records are per user): pass user_id=, "
-                    f"or set policies.{op.value}.scope to 'global'"
-                )
-            return user_id
-        if user_id is not None and strict:
-            raise InvalidInputError(
-                f"operation {op.value!r} has scope 'global' (its records are shared by every user), so it takes "
-                f"no user_id; drop user_id=, or set policies.{op.value}.scope to 'user'"
-            )
-        return None
-
-    def _json_key(self, op: Operation, policy: OperationPolicy, key: str, user_id: str | None) -> str:
-        """The KV key (also the single-flight key) of a JSON operation's record of ``key``."""
-        if policy.scope is Scope.USER and user_id is None and (policy.kv or policy.gateway is GatewayMode.CACHE):
-            raise InvalidInputError(
-                f"operation {op.value!r} caches per user (scope 'user'): pass user_id=, "
-                f"or set policies.{op.value}.scope to 'global'"
-            )
-        return record_key(op.value, key, user_id=user_id, version=policy.version)
-
-    def _ready_calls(self, calls: Sequence[_Call]) -> list[_Call]:
-        """The calls whose provider is configured (checked before any I/O), in order."""
-        ready: list[_Call] = []
-        first: ConfigError | None = None
-        for call in calls:
-            try:
-                self._upstream.check_configured(call.provider)
-            except ConfigError as exc:
-                first = first or exc
-                continue
-            ready.append(call)
-        if not ready:
-            assert first is not None
-            raise first
-        return ready
-
-    async def _run_json(
-        self,
-        op: Operation,
-        policy: OperationPolicy,
-        key: str,
-        calls: Sequence[_Call],
-        messages: list[dict[str, Any]],
-        *,
-        user_id: str | None,
-        refresh: bool = False,
-    ) -> dict[str, Any]:
-        """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
-        ready = self._ready_calls(calls)
-        read: RecordStatus | None = RecordStatus.MISSING
-        serve_key = key
-        upstream_policy = policy
-        if refresh:
-            # Neither cache is read: KV is skipped here, the gateway is told cf-aig-skip-cache once. The fresh
-            # answer overwrites the KV record. A refresh never joins (nor is joined by) an ordinary flight.
-            # Cloudflare documents skip-cache as a bypass (cloudflare-facts §2.2); whether the fresh answer also
-            # replaces the gateway's entry is not said. Both cases are fine with KV on (later calls hit the new
-            # KV record); with KV off the old entry may be served until its TTL, as the README says.
-            upstream_policy = policy.model_copy(update={"gateway": GatewayMode.SKIP, "gateway_ttl": None})
-            serve_key = key + "\x00refresh"
-        flight_key = f"{op.value}\x00{serve_key}"
-        if not refresh and should_read_kv(policy) and self._flights.get(flight_key) is None:
-            read, value = await self._read_hit(op, policy, flight_key, key, self._decode_json)
-            if value is not None:
-                return value
-
-        async def fetch() -> tuple[dict[str, Any], Outcome]:
-            for i, call in enumerate(ready):
-                try:
-                    return await self._chat_json(op, upstream_policy, call, messages, user_id=user_id)
-                except BackendError as exc:
-                    if i == len(ready) - 1:
-                        raise
-                    self.stats.error(op)
-                    nxt = ready[i + 1]
-                    logger.warning(
-                        "%s: %s failed (%s); falling back to %s %s",
-                        op.value,
-                        call.provider.value,
-                        exc,
-                        nxt.provider.value,
-                        nxt.model,
-                    )
-            raise AssertionError("unreachable: _ready_calls returns at least one call")
-
-        async def compute() -> tuple[dict[str, Any], Outcome]:
-            mark = self._begin_compute()
-            try:
-                value, outcome = await fetch()
-                try:  # Workers AI answers were checked already (_chat_json); this catches OpenAI's
-                    value = self.answer_schemas.check(op, value, backend="answer")
-                except BadResponseError:
-                    self.stats.error(op)
-                    raise
-                if should_write_kv(policy, read):
-                    store = self._store(policy)
-                    if not self._forgotten_since(mark, store, key):
-                        await self._kv_save(op, store, [KVEntry(key, encode_json_record(value), policy.kv_ttl)])
-                return value, outcome
-            finally:
-                self._end_compute()
-
-        return await self._serve(op, policy, serve_key, compute)
-
-    async def _chat_json(
-        self,
-        op: Operation,
-        policy: OperationPolicy,
-        call: _Call,
-        messages: list[dict[str, Any]],
-        *,
-        user_id: str | None,
-    ) -> tuple[dict[str, Any], Outcome]:
-        """One chat call in JSON mode (cloudflare-facts §3 for Workers AI; OpenAI's ``json_object``)."""
-        json_mode = {"type": "json_object"}
-        match call.provider:
-            case Provider.WORKERS_AI:
-                payload = {"messages": messages, **call.params, "response_format": json_mode}
-
-                def answer_of(result: UpstreamResult) -> dict[str, Any]:
-                    # JSON mode: result.response is then an object; a string holding one is parsed too. Checked
-                    # against the operation's answer schema inside the call, so a bad gateway answer goes direct.
-                    answer = result.data.get("response") if isinstance(result.data, dict) else result.data
-                    parsed = parse_json_object(answer, backend="workers-ai")
-                    return self.answer_schemas.check(op, parsed, backend="workers-ai")
-
-                result = await self._upstream_call(
-                    op, Provider.WORKERS_AI, call.model, payload, policy=policy, user_id=user_id, check=answer_of
-                )
-                return answer_of(result), self._outcome(result)
-            case Provider.OPENAI:
-                payload = {
-                    "model": call.model,
-                    "messages": _with_json_instruction(messages),
-                    **call.params,
-                    "response_format": json_mode,
-                }
-                content, outcome = await self._openai_chat(op, payload, policy=policy, user_id=user_id)
-                return parse_json_object(content, backend="openai"), outcome
-            case _ as unreachable:
-                assert_never(unreachable)
-
-    async def _openai_chat(
-        self,
-        op: Operation,
-        payload: Mapping[str, Any],
-        *,
-        policy: OperationPolicy,
-        user_id: str | None = None,
-    ) -> tuple[str, Outcome]:
-        result = await self._upstream_call(
-            op, Provider.OPENAI, "chat/completions", payload, policy=policy, user_id=user_id
-        )
-        try:
-            content = result.data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise BadResponseError("openai: no choices[0].message.content in the answer", backend="openai") from exc
-        if not isinstance(content, str):
-            raise BadResponseError("openai: choices[0].message.content is not a string", backend="openai")
-        return content, self._outcome(result)
-
-    async def run(
-        self,
-        operation: Operation | str,
-        *,
-        key: str,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        user_id: str | None = None,
-        provider: Provider | str = Provider.WORKERS_AI,
-        fallback: tuple[Provider | str, str] | None = None,
-        refresh: bool = False,
-        **params: Any,
-    ) -> dict[str, Any]:
-        """Return the JSON answer of a chat call of ``operation``, cached per the operation's policy.
-
-        This is the machinery of the built-in JSON operations (``analyze_job`` and ``detect_spam`` are thin
-        uses of it), open to any operation the policies declare (``Policies.with_overrides`` or
-        ``<project>:policies.<name>.*`` in the stack file): KV first (key ``{name}[:{user}][:%v{version}]:{key}``,
-        see :meth:`record_key`), then the AI Gateway, then the provider, with single-flight, retries,
-        the gateway-to-direct fallback, write-behind, stats and cost (``PriceTable(<name>=...)``; without a
-        price the cost is reported unknown).
-
-        Args:
-            operation: The operation's name; its policy must exist (not ``embeddings``: use :meth:`embed`).
-            key: What the answer is about (a job id, a document id ...); escaped in the KV key.
-            model: The model: a Workers AI model id (``@cf/...``) or an OpenAI model name.
-            messages: The chat messages (``{"role": ..., "content": ...}``).
-            user_id: Required when the operation's scope is ``user`` (records per user), refused when
-                ``global``. Also sent in ``cf-aig-metadata``.
-            provider: ``"workers-ai"`` (default) or ``"openai"``.
-            fallback: ``(provider, model)`` to call when ``provider`` fails on every route.
-            refresh: Skip both caches once (no KV read, ``cf-aig-skip-cache: true`` to the gateway) and
-                overwrite the KV record with the fresh answer.
-            **params: Further body fields for the provider (``temperature``, ``max_tokens`` ...). The answer
-                is always asked for in JSON mode, so ``response_format`` and ``stream`` are refused.
-
-        Raises:
-            InvalidInputError: an unknown operation, a bad key, user id, provider, model, messages or params
-                (before any I/O); the message names the argument.
-            ConfigError: no provider of the call is configured.
-            BackendError: every provider failed (KV failures never raise: they are misses).
-        """
-        self._check_open()
-        op = Operation.parse(operation)
-        policy = self.policies.for_operation(op)
-        if op is Operation.EMBEDDINGS:
-            raise InvalidInputError("operation 'embeddings' is not a chat operation: use embed() or embed_many()")
-        user = self._scoped_user(op, policy, user_id, strict=True)
-        kv_key = self._json_key(op, policy, _check_id(key, "key"), user)
-        msgs = _check_messages(messages)
-        extra = _check_params(params)
-        calls = [_Call(_parse_provider(provider, "provider"), _check_id(model, "model"), extra)]
-        if fallback is not None:
-            if not isinstance(fallback, tuple) or len(fallback) != 2:
-                raise InvalidInputError(f"fallback must be a (provider, model) tuple, got {fallback!r:.80}")
-            calls.append(
-                _Call(_parse_provider(fallback[0], "fallback provider"), _check_id(fallback[1], "model"), extra)
-            )
-        if not isinstance(refresh, bool):
-            raise InvalidInputError(f"refresh must be a bool, got {refresh!r}")
-        check_json_content(extra, "params")  # NaN, lone surrogates: before any I/O
-        for call in calls:  # the documented ranges of each provider the params go to
-            check_sampling(extra, provider=call.provider.value, where="run: ")
-        return await self._run_json(op, policy, kv_key, calls, msgs, user_id=user, refresh=refresh)
-
-    async def analyze_job(
-        self, *, user_id: str, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
-    ) -> dict[str, Any]:
-        """Return the compatibility analysis of a job for a user (a JSON object).
-
-        The built-in operation ``job_analysis``, a :meth:`run` with the seed's models: cached in KV per user
-        and job (``analysis:{userId}:{jobId}``, 7 days by default), gateway cache skipped. Workers AI answers
-        first; when it fails (on every route), OpenAI answers instead. ``refresh=True`` skips the caches once
-        and overwrites the record (see :meth:`run`); :meth:`forget` removes it.
-
-        Raises:
-            InvalidInputError: an empty id, or malformed ``messages``.
-            ConfigError: neither Workers AI nor OpenAI is configured.
-            BackendError: both providers failed.
-        """
-        self._check_open()
-        op = Operation.JOB_ANALYSIS
-        policy = self.policies.for_operation(op)
-        user = _check_id(user_id, "user_id")
-        key = self._json_key(op, policy, _check_id(job_id, "job_id"), user)
-        msgs = _check_messages(messages)
-        calls = [
-            _Call(Provider.WORKERS_AI, self.models.job_analysis, {}),
-            _Call(Provider.OPENAI, self.models.job_analysis_fallback, {"temperature": 0.3}),
-        ]
-        return await self._run_json(op, policy, key, calls, msgs, user_id=user, refresh=refresh)
-
-    async def detect_spam(
-        self, *, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
-    ) -> dict[str, Any]:
-        """Return the spam verdict for a job posting (a JSON object).
-
-        The built-in operation ``spam_detection``, a :meth:`run` with the seed's model: cached in KV per job
-        (``spam:{jobId}``, 7 days) and in the gateway (24 hours) by default. ``refresh=True`` skips both
-        caches once and overwrites the KV record.
-
-        Raises:
-            InvalidInputError: an empty id, or malformed ``messages``.
-            ConfigError: Workers AI is not configured.
-            BackendError: the provider failed on every route.
-        """
-        self._check_open()
-        op = Operation.SPAM_DETECTION
-        policy = self.policies.for_operation(op)
-        key = self._json_key(op, policy, _check_id(job_id, "job_id"), None)
-        msgs = _check_messages(messages)
-        calls = [_Call(Provider.WORKERS_AI, self.models.spam_detection, {})]
-        return await self._run_json(op, policy, key, calls, msgs, user_id=None, refresh=refresh)
-
-    async def generate_application(
-        self,
-        *,
-        messages: Sequence[Mapping[str, Any]],
-        user_id: str | None = None,
-        json_output: bool = True,
-        temperature: float = 0.7,
-        max_tokens: int = 3000,
-    ) -> dict[str, Any] | str:
-        """Generate a resume or cover letter with OpenAI (never cached by default: personalized and meant fresh).
-
-        With ``json_output`` this is the built-in operation ``application_generation`` run like any JSON
-        operation (:meth:`run`), keyed by the SHA-256 of the request, so a stack that turns its KV on caches
-        it per user. Text answers (``json_output=False``) are never cached.
-
-        Args:
-            messages: The chat messages.
-            user_id: Sent in ``cf-aig-metadata`` for per-user analytics and spend limits.
-            json_output: Ask for a JSON object and return it as a dict (as the seed does); else the text.
-            temperature: Sampling temperature.
-            max_tokens: Answer length cap.
-
-        Raises:
-            InvalidInputError: malformed ``messages``.
-            ConfigError: OpenAI is not configured.
-            BackendError: the provider failed.
-        """
-        self._check_open()
-        msgs = _check_messages(messages)
-        if user_id is not None:
-            _check_text(user_id, "user_id")
-        self._upstream.check_configured(Provider.OPENAI)
-        op = Operation.APPLICATION_GENERATION
-        policy = self.policies.for_operation(op)
-        params = check_sampling(
-            {"temperature": temperature, "max_tokens": max_tokens}, provider="openai", where="generate_application: "
-        )
-        model = self.models.application_generation
-        if json_output:
-            user = self._scoped_user(op, policy, user_id, strict=False)
-            request = canonical_json([model, msgs, params])
-            key = self._json_key(op, policy, sha256_hex(request), user)
-            calls = [_Call(Provider.OPENAI, model, params)]
-            return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
-        payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
-
-        async def compute() -> tuple[dict[str, Any] | str, Outcome]:
-            return await self._openai_chat(op, payload, policy=policy, user_id=user_id)
-
-        return await self._serve(op, policy, None, compute)
-
-    async def parse_resume(
-        self,
-        *,
-        text: str | None = None,
-        pdf: bytes | None = None,
-        image_url: str | None = None,
-        user_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Parse a resume into a JSON object: from its text or PDF (Workers AI, Llama 3.3 70B) or an
-        image (OpenAI, GPT-4o vision). Not cached in KV by default; the gateway logs it for analytics.
-
-        Pass exactly one of ``text``, ``pdf`` (the file's bytes; text is extracted locally with pypdf,
-        the ``pdf`` extra) or ``image_url`` (``https://`` or ``data:image/...``). This is the built-in
-        operation ``resume_parsing`` run like any JSON operation (:meth:`run`), keyed by the SHA-256 of the
-        resume's text (or image URL), so a stack that turns its KV on caches it per user.
-
-        Raises:
-            InvalidInputError: not exactly one input, an empty or unreadable one.
-            ImportError: ``pdf`` given without the ``pdf`` extra installed.
-            ConfigError: the provider needed is not configured.
-            BackendError: the provider failed.
-        """
-        self._check_open()
-        given = [name for name, v in (("text", text), ("pdf", pdf), ("image_url", image_url)) if v is not None]
-        if len(given) != 1:
-            raise InvalidInputError(
-                f"parse_resume takes exactly one of text=, pdf=, image_url=; got {', '.join(given) or 'none'}"
-            )
-        if user_id is not None:
-            _check_text(user_id, "user_id")
-        op = Operation.RESUME_PARSING
-        policy = self.policies.for_operation(op)
-        user = self._scoped_user(op, policy, user_id, strict=False)
-        if image_url is not None:
-            if not isinstance(image_url, str) or not image_url.startswith(("https://", "http://", "data:image/")):
-                raise InvalidInputError(f"image_url must be an http(s) URL or a data:image/ URL, got {image_url!r:.80}")
-            self._upstream.check_configured(Provider.OPENAI)
-            messages: list[dict[str, Any]] = [
-                {"role": "system", "content": _RESUME_PROMPT},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]},
-            ]
-            key = self._json_key(op, policy, "image-" + sha256_hex(image_url), user)
-            calls = [_Call(Provider.OPENAI, self.models.resume_parsing_image, {})]
-            return await self._run_json(op, policy, key, calls, messages, user_id=user_id)
-        if pdf is not None:
-            from dualcache._pdf import extract_pdf_text
-
-            resume_text = extract_pdf_text(pdf)
-        else:
-            resume_text = _check_text(text)
-        self._upstream.check_configured(Provider.WORKERS_AI)
-        messages = [
-            {"role": "system", "content": _RESUME_PROMPT},
-            {"role": "user", "content": resume_text},
-        ]
-        key = self._json_key(op, policy, "text-" + sha256_hex(resume_text), user)
-        calls = [_Call(Provider.WORKERS_AI, self.models.resume_parsing_text, {})]
-        return await self._run_json(op, policy, key, calls, messages, user_id=user_id)
-
     # -- keys and invalidation ----------------------------------------------------------------------
-
-    def _embed_fingerprint(self) -> str | None:
-        # Computed once per (models, policies): both are frozen, and every embed call needs it (a SHA-256 of
-        # canonical JSON per hit was a third of the in-process hit).
-        memo = self._fingerprint_memo
-        if memo is not None and memo[0] is self.models and memo[1] is self.policies:
-            return memo[2]
-        m = self.models
-        fingerprint = embedding_fingerprint(
-            m.embeddings,
-            dimensions=expected_dimensions(m.embeddings),
-            pooling=m.embedding_pooling,
-            max_input_chars=m.embedding_max_chars,
-            version=self.policies.embeddings.version,
-        )
-        self._fingerprint_memo = (self.models, self.policies, fingerprint)
-        return fingerprint
-
-    def _embed_key(self, text: str) -> str:
-        return embed_key(text, self._embed_fingerprint())
 
     def record_key(self, operation: Operation | str, *, key: str, user_id: str | None = None) -> str:
         """Return the KV key under which ``operation`` stores its record of ``key`` (no I/O).

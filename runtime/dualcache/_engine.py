@@ -37,7 +37,7 @@ from dualcache._budget import RequestBudget
 from dualcache._budgets import Timeouts
 from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError
 from dualcache._gateway import CallRecord, Provider, UpstreamClient, UpstreamResult
-from dualcache._keys import gateway_cache_key
+from dualcache._keys import check_utf8, gateway_cache_key
 from dualcache._kv import (
     Clock,
     CloudflareKVBackend,
@@ -79,6 +79,24 @@ def _copy_result(value: T) -> T:
         copied: Any = list(value)
         return copied  # type: ignore[no-any-return]
     return copy.deepcopy(value)
+
+
+def _check_id(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a non-empty string, got {type(value).__name__} {value!r:.80}")
+    if not value:
+        raise InvalidInputError(f"{name} is empty; pass a non-empty {name}")
+    check_utf8(name, value)
+    return value
+
+
+def _check_text(text: object, name: str = "text") -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{name} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInputError(f"{name} is empty (or only whitespace); pass the text to process")
+    check_utf8(name, text)
+    return text
 
 
 class CacheEngine:
