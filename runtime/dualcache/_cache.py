@@ -1,4 +1,12 @@
-"""``DualCache``: the runtime object services use — KV first, AI Gateway second, the provider last."""
+"""``DualCache``: the runtime object services use — KV first, AI Gateway second, the provider last.
+
+The class is composed of three layers, one module each: the generic caching engine
+(``dualcache._engine.CacheEngine``: KV reads and the hit path, the gateway and provider layers,
+single-flight, write-behind, stats, invalidation) and the operations built on it
+(``dualcache._embed_ops.EmbedOperations``: ``embed``, ``embed_many``; ``dualcache._json_ops.JsonOperations``:
+``run`` and the built-in chat operations). This module builds the state they share (the constructor),
+owns the lifecycle, and holds what spans every operation: record keys, user prefixes and ``forget``.
+"""
 
 from __future__ import annotations
 
@@ -23,32 +31,14 @@ from dualcache._budget import RequestBudget
 from dualcache._budgets import PoolLimits, Timeouts
 from dualcache._embed_ops import EmbedOperations
 from dualcache._engine import _check_id, _check_text
-from dualcache._exceptions import (
-    ConfigError,
-    InvalidInputError,
-)
-from dualcache._gateway import (
-    DEFAULT_OPENAI_BASE_URL,
-    RetryPolicy,
-    Sleep,
-    UpstreamClient,
-)
+from dualcache._exceptions import ConfigError, InvalidInputError
+from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, UpstreamClient
 from dualcache._json_ops import JsonOperations
-from dualcache._keys import (
-    record_key,
-    user_prefix,
-)
-from dualcache._kv import (
-    Clock,
-    KVBackend,
-    KVStore,
-)
+from dualcache._keys import record_key, user_prefix
+from dualcache._kv import Clock, KVBackend, KVStore
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
-from dualcache._records import (
-    DEFAULT_DECODE_MEMO_BYTES,
-    EMBED_INPUT_MAX_CHARS,
-)
+from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
 from dualcache._singleflight import SharedReads, SingleFlight
 from dualcache._stats import PriceTable, Stats
 from dualcache._transport import build_client
@@ -56,21 +46,16 @@ from dualcache._writebehind import WriteBehind, WriteBehindPolicy
 
 __all__ = ["DATA_PLANE_TOKEN_ENV_VAR", "DEFAULT_DATA_DIR", "DualCache", "KVBackendFactory", "Models"]
 
-
 logger = logging.getLogger(__name__)
-
 
 KVBackendFactory = Callable[[Namespace], KVBackend]
 """Builds the backend of one namespace (called once per namespace, on first use)."""
 
-
 DATA_PLANE_TOKEN_ENV_VAR = "DUALCACHE_DATA_PLANE_TOKEN"
 """Environment variable holding the data-plane token read by :meth:`DualCache.from_env`."""
 
-
 DEFAULT_DATA_DIR = Path(".dualcache")
 """Where the SQLite KV file lives when neither outputs nor a KV backend are given."""
-
 
 _POOLINGS = ("mean", "cls")
 

@@ -15,8 +15,9 @@
 * invalidation: records removed from KV, the write-behind queue and the decode memo, and computations
   in flight told not to store what they were computing.
 
-The operations built on it decide keys, payloads and how a stored record is decoded;
-:class:`~dualcache.DualCache` composes them with this engine and builds its state.
+The operations built on it (``dualcache._embed_ops``, ``dualcache._json_ops``) decide keys, payloads and
+how a stored record is decoded; :class:`~dualcache.DualCache` composes them with this engine and builds
+its state. The input checks of ids and texts every operation shares live here too, run before any I/O.
 """
 
 from __future__ import annotations
