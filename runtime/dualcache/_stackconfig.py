@@ -180,6 +180,18 @@ StrictInt = Annotated[int, BeforeValidator(_refuse_bool)]
 """An int that a YAML boolean is not (pydantic alone reads ``true`` as 1)."""
 
 
+def _refuse_number(value: Any) -> Any:
+    # The other way round: pydantic's bool reads 1 and 0 as true and false (`collectLogs: 0`). Booleans only, or
+    # the strings `pulumi config set --path` may store ("true", "false").
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a number where a boolean is expected; write true or false")
+    return value
+
+
+StrictBool = Annotated[bool, BeforeValidator(_refuse_number)]
+"""A bool that a number is not (pydantic alone reads 1 as true)."""
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -212,12 +224,12 @@ class GatewaySettings(_Settings):
     """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
 
     id: str | None = None
-    allow_default_id: bool = False
+    allow_default_id: StrictBool = False
     """Set (``allowDefaultId: true``) to let ``id`` be ``default``, the gateway Cloudflare auto-creates."""
     cache_ttl: StrictInt = 0
-    cache_invalidate_on_update: bool = True
-    collect_logs: bool = True
-    authentication: bool = False
+    cache_invalidate_on_update: StrictBool = True
+    collect_logs: StrictBool = True
+    authentication: StrictBool = False
     rate_limiting: RateLimitSettings = RateLimitSettings()
     log_management: StrictInt | None = Field(default=None, ge=10_000, le=10_000_000)
     log_management_strategy: Literal["STOP_INSERTING", "DELETE_OLDEST"] | None = None
@@ -240,7 +252,7 @@ class GatewaySettings(_Settings):
 class NamespaceSettings(_Settings):
     """KV namespace settings: protection, and existing namespaces to adopt (Pulumi ``import_``)."""
 
-    protect: bool = False
+    protect: StrictBool = False
     adopt: dict[Namespace, Hex32] = Field(default_factory=dict)
 
 
@@ -270,7 +282,7 @@ class WorkerSettings(_Settings):
     """Module name the code is uploaded as (ES module syntax), for example ``worker.js``."""
     route: RouteSettings | None = None
     custom_domain: CustomDomainSettings | None = None
-    workers_dev: bool | None = None
+    workers_dev: StrictBool | None = None
     """Whether the Worker answers on its ``workers.dev`` subdomain; None leaves the account's setting alone."""
 
     @field_validator("name")
@@ -302,7 +314,7 @@ class DataPlaneSettings(_Settings):
     compatibility_date: CalendarDate = "2025-03-11"
     route: RouteSettings | None = None
     custom_domain: CustomDomainSettings | None = None
-    workers_dev: bool | None = None
+    workers_dev: StrictBool | None = None
     """Whether the Worker answers on ``workers.dev``; None = yes unless a route or custom domain is set."""
 
     @field_validator("name")

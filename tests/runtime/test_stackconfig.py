@@ -580,6 +580,29 @@ def test_stackconfig_never_reads_a_boolean_as_a_number(values: dict[str, Any], m
         _validate(**values)
 
 
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        pytest.param({"gateway": {"collectLogs": 0}}, "gateway.collectLogs = 0", id="collect-logs"),
+        pytest.param({"gateway": {"authentication": 1}}, "gateway.authentication = 1", id="authentication"),
+        pytest.param({"namespaces": {"protect": 1}}, "namespaces.protect = 1", id="protect"),
+        pytest.param({"worker": {"workersDev": 0}}, "worker.workersDev = 0", id="workers-dev"),
+        pytest.param({"gateway": {"id": "default", "allowDefaultId": 1}}, "gateway.allowDefaultId = 1", id="opt-in"),
+    ],
+)
+def test_stackconfig_never_reads_a_number_as_a_boolean(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(**values)
+    assert str(info.value) == (
+        f"stack config: jobmatch-ai:{key}: a number where a boolean is expected; write true or false"
+    )
+
+
+def test_stackconfig_still_reads_booleans_and_their_strings() -> None:
+    cfg = _validate(gateway={"collectLogs": "false", "authentication": True}, namespaces={"protect": "true"})
+    assert (cfg.gateway.collect_logs, cfg.gateway.authentication, cfg.namespaces.protect) == (False, True, True)
+
+
 def test_stackconfig_still_reads_numbers_and_digit_strings() -> None:
     cfg = _validate(gateway={"cacheTtl": "3600", "rateLimiting": {"limit": 10, "interval": 60.0}})
     rate = cfg.gateway.rate_limiting
