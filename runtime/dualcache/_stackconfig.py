@@ -483,9 +483,10 @@ class StackConfig(_Settings):
         if self.gateway.id == DEFAULT_GATEWAY_ID and not self.gateway.allow_default_id:
             raise ConfigError(
                 f"{source}: {self.project}:gateway.id = {DEFAULT_GATEWAY_ID!r}: that is the gateway Cloudflare creates "
-                "on its own (caching off, configured in the dashboard), so addressing it by accident leaves caching to "
-                f"dashboard settings; drop gateway.id to use the stack's own {self.project}-{self.stack!s}, pick "
-                "another id, or set gateway.allowDefaultId: true if the default gateway is meant"
+                "on its own (caching and rate limiting off), so naming it by accident leaves caching to whatever that "
+                "gateway is set to in the dashboard; drop gateway.id to use the stack's own "
+                f"{self.project}-{self.stack}, pick another id, or set gateway.allowDefaultId: true if the default "
+                "gateway is meant"
             )
         if self.gateway.id is None and not is_valid_gateway_id(self.gateway_id):
             raise ConfigError(
