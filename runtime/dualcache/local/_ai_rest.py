@@ -45,12 +45,28 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dualcache.local import _app, _models
+from dualcache.local import _models
+from dualcache.local._common import (
+    CODE_BAD_REQUEST,
+    CODE_FAULT,
+    CODE_METHOD,
+    CODE_ROUTE,
+    _iso,
+    _json_body,
+    cf_error,
+    new_log_id,
+    openai_error,
+)
+from dualcache.local._gateway_api import check_gateway_id, validate_gateway
+from dualcache.local._model_api import ModelReply, _json_reply, _Models, _openai_bad_request, _wai_error
+from dualcache.local._state import EmulatorState
 
 if TYPE_CHECKING:
     from starlette.types import Message
 
-__all__ = ["DEFAULT_GATEWAY_ID", "RETRY_STATUSES", "gateway_invoke", "route_ai"]
+    from dualcache.local._proxy import _Proxy
+
+__all__ = ["DEFAULT_GATEWAY_ID", "RETRY_STATUSES", "_AiRest", "gateway_invoke"]
 
 DEFAULT_GATEWAY_ID = "default"
 """The gateway a REST request without ``cf-aig-gateway-id`` goes through (created on first use)."""
@@ -78,94 +94,101 @@ caching off (TTL 0), rate limiting off; ``cache_invalidate_on_update`` is not st
 # -- routes ----------------------------------------------------------------------------------------
 
 
-async def route_ai(
-    handler: _app._Handler, request: Request, account_id: str, raw: list[str], seg: list[str]
-) -> Response | None:
-    """Serve ``/client/v4/accounts/{account}/ai/...`` (``seg`` starts with ``ai``) when it is a REST route.
+class _AiRest:
+    """The AI REST API routes, over the models and the one gateway proxy."""
 
-    Returns:
-        The response, or ``None`` when the path is not one of these routes: the caller goes on routing
-        (``/ai/run/{model}`` without ``cf-aig-gateway-id`` is the direct Workers AI route).
-    """
+    def __init__(self, state: EmulatorState, models: _Models, gateway_proxy: _Proxy) -> None:
+        self.state = state
+        self.models = models
+        self.gateway_proxy = gateway_proxy
+
+    async def route(self, request: Request, account_id: str, raw: list[str], seg: list[str]) -> Response | None:
+        """Serve ``/client/v4/accounts/{account}/ai/...`` when it is a REST route through a gateway.
+
+        Returns:
+            The response, or ``None`` when the path is not one of these routes: the caller goes on routing
+            (``/ai/run/{model}`` without ``cf-aig-gateway-id`` is the direct Workers AI route).
+        """
+        return await route_ai(self, request, account_id, raw, seg)
+
+
+async def route_ai(api: _AiRest, request: Request, account_id: str, raw: list[str], seg: list[str]) -> Response | None:
+    """See :meth:`_AiRest.route`."""
     gateway_id = request.headers.get("cf-aig-gateway-id")
     if len(seg) >= 3 and seg[:2] == ["ai", "run"]:
         if gateway_id is None:
             return None  # the direct Workers AI route (served by the API router)
         _check_post(request)
-        return await _via_gateway(handler, request, account_id, gateway_id, "workers-ai", raw[2:], None)
+        return await _via_gateway(api, request, account_id, gateway_id, "workers-ai", raw[2:], None)
     if seg == ["ai", "run"]:
         _check_post(request)
-        return await _run_envelope(handler, request, account_id, gateway_id)
+        return await _run_envelope(api, request, account_id, gateway_id)
     if len(seg) >= 3 and seg[:2] == ["ai", "v1"]:
         _check_post(request)
         path = "/".join(seg[2:])
         if path not in ("chat/completions", "embeddings"):
-            raise _app.cf_error(
-                404, _app.CODE_ROUTE, f"/ai/v1/{path} is not emulated; the emulator serves chat/completions, embeddings"
+            raise cf_error(
+                404, CODE_ROUTE, f"/ai/v1/{path} is not emulated; the emulator serves chat/completions, embeddings"
             )
-        return await _openai_shape(handler, request, account_id, gateway_id, path)
+        return await _openai_shape(api, request, account_id, gateway_id, path)
     return None
 
 
 def _check_post(request: Request) -> None:
     if request.method != "POST":
-        raise _app.cf_error(405, _app.CODE_METHOD, f"method {request.method} is not allowed on {request.url.path}")
+        raise cf_error(405, CODE_METHOD, f"method {request.method} is not allowed on {request.url.path}")
 
 
-async def _run_envelope(handler: _app._Handler, request: Request, account_id: str, gateway_id: str | None) -> Response:
+async def _run_envelope(api: _AiRest, request: Request, account_id: str, gateway_id: str | None) -> Response:
     """``POST /ai/run`` with ``{"model", "input"}``: Workers AI models through the named gateway."""
-    data = await _app._json_body(request)
+    data = await _json_body(request)
     model = data.get("model") if isinstance(data, Mapping) else None
     payload = data.get("input") if isinstance(data, Mapping) else None
     if not isinstance(model, str) or not isinstance(payload, Mapping):
-        raise _app.cf_error(400, _app.CODE_BAD_REQUEST, 'body must be {"model": "...", "input": {...}}')
+        raise cf_error(400, CODE_BAD_REQUEST, 'body must be {"model": "...", "input": {...}}')
     if not model.startswith("@cf/"):
-        raise _app.cf_error(
-            400, _app.CODE_BAD_REQUEST, f"model {model!r}: the emulator serves /ai/run for Workers AI (@cf/...) only"
+        raise cf_error(
+            400, CODE_BAD_REQUEST, f"model {model!r}: the emulator serves /ai/run for Workers AI (@cf/...) only"
         )
     if gateway_id is None:
-        raise _app.cf_error(400, _app.CODE_BAD_REQUEST, "Workers AI models need a cf-aig-gateway-id header on /ai/run")
+        raise cf_error(400, CODE_BAD_REQUEST, "Workers AI models need a cf-aig-gateway-id header on /ai/run")
     body = json.dumps(payload).encode("utf-8")
     raw = model.split("/")
-    return await _via_gateway(handler, request, account_id, gateway_id, "workers-ai", raw, body)
+    return await _via_gateway(api, request, account_id, gateway_id, "workers-ai", raw, body)
 
 
-async def _openai_shape(
-    handler: _app._Handler, request: Request, account_id: str, gateway_id: str | None, path: str
-) -> Response:
+async def _openai_shape(api: _AiRest, request: Request, account_id: str, gateway_id: str | None, path: str) -> Response:
     """``/ai/v1/chat/completions`` and ``/ai/v1/embeddings`` (OpenAI's request and answer shapes)."""
-    data = await _app._json_body(request, openai=True)
+    data = await _json_body(request, openai=True)
     model = data.get("model") if isinstance(data, Mapping) else None
     if not isinstance(model, str) or not model:
-        raise _app.openai_error(400, "'model' is required: 'author/model' or '@cf/...'", "invalid_request_error")
+        raise openai_error(400, "'model' is required: 'author/model' or '@cf/...'", "invalid_request_error")
     if model.startswith("@cf/"):
         # Workers AI's OpenAI-compatible endpoint: through the gateway with the header, direct without it.
         if gateway_id is None:
-            handler.state.count("direct", model)
-            reply = await _compat(handler, model, f"v1/{path}", data, request)
-            return handler.reply_response(reply, {})
-        return await _via_gateway(
-            handler, request, account_id, gateway_id, "workers-ai", ["v1", *path.split("/")], None
-        )
+            api.state.count("direct", model)
+            reply = await _compat(api.models, model, f"v1/{path}", data, request)
+            return api.models.reply_response(reply, {})
+        return await _via_gateway(api, request, account_id, gateway_id, "workers-ai", ["v1", *path.split("/")], None)
     author, _, name = model.partition("/")
     if path == "embeddings":
         # Cloudflare documents /ai/v1/embeddings for Workers AI models only.
-        raise _app.openai_error(
+        raise openai_error(
             400, f"model {model!r}: /ai/v1/embeddings takes Workers AI models (@cf/...)", "invalid_request_error"
         )
     if author != "openai" or not name:
-        raise _app.openai_error(
+        raise openai_error(
             400,
             f"model {model!r}: third-party models are named author/model; the emulator serves openai/<model>",
             "invalid_request_error",
         )
     body = json.dumps({**data, "model": name}).encode("utf-8")
     gateway = gateway_id if gateway_id is not None else DEFAULT_GATEWAY_ID
-    return await _via_gateway(handler, request, account_id, gateway, "openai", path.split("/"), body)
+    return await _via_gateway(api, request, account_id, gateway, "openai", path.split("/"), body)
 
 
 async def _via_gateway(
-    handler: _app._Handler,
+    api: _AiRest,
     request: Request,
     account_id: str,
     gateway_id: str,
@@ -177,21 +200,21 @@ async def _via_gateway(
     it stands for: ``body`` replaces the request's body when given, and the Cloudflare token of
     ``Authorization`` (already checked by the API router) authenticates to an authenticated gateway, as
     Cloudflare documents for the REST API ("the standard Authorization header is sufficient")."""
-    _app.check_gateway_id(gateway_id)
+    check_gateway_id(gateway_id)
     if gateway_id == DEFAULT_GATEWAY_ID:
-        _ensure_default_gateway(handler.state, account_id)
+        _ensure_default_gateway(api.state, account_id)
     content = body if body is not None else await request.body()
     headers = {"content-length": str(len(content))}
     if "cf-aig-authorization" not in request.headers and request.headers.get("authorization"):
         headers["cf-aig-authorization"] = request.headers["authorization"]
     inner = _with(request, content, headers)
-    return await handler.proxy(inner, account_id, gateway_id, provider, raw)
+    return await api.gateway_proxy.proxy(inner, account_id, gateway_id, provider, raw)
 
 
-def _ensure_default_gateway(state: _app.EmulatorState, account_id: str) -> None:
+def _ensure_default_gateway(state: EmulatorState, account_id: str) -> None:
     if state.store.gateway(account_id, DEFAULT_GATEWAY_ID) is None:
-        settings = _app.validate_gateway(_DEFAULT_GATEWAY_SETTINGS, gateway_id=None)
-        stamp = _app._iso(state.clock.now())
+        settings = validate_gateway(_DEFAULT_GATEWAY_SETTINGS, gateway_id=None)
+        stamp = _iso(state.clock.now())
         state.store.put_gateway(account_id, {**settings, "created_at": stamp, "modified_at": stamp})
 
 
@@ -229,7 +252,7 @@ def _header_int(request: Request, name: str, low: int, high: int | None) -> int 
     if value is None or value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         # The real gateway's answer to a bad value is not documented; refusing it keeps client bugs visible.
-        raise _app.cf_error(400, _app.CODE_BAD_REQUEST, f"{name}={raw!r}: must be an integer {bound}")
+        raise cf_error(400, CODE_BAD_REQUEST, f"{name}={raw!r}: must be an integer {bound}")
     return value
 
 
@@ -245,9 +268,7 @@ def retry_settings(request: Request, gateway: Mapping[str, Any]) -> tuple[int, i
     timeout = _header_int(request, "cf-aig-request-timeout", 1, None)
     backoff = request.headers.get("cf-aig-backoff")
     if backoff is not None and backoff not in BACKOFFS:
-        raise _app.cf_error(
-            400, _app.CODE_BAD_REQUEST, f"cf-aig-backoff={backoff!r}: must be one of {', '.join(BACKOFFS)}"
-        )
+        raise cf_error(400, CODE_BAD_REQUEST, f"cf-aig-backoff={backoff!r}: must be one of {', '.join(BACKOFFS)}")
     stored_backoff = gateway.get("retry_backoff")
     return (
         attempts if attempts is not None else int(gateway.get("retry_max_attempts") or 1),
@@ -267,7 +288,7 @@ def retry_wait_ms(delay_ms: int, backoff: str, retry: int) -> int:
 
 
 async def gateway_invoke(
-    handler: _app._Handler,
+    models: _Models,
     gateway: Mapping[str, Any],
     provider: str,
     model: str,
@@ -275,17 +296,17 @@ async def gateway_invoke(
     request: Request,
     *,
     path: str,
-) -> _app.ModelReply:
+) -> ModelReply:
     """Call the model through the gateway, retried as the request's ``cf-aig-*`` retry headers (or the
     gateway's settings) say; each attempt counted in ``stats["upstream"]``, each retry in
     ``stats["gateway"]["retries"]``."""
-    state = handler.state
+    state = models.state
     attempts, delay_ms, backoff, timeout_ms = retry_settings(request, gateway)
     attempt = 0
     while True:
         attempt += 1
         final = attempt >= attempts
-        call = _invoke_once(handler, provider, model, data, request, path=path)
+        call = _invoke_once(models, provider, model, data, request, path=path)
         if timeout_ms is None or final:  # "on the final retry attempt, your gateway will wait"
             reply = await call
         else:
@@ -301,38 +322,36 @@ async def gateway_invoke(
 
 
 async def _invoke_once(
-    handler: _app._Handler, provider: str, model: str, data: Any, request: Request, *, path: str
-) -> _app.ModelReply:
+    models: _Models, provider: str, model: str, data: Any, request: Request, *, path: str
+) -> ModelReply:
     if provider == "workers-ai" and model in _COMPAT_PATHS:
-        return await _compat(handler, None, model, data, request)
-    return await handler.invoke(provider, model, data, request, path=path)
+        return await _compat(models, None, model, data, request)
+    return await models.invoke(provider, model, data, request, path=path)
 
 
-def _timeout_reply(provider: str, timeout_ms: int) -> _app.ModelReply:
+def _timeout_reply(provider: str, timeout_ms: int) -> ModelReply:
     message = f"the upstream did not answer within cf-aig-request-timeout={timeout_ms} ms"
     if provider == "openai":
-        return _app._json_reply(504, {"error": {"message": message, "type": "timeout", "param": None, "code": None}})
-    return _app._wai_error(504, _app.CODE_FAULT, message)
+        return _json_reply(504, {"error": {"message": message, "type": "timeout", "param": None, "code": None}})
+    return _wai_error(504, CODE_FAULT, message)
 
 
 # -- Workers AI's OpenAI-compatible shapes ----------------------------------------------------------
 
 
-async def _compat(handler: _app._Handler, model: str | None, path: str, data: Any, request: Request) -> _app.ModelReply:
+async def _compat(models: _Models, model: str | None, path: str, data: Any, request: Request) -> ModelReply:
     """Run a Workers AI model on an OpenAI-shaped request (``v1/chat/completions``, ``v1/embeddings``) and
     answer in OpenAI's shape. ``model`` is taken from the body when not given."""
     if not isinstance(data, Mapping):
-        return _app._openai_bad_request("the request body must be a JSON object")
+        return _openai_bad_request("the request body must be a JSON object")
     name = model if model is not None else data.get("model")
     if not isinstance(name, str) or not name:
-        return _app._openai_bad_request("'model' is required", "model")
+        return _openai_bad_request("'model' is required", "model")
     if path == "v1/embeddings":
         encoding = data.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
-            return _app._openai_bad_request(
-                f"encoding_format={encoding!r}: must be 'float' or 'base64'", "encoding_format"
-            )
-        reply = await handler.invoke("workers-ai", name, {"text": data.get("input")}, request, path=name)
+            return _openai_bad_request(f"encoding_format={encoding!r}: must be 'float' or 'base64'", "encoding_format")
+        reply = await models.invoke("workers-ai", name, {"text": data.get("input")}, request, path=name)
         if reply.status != 200:
             return reply
         result = json.loads(reply.body)["result"]
@@ -350,20 +369,20 @@ async def _compat(handler: _app._Handler, model: str | None, path: str, data: An
             "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return _app._json_reply(200, body)
+        return _json_reply(200, body)
     inputs = {k: v for k, v in data.items() if k != "model"}
-    reply = await handler.invoke("workers-ai", name, inputs, request, path=name)
+    reply = await models.invoke("workers-ai", name, inputs, request, path=name)
     if reply.status != 200:
         return reply
     result = json.loads(reply.body)["result"]
     response = result.get("response")
     content = response if isinstance(response, str) else json.dumps(response)
-    return _app._json_reply(
+    return _json_reply(
         200,
         {
-            "id": f"chatcmpl-{_app.new_log_id(handler.state.clock.now()).lower()}",
+            "id": f"chatcmpl-{new_log_id(models.state.clock.now()).lower()}",
             "object": "chat.completion",
-            "created": int(handler.state.clock.now()),
+            "created": int(models.state.clock.now()),
             "model": name,
             "choices": [
                 {
