@@ -1,6 +1,6 @@
 """The emulator's AI REST API and the gateway's own retries.
 
-The AI REST API (cloudflare-2026 §0 item 2; Cloudflare's ``ai-gateway/usage/rest-api`` page) lives under the
+The AI REST API (Cloudflare's ``ai-gateway/usage/rest-api`` page and its 2026-05-21 changelog) lives under the
 Cloudflare API, ``/client/v4/accounts/{account}/ai/...``, and names its gateway with a ``cf-aig-gateway-id``
 header. Served here, through the same gateway proxy as the legacy ``/v1/{account}/{gateway}/...`` URLs (one
 cache, one set of faults and counters):

@@ -8,7 +8,8 @@ Routing works on the raw (still percent-encoded) path, so a KV key holding ``/``
 
 One module per API: :mod:`._kv_api` (Workers KV REST), :mod:`._gateway_api` (AI Gateway management),
 :mod:`._model_api` (Workers AI ``/ai/run`` and the providers behind the gateway), :mod:`._proxy` (the gateway
-proxy), :mod:`._data_plane` (the data-plane Worker) and :mod:`._control` (``/__emulator``); shared pieces are in
+proxy), :mod:`._ai_rest` (the AI REST API through a gateway, and the gateway's retries), :mod:`._data_plane` (the
+data-plane Worker) and :mod:`._control` (``/__emulator``); shared pieces are in
 :mod:`._common` and :mod:`._state`. This module routes a request to them.
 """
 
