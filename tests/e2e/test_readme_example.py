@@ -187,5 +187,5 @@ def test_readme_contents_links_resolve() -> None:
 def test_readme_refers_to_nothing_outside_the_repository() -> None:
     readme = README.read_text(encoding="utf-8")
     # `--seed` and a faults `seed` are the demo's and the emulator's random seeds, not outside documents.
-    outside = re.findall(r"\bthe seed\b|\bseed's\b|SPEC\.md|\bissue\b|\bPyPI package\b", readme, re.I)
+    outside = re.findall(r"\bthe seed\b|\bseed's\b|SPEC\.md|\bissue\b|fact sheet|\bPyPI package\b", readme, re.I)
     assert outside == []
