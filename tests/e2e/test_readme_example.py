@@ -41,9 +41,11 @@ def _readme_example() -> str:
     return _python_block("### A complete example")
 
 
-def _run(script: str, cwd: Path, env: dict[str, str] | None = None) -> str:
-    path = cwd / "readme_block.py"
+def _run(script: str, tmp_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run ``script`` (written under ``tmp_path``) in a subprocess from ``cwd`` (default ``tmp_path``)."""
+    path = tmp_path / "readme_block.py"
     path.write_text(script, encoding="utf-8")
+    cwd = cwd or tmp_path
     done = subprocess.run(
         [sys.executable, str(path)], env=env or dict(os.environ), cwd=cwd, capture_output=True, text=True, timeout=60
     )
@@ -104,7 +106,8 @@ def test_readme_install_example_counts_a_kv_hit(tmp_path: Path) -> None:
 def test_readme_emulator_example_runs_in_the_project(tmp_path: Path) -> None:
     out = _run(
         _python_block("### Pointing a service at it", "from dualcache.local import Emulator"),
-        PROJECT_DIR,
+        tmp_path,
+        cwd=PROJECT_DIR,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # the example's mkdtemp() lands in tmp_path
     )
     lines = out.splitlines()
