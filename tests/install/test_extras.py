@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -27,12 +30,17 @@ DISTRIBUTION = {
     "pulumi": "pulumi",
     "pulumi_cloudflare": "pulumi-cloudflare",
 }
-# Modules that may import an extra's package at module level, because only that extra's feature imports them
-# (dualcache.local's __init__ checks for the extra first and names it in the ImportError).
-EXTRA_MODULES = {
-    "dualcache/local/_app.py": "local",
-    "dualcache/local/_server.py": "local",
-}
+# The emulator's modules may import the local extra's packages at module level: they are reached through
+# dualcache.local, whose __init__ checks for the extra first and names it in the ImportError. Its entry
+# points (the package, `python -m dualcache.local`, the `dev` command) must import without the extra.
+LOCAL_ENTRY_POINTS = {"dualcache/local/__init__.py", "dualcache/local/__main__.py", "dualcache/local/_cli.py"}
+EXTRA_PACKAGES = {"starlette", "uvicorn", "rich", "pypdf", "pulumi", "pulumi_cloudflare"}
+
+
+def _extra_module(path: str) -> bool:
+    return path.startswith("dualcache/local/") and path not in LOCAL_ENTRY_POINTS
+
+
 # `infra` is the repository's Pulumi program, imported from the project directory by the plan commands.
 PROJECT_PACKAGES = {"dualcache", "infra"}
 
@@ -97,17 +105,72 @@ def test_extras_base_dependencies_cover_module_level_imports() -> None:
     missing = {
         path: sorted(DISTRIBUTION[n] for n in top if DISTRIBUTION[n] not in base)
         for path, (top, _nested) in _modules().items()
-        if path not in EXTRA_MODULES
+        if not _extra_module(path)
     }
     assert {path: names for path, names in missing.items() if names} == {}
     assert base == {"httpx", "pydantic", "pyyaml"}
 
 
-def test_extras_extra_only_modules_import_only_their_extra() -> None:
-    modules = _modules()
-    for path, extra in EXTRA_MODULES.items():
-        top, nested = modules[path]
-        assert {DISTRIBUTION[n] for n in top | nested} <= _extra(extra), path
+def test_extras_emulator_modules_import_only_the_local_extra() -> None:
+    emulator = {path: top | nested for path, (top, nested) in _modules().items() if _extra_module(path)}
+    assert len(emulator) >= 2, sorted(emulator)
+    for path, names in emulator.items():
+        assert {DISTRIBUTION[n] for n in names} <= _extra("local"), path
+
+
+# Run in a fresh interpreter: every finder is wrapped so that an extra's package is not found (find_spec gives
+# None, as when it is not installed), then every module but the emulator's is imported.
+_WITHOUT_EXTRAS = """
+import importlib, importlib.abc, json, sys
+
+hidden, modules = json.loads(sys.argv[1])
+
+
+class Hidden(importlib.abc.MetaPathFinder):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in hidden:
+            return None
+        return self.inner.find_spec(name, path, target)
+
+    def invalidate_caches(self):
+        getattr(self.inner, "invalidate_caches", lambda: None)()
+
+
+sys.meta_path[:] = [Hidden(finder) for finder in sys.meta_path]
+for name in modules:
+    importlib.import_module(name)
+import dualcache
+
+for name in dualcache.__all__:
+    getattr(dualcache, name)
+try:
+    from dualcache.local import Emulator
+except ImportError as exc:
+    print(exc)
+"""
+
+
+def test_extras_runtime_imports_without_any_extra() -> None:
+    # As in a service that installed the runtime alone: everything imports but the emulator, which names its extra.
+    modules = [
+        path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for path in _modules()
+        if not _extra_module(path)
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, json.dumps([sorted(EXTRA_PACKAGES), modules])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "needs the 'local' extra" in done.stdout and "pip install 'dualcache[local]'" in done.stdout, done.stdout
+    assert len(modules) >= 20
 
 
 @pytest.mark.parametrize(
