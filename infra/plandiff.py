@@ -888,7 +888,7 @@ def base_manifest_from_git(project_dir: Path, ref: str, stack: str) -> tuple[dic
 
 
 def _current_manifest(stack: str, project_dir: Path) -> dict[str, Any]:
-    from dualcache._cli_infra import plan_manifest
+    from infra.plan import plan_manifest
 
     return validate_manifest(plan_manifest(stack, project_dir), source=f"plan of stack {stack!r}")
 

@@ -468,18 +468,22 @@ def run_demo(
 
 
 def _show_plan(console: Any, project_dir: Path) -> None:
+    # The plan is the project's own `dualcache plan` (its infra/ package), in a subprocess: the library
+    # never imports infra. Without a clone or the infra extra the demo goes on without it.
+    from dualcache._cli_infra import run_infra_command
+    from dualcache._exceptions import ConfigError
+
     try:
-        from dualcache._cli_infra import plan_manifest, render_plan_text
-    except ImportError as exc:
-        console.print(f"[yellow]The dev plan is not available in this build ({exc}); continuing.[/yellow]")
+        done = run_infra_command("plan", ["--stack", "dev", "--project-dir", str(project_dir)], capture=True)
+    except (ConfigError, ImportError) as exc:
+        console.print(f"The dev plan is not available ({exc}); continuing without it.", style="yellow", markup=False)
         return
-    try:
-        text = render_plan_text(plan_manifest("dev", project_dir))
-    except ImportError as exc:
-        console.print(f"[yellow]The dev plan needs the 'infra' extra ({exc}); continuing without it.[/yellow]")
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+        console.print(f"The dev plan failed ({reason}); continuing without it.", style="yellow", markup=False)
         return
     console.rule("The dev stack, as planned offline")
-    console.print(text, markup=False, highlight=False)
+    console.print(done.stdout, markup=False, highlight=False)
 
 
 def _pct(part: float, whole: float) -> str:
@@ -641,4 +645,4 @@ def register(subparsers: Any) -> None:
         help="how KV is reached: the data-plane Worker API as in production (default), or the Cloudflare REST API",
     )
     add_project_dir_argument(parser)
-    parser.set_defaults(func=_cmd_demo)
+    parser.set_defaults(func=_cmd_demo, extra="demo")
