@@ -7,8 +7,9 @@ clone with ``infra/cli.py``, and runs ``python -m infra.cli COMMAND ARGS...`` th
 interpreter, in the same working directory (so relative paths mean the same), with the project first on
 ``PYTHONPATH``. The exit status, stdout and stderr are the subprocess's own.
 
-Before it starts the subprocess it fails fast, in one line, on what it can see: no project or no clone, a
-stack file that is missing or invalid, and a missing ``infra`` extra (the same interpreter runs both).
+Before it starts the subprocess it fails fast, in one line, on what it can see: no project, a stack file
+that is missing or invalid, a project that is not a clone (no ``infra/cli.py``), and a missing ``infra``
+extra (the same interpreter runs both).
 """
 
 from __future__ import annotations
@@ -77,18 +78,19 @@ def _project_dir(given: Path | None, command: str) -> Path:
     if given is not None:
         if not (given / "Pulumi.yaml").is_file():
             raise ConfigError(f"--project-dir {str(given)!r} holds no Pulumi.yaml; `dualcache {command}` needs a clone")
-        project = given.resolve()
-    else:
-        try:
-            project = find_project_dir()
-        except ConfigError as exc:
-            raise ConfigError(f"`dualcache {command}` needs a clone of the dualcache repository: {exc}") from None
+        return given.resolve()
+    try:
+        return find_project_dir()
+    except ConfigError as exc:
+        raise ConfigError(f"`dualcache {command}` needs a clone of the dualcache repository: {exc}") from None
+
+
+def _check_clone(project: Path, command: str) -> None:
     if not (project / "infra" / "cli.py").is_file():
         raise ConfigError(
             f"`dualcache {command}` needs a clone of the dualcache repository (its infra/ package runs the Pulumi "
             f"program), and {str(project)!r} has no infra/cli.py; {_CLONE_HINT}"
         )
-    return project
 
 
 def _require_infra_extra() -> None:
@@ -141,13 +143,16 @@ def run_infra_command(command: str, argv: list[str], *, capture: bool = False) -
         raise ConfigError(f"{command!r} is not one of the infra commands {', '.join(INFRA_COMMANDS)}")
     peeked = _peek(argv)
     project = _project_dir(peeked.project_dir if peeked else None, command)
-    if peeked is not None and not peeked.help:
-        if command == "plan" or (command == "wrangler" and peeked.outputs is None):
-            _require_infra_extra()
-        if command in ("plan", "wrangler") and peeked.stack is not None:
-            from dualcache._stackconfig import load_stack_config
+    # With --help, or arguments infra.cli will refuse with its own usage error, only the clone is checked.
+    checking = peeked if peeked is not None and not peeked.help else None
+    if checking is not None and command in ("plan", "wrangler") and checking.stack is not None:
+        from dualcache._stackconfig import load_stack_config
 
-            load_stack_config(project, peeked.stack)  # a bad stack file fails here, before Python starts again
+        # The caller's input first: a bad stack file fails here, in one line, before Python starts again.
+        load_stack_config(project, checking.stack)
+    _check_clone(project, command)
+    if checking is not None and (command == "plan" or (command == "wrangler" and checking.outputs is None)):
+        _require_infra_extra()
     args, env = infra_command(command, argv, project)
     try:
         return subprocess.run(args, env=env, check=False, text=True, capture_output=capture)

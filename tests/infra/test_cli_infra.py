@@ -32,7 +32,6 @@ def _copy_project(tmp_path: Path) -> Path:
     for name in ("Pulumi.yaml", *(f"Pulumi.{s}.yaml" for s in STACKS)):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "infra" / "snapshots", tmp_path / "infra" / "snapshots")
-    (tmp_path / "infra" / "plan.py").write_text("# marks the project dir; infra is imported from the checkout\n")
     return tmp_path
 
 
@@ -98,8 +97,6 @@ def test_plan_text_shows_resources_protection_import_and_outputs(plans: dict[str
 
 def test_plan_text_shows_secrets_masked(write_stack: StackWriter, capsys: pytest.CaptureFixture[str]) -> None:
     project = write_stack(base_config() | {"jobmatch-ai:gatewayToken": {"secure": "v1:c2VjcmV0"}})
-    (project / "infra").mkdir()
-    (project / "infra" / "plan.py").write_text("# marks the project dir\n")
     assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
     out = capsys.readouterr().out
     assert "CF_AIG_TOKEN           secret_text   [secret]" in out
@@ -110,8 +107,6 @@ def test_plan_warns_about_a_missing_token_and_workers_dev_subdomain(
     write_stack: StackWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = write_stack(base_config())
-    (project / "infra").mkdir()
-    (project / "infra" / "plan.py").write_text("# marks the project dir\n")
     assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
     out = capsys.readouterr().out
     # Runs without the token, binds a stand-in shown as [secret], and says what a real preview/up needs.
