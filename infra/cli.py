@@ -295,7 +295,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         return 0
     if args.write:
         snapshot.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.write_text(text, encoding="utf-8")
+        try:
+            snapshot.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"could not write the snapshot {str(snapshot)!r}: {exc.strerror or exc}") from None
         print(f"wrote {snapshot}")
         return 0
     if args.check:
@@ -348,7 +351,10 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
     outputs = StackOutputs.from_json(proc.stdout, source=f"`pulumi stack output {OUTPUT_NAME}` of stack {args.stack!r}")
     if outputs.stack != args.stack:
         raise ConfigError(f"the {OUTPUT_NAME} output says stack {outputs.stack!r}, but --stack is {args.stack!r}")
-    outputs.dump(out)
+    try:
+        outputs.dump(out)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r}: could not write the outputs: {exc.strerror or exc}") from None
     print(f"wrote {out}; services load it with StackOutputs.load() or {OUTPUTS_ENV_VAR}={out}")
     return 0
 

@@ -183,6 +183,13 @@ def test_cli_plan_out_in_a_missing_folder_is_one_line_before_planning(tmp_path: 
     assert done.stdout == ""  # refused before the diff was printed, not after
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device whose writes fail: disk full)")
+def test_cli_plan_out_that_fails_to_write_is_one_line() -> None:
+    base = REPO / "infra" / "snapshots" / "dev.json"
+    done = dualcache("plan", "--stack", "dev", "--diff", str(base), "--out", "/dev/full")
+    assert_one_line_error(done, "plan", "--out '/dev/full': could not write the summary: No space left on device")
+
+
 def _fake_pulumi(bin_dir: Path) -> Path:
     """A `pulumi` that records that it ran."""
     bin_dir.mkdir()
@@ -333,3 +340,46 @@ def test_cli_import_check_sees_every_form_of_import() -> None:
     # The check above would catch each of these (a check that cannot fail proves nothing).
     source = "import infra\nfrom infra.plan import x\nimport importlib\nimportlib.import_module('infra.cli')\n"
     assert _imported_modules(ast.parse(source)) == ["infra", "infra.plan", "importlib", "infra.cli"]
+
+
+# -- the boundary in main(): what a command raises ------------------------------------------------------------
+
+_COMMANDS_MODULE = """
+from pathlib import Path
+
+
+def register(subparsers):
+    subparsers.add_parser("read").set_defaults(func=lambda args: len(Path("/nonexistent/file.txt").read_text()))
+    subparsers.add_parser("ours").set_defaults(func=lambda args: __import__("dualcache._no_such_module"), extra="demo")
+    subparsers.add_parser("theirs").set_defaults(func=lambda args: __import__("no_such_dependency"), extra="pdf")
+"""
+
+
+@pytest.fixture
+def commands_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "cli_boundary_commands.py").write_text(_COMMANDS_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "cli_boundary_commands"
+
+
+def test_cli_main_turns_an_os_error_into_one_line(commands_module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["read"], modules=(commands_module,)) == 1
+    assert capsys.readouterr().err == (
+        "dualcache read: error: could not read or write '/nonexistent/file.txt': No such file or directory\n"
+    )
+
+
+def test_cli_main_names_the_extra_of_a_missing_dependency(
+    commands_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["theirs"], modules=(commands_module,)) == 1
+    assert capsys.readouterr().err == (
+        "dualcache theirs: error: this command needs the 'pdf' extra (no_such_dependency is missing): "
+        "pip install 'dualcache[pdf]'\n"
+    )
+
+
+def test_cli_main_lets_a_broken_import_of_its_own_code_raise(commands_module: str) -> None:
+    # Not a missing extra: a bug, whose traceback is the report worth having.
+    with pytest.raises(ModuleNotFoundError, match="dualcache._no_such_module"):
+        main(["ours"], modules=(commands_module,))

@@ -142,8 +142,8 @@ def main(
         return _fail(args.command, message)
     except OSError as exc:
         # The commands check their paths up front; this is the last line of defence (a disk full, a race).
-        where = f" {str(exc.filename)!r}" if exc.filename is not None else ""
-        return _fail(args.command, f"could not use{where}: {exc.strerror or exc}")
+        where = f" {str(exc.filename)!r}" if exc.filename is not None else " a file"
+        return _fail(args.command, f"could not read or write{where}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
     return status
