@@ -383,3 +383,20 @@ def test_cli_main_lets_a_broken_import_of_its_own_code_raise(commands_module: st
     # Not a missing extra: a bug, whose traceback is the report worth having.
     with pytest.raises(ModuleNotFoundError, match="dualcache._no_such_module"):
         main(["ours"], modules=(commands_module,))
+
+
+def test_cli_demo_shows_the_dev_plan_of_the_project_without_its_warnings() -> None:
+    # The demo gets the plan from `dualcache plan` (a subprocess: the library never imports infra) and
+    # shows it as the plan command renders it, minus what `pulumi up` would refuse (irrelevant offline).
+    import io
+
+    from rich.console import Console
+
+    from dualcache._demo import _show_plan
+    from infra.cli import plan_manifest, render_plan_text
+
+    buffer = io.StringIO()
+    _show_plan(Console(file=buffer, width=10_000, color_system=None), REPO)
+    shown = buffer.getvalue()
+    assert "Warnings:" not in shown and "is not set" not in shown
+    assert render_plan_text(plan_manifest("dev", REPO)) in shown

@@ -483,7 +483,21 @@ def _show_plan(console: Any, project_dir: Path) -> None:
         console.print(f"The dev plan failed ({reason}); continuing without it.", style="yellow", markup=False)
         return
     console.rule("The dev stack, as planned offline")
-    console.print(done.stdout, markup=False, highlight=False)
+    console.print(_without_warnings(done.stdout), markup=False, highlight=False)
+
+
+def _without_warnings(plan_text: str) -> str:
+    """The plan text without its "Warnings:" block: what `pulumi up` would refuse does not matter offline."""
+    kept: list[str] = []
+    skipping = False
+    for line in plan_text.splitlines(keepends=True):
+        if line == "Warnings:\n":
+            skipping = True
+        elif skipping and not line.strip():
+            skipping = False  # the blank line that ends the block goes with it
+        elif not skipping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def _pct(part: float, whole: float) -> str:
