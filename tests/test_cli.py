@@ -129,6 +129,23 @@ def test_cli_version_runs_as_python_m_dualcache() -> None:
     )
 
 
+def test_cli_version_falls_back_to_dunder_version_without_package_metadata() -> None:
+    # A copy on PYTHONPATH that was never pip-installed has no metadata: the package's __version__ is used.
+    code = (
+        "import importlib.metadata as metadata, sys\n"
+        "def unknown(name):\n"
+        "    raise metadata.PackageNotFoundError(name)\n"
+        "metadata.version = unknown\n"
+        "from dualcache._cli import main\n"
+        "sys.exit(main(['--version']))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=False)
+    import dualcache
+
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"dualcache {dualcache.__version__}\n", "")
+
+
 # -- missing extras -----------------------------------------------------------------------------------------
 
 

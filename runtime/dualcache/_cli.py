@@ -89,6 +89,19 @@ def version() -> str:
         return str(getattr(dualcache, "__version__", "unknown"))
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: print ``dualcache <version>`` and exit 0 (the metadata is read only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: object, values: object, option: object = None
+    ) -> None:
+        sys.stdout.write(f"dualcache {version()}\n")
+        parser.exit(0)
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line and exit 1, like every other error of the command.
 
@@ -105,9 +118,7 @@ def _build_parser(modules: Sequence[str] = _COMMAND_MODULES, prog: str = "dualca
         prog=prog,
         description="Dual-layer caching of AI calls on Cloudflare: provisioning, local emulator, demo.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"dualcache {version()}", help="print the version and exit"
-    )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name in modules:
         importlib.import_module(name).register(subparsers)
