@@ -417,3 +417,18 @@ def test_cli_demo_shows_the_dev_plan_of_the_project_without_its_warnings() -> No
     shown = buffer.getvalue()
     assert "Warnings:" not in shown and "is not set" not in shown
     assert render_plan_text(plan_manifest("dev", REPO)) in shown
+
+
+def _command_help(modules: tuple[str, ...]) -> dict[str, str]:
+    import argparse
+
+    from dualcache._cli import _build_parser
+
+    parser = _build_parser(modules)
+    (subparsers,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {choice.dest: str(choice.help) for choice in subparsers._choices_actions}
+
+
+def test_cli_forwarded_commands_list_the_help_of_infra_cli() -> None:
+    # `dualcache --help` lists plan/outputs/wrangler without importing infra: the same one-line help.
+    assert _command_help(("dualcache._cli_infra",)) == _command_help(("infra.cli",))
