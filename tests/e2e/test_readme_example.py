@@ -144,7 +144,7 @@ def _readme_commands() -> list[list[str]]:
 
 
 def test_readme_dualcache_commands_parse_and_the_offline_ones_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(PROJECT_DIR)
     parser = _build_parser()
@@ -164,9 +164,9 @@ def test_readme_dualcache_commands_parse_and_the_offline_ones_run(
             assert namespace.command == args[0], args
             assert unknown == [] or args[0] in ("plan", "outputs"), (args, unknown)
             continue
-        capsys.readouterr()
-        status = main(args)
-        out = capsys.readouterr().out
+        capfd.readouterr()
+        status = main(args)  # plan and wrangler run `python -m infra.cli` in a subprocess: capfd sees its output
+        out = capfd.readouterr().out
         assert status in ((0, 2) if "--diff" in args else (0,)), (args, status)  # 2 = the diff found changes
         assert out, args
         if redirect is not None:
