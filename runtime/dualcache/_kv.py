@@ -670,7 +670,11 @@ class _ReadCoalescer:
         finally:
             expiry.cancel()
         if isinstance(answer, _Alone):
-            return await self._backend._get_one(key, metadata)
+            self.in_flight += 1
+            try:
+                return await self._backend._get_one(key, metadata)
+            finally:
+                self.in_flight -= 1
         return answer
 
     def _expire(self, waiter: _Waiter) -> None:
@@ -757,7 +761,9 @@ class _ReadCoalescer:
                     failure = BackendUnavailableError(f"kv get {waiter.key!r}: batch failed: {cause}", backend="kv")
                     failure.__cause__ = cause
                     waiter.future.set_exception(failure)
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            return  # every caller has its error; nobody awaits this task
         finally:
             self.in_flight -= 1
             if place is not None and not place.taken:
@@ -769,8 +775,11 @@ class _ReadCoalescer:
                 waiter.future.set_exception(_copy_error(error))
                 continue
             answer = answers[waiter.key]
-            if answer is not None and not isinstance(answer, _Alone) and not waiter.metadata:
-                answer = (answer[0], None)
+            if answer is not None and not isinstance(answer, _Alone):
+                if not waiter.metadata:
+                    answer = (answer[0], None)
+                elif isinstance(answer[1], _Alone):
+                    answer = _ALONE
             waiter.future.set_result(answer)
 
     async def aclose(self) -> None:
@@ -929,8 +938,9 @@ class _HTTPKVBackend:
     async def _bulk_read(self, keys: list[str], metadata: bool) -> dict[str, tuple[bytes, Any] | None | _Alone]:
         """One ``POST /bulk/get`` of distinct ``keys`` for coalesced single reads: per key its ``(value,
         metadata)``, ``None`` when missing, or :data:`_ALONE` when the answer cannot be trusted to be the bytes a
-        single ``GET`` returns (not text, holding U+FFFD, not in the answer, no metadata shape): that key is then
-        read on its own."""
+        single ``GET`` returns (not text, holding U+FFFD, not in the answer): that key is then read on its own.
+        With ``metadata``, an answer without the metadata shape has :data:`_ALONE` as its metadata (only the
+        readers that want metadata read alone)."""
         body: dict[str, Any] = {"keys": keys, "type": "text"}
         if metadata:
             body["withMetadata"] = True
@@ -946,10 +956,10 @@ class _HTTPKVBackend:
                 continue
             value, meta = values[key], None
             if metadata and value is not None:
-                if not isinstance(value, dict) or "value" not in value:
-                    out[key] = _ALONE  # a server that ignores withMetadata: the single GET has the header
-                    continue
-                value, meta = value["value"], value.get("metadata")
+                if isinstance(value, dict) and "value" in value:
+                    value, meta = value["value"], value.get("metadata")
+                else:
+                    meta = _ALONE  # a server that ignores withMetadata: its metadata readers read alone
             if value is None:
                 out[key] = None
             elif isinstance(value, str) and "\ufffd" not in value:
@@ -1386,10 +1396,11 @@ class KVStore:
                     reason="admission",
                 ) from exc
             if isinstance(exc, BackendUnavailableError):
-                self._failed(breaker)
+                if breaker is not None:
+                    breaker.failure()
             elif breaker is not None:
                 breaker.success()  # KV answered (a 4xx, a malformed body): the target is up
-            self.counts["errors"] += 1
+            self.counts["errors"] += 1  # once per failed call (an unavailable target was counted twice)
             raise
         except (InvalidInputError, UsageError):
             if breaker is not None:
