@@ -624,16 +624,28 @@ class _ReadCoalescer:
     deadline at the queue (its bounded call's gate deadline, else the request timeout): a read still queued
     then fails as an admission timeout (nothing sent: a skip); its ticket is marked admitted when its batch
     gets a place, so its read budget counts from then, as for a single read. A failed batch fails each of its
-    callers with a copy of the error (a miss each, counted per call by :class:`KVStore`). An answer that
+    callers with a copy of the error (a miss each, counted per call by :class:`KVStore`).
+
+    How many queued reads are in flight at once (the window, in keys; a batch goes out while fewer are) adapts
+    to the server, as TCP's congestion window does: while the window is what holds reads back, each batch that
+    answers within a quarter of its callers' read budget widens it (by one batch per window's worth of keys);
+    a batch that takes more than half of that budget, or fails, halves it. A server that answers one request at
+    a time (miniflare) so gets about one batch at a time, each within its budget, while the reads behind it
+    wait in the queue (whose deadline is not their read budget); one that answers in parallel gets up to
+    :attr:`WINDOW_MAX` keys. The window never shrinks below one batch. An answer that
     cannot be trusted to equal the single ``GET``'s bytes (see :meth:`_HTTPKVBackend._bulk_read`), and every
     answer of a batch the server refused for one of its values (a plain 400), is read again on its own.
 
     Attributes:
+        window: Queued reads allowed in flight now, in keys (``batch_max`` .. :attr:`WINDOW_MAX`).
         in_flight: Read requests of this binding in flight (single and bulk).
         requests: Read requests sent for queued reads (single and bulk).
         bulk_requests: Of those, bulk gets.
         coalesced: Reads answered by a bulk get.
     """
+
+    WINDOW_MAX = 800
+    """Most queued reads of one binding in flight at once (in keys), however fast the server answers."""
 
     def __init__(self, backend: _HTTPKVBackend, client: httpx.AsyncClient, batch_max: int, wait: float) -> None:
         self._backend = backend
@@ -643,6 +655,10 @@ class _ReadCoalescer:
         self._pending: deque[_Waiter] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
         self._senders: set[asyncio.Task[None]] = set()
+        self._keys = 0  # keys of the batches in flight
+        self._batch_done = asyncio.Event()
+        self._held_back = False  # the dispatcher is waiting for the window
+        self.window = float(batch_max)
         self.in_flight = 0
         self.requests = 0
         self.bulk_requests = 0
@@ -706,12 +722,24 @@ class _ReadCoalescer:
         gate = self._gate
         try:
             while self._pending:
+                live = [w.deadline for w in self._pending if not w.future.done()]
+                if not live:
+                    self._pending.clear()  # every queued read expired or was cancelled
+                    break
+                if self._keys and self._keys >= self.window:
+                    # As many reads in flight as the server bears: the queue grows until a batch ends.
+                    self._batch_done.clear()
+                    self._held_back = True
+                    try:
+                        async with asyncio.timeout(max(max(live) - loop.time(), 0.0)):
+                            await self._batch_done.wait()
+                    except TimeoutError:
+                        pass  # every queued read is past its deadline by now
+                    finally:
+                        self._held_back = False
+                    continue
                 place: HeldPlace | None = None
                 if gate is not None:
-                    live = [w.deadline for w in self._pending if not w.future.done()]
-                    if not live:
-                        self._pending.clear()  # every queued read expired or was cancelled
-                        break
                     try:
                         # As long as the last queued read may still wait; each one fails on its own deadline.
                         await gate.acquire(max(max(live) - loop.time(), 0.0))
@@ -729,6 +757,7 @@ class _ReadCoalescer:
                     if waiter.ticket is not None:
                         waiter.ticket.admit(now)
                 self.in_flight += 1
+                self._keys += len({w.key for w in batch})  # given back by _send, which sends these keys
                 sender = loop.create_task(self._send(batch, place), context=held_place(place))
                 self._senders.add(sender)
                 sender.add_done_callback(self._senders.discard)
@@ -740,6 +769,11 @@ class _ReadCoalescer:
         metadata = any(w.metadata for w in batch)
         answers: dict[str, tuple[bytes, Any] | None | _Alone]
         error: BackendError | None = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budgets = [w.ticket.budget for w in batch if w.ticket is not None and w.ticket.budget is not None]
+        budget = min(budgets, default=self._wait)
+        slow, ok = True, False  # until it answers, in time
         try:
             self.requests += 1
             if len(keys) == 1:
@@ -748,9 +782,11 @@ class _ReadCoalescer:
                 self.bulk_requests += 1
                 answers = await self._backend._bulk_read(keys, metadata)
                 self.coalesced += len(batch)
+            slow, ok = loop.time() - started > budget / 4, True
         except BackendError as exc:
             if len(keys) > 1 and _is_value_rejection(exc):
                 answers = dict.fromkeys(keys, _ALONE)  # the server refused one value: each key on its own
+                ok = True
             else:
                 answers, error = {}, exc
         except BaseException as exc:
@@ -766,6 +802,9 @@ class _ReadCoalescer:
             return  # every caller has its error; nobody awaits this task
         finally:
             self.in_flight -= 1
+            self._keys -= len(keys)
+            self._adapt(len(keys), slow, not ok or loop.time() - started > budget / 2)
+            self._batch_done.set()
             if place is not None and not place.taken:
                 place.admission.release()
         for waiter in batch:
@@ -781,6 +820,12 @@ class _ReadCoalescer:
                 elif isinstance(answer[1], _Alone):
                     answer = _ALONE
             waiter.future.set_result(answer)
+
+    def _adapt(self, keys: int, slow: bool, too_slow: bool) -> None:
+        if too_slow:
+            self.window = max(float(self._batch_max), self.window / 2)
+        elif not slow and self._held_back:
+            self.window = min(float(self.WINDOW_MAX), self.window + self._batch_max * keys / self.window)
 
     async def aclose(self) -> None:
         """Cancel the dispatcher and the batches in flight (their callers fail) and wait for them."""

@@ -54,11 +54,13 @@ T = TypeVar("T")
 class _Ticket:
     """What the gate knows of the bounded call it serves: its deadline, and whether (and when) it got in.
 
-    ``on_admit``, when set, is called once at admission with the loop time, so the caller can start the
-    request's own budget from that moment (a call that queues, see :func:`run_bounded`'s ``queue``).
+    ``budget`` is the call's own time budget (from admission when it queues). ``on_admit``, when set, is called
+    once at admission with the loop time, so the caller can start the request's own budget from that moment (a
+    call that queues, see :func:`run_bounded`'s ``queue``).
     """
 
     deadline: float
+    budget: float | None = None
     admitted: bool = False
     admitted_at: float = 0.0
     on_admit: Callable[[float], None] | None = None
@@ -398,7 +400,7 @@ async def run_bounded(
         if not waiter.done():
             waiter.set_result(None)
 
-    ticket = _Ticket(deadline=started + (budget * GATE_SHARE if queue is None else queue))
+    ticket = _Ticket(deadline=started + (budget * GATE_SHARE if queue is None else queue), budget=budget)
     timer = [loop.call_at(started + budget if queue is None else started + queue + budget, wake)]
     if queue is not None:
 

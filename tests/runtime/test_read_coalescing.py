@@ -89,7 +89,10 @@ async def test_coalescer_concurrent_reads_share_bulk_gets_with_single_get_answer
         reads = [asyncio.ensure_future(store.get(k)) for k in keys]
         meta = asyncio.ensure_future(store.get_with_metadata("meta"))
         plain = asyncio.ensure_future(store.get("meta"))
-        await until(lambda: held.arrived == 3)  # the direct GET, then two bulk gets (100 + 61 distinct keys)
+        await until(lambda: held.arrived == 2)  # the direct GET and the first bulk get (one batch at a time at first)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert held.arrived == 2  # the second batch waits for the first
         held.release()
         answers = await asyncio.gather(*reads)
         assert answers == [f"v{i}".encode() if i < 150 else None for i in range(160)]
@@ -180,7 +183,7 @@ async def test_coalescer_cancelled_caller_cancels_no_one_else(clock: FakeClock) 
 
 async def test_coalescer_queues_behind_the_gate_within_its_bound(clock: FakeClock) -> None:
     held = HeldPlane(clock)
-    client = build_client("kv", LayerLimits(4, 3), httpx.Timeout(5.0), transport=httpx.MockTransport(held))
+    client = build_client("kv", LayerLimits(2, 1), httpx.Timeout(5.0), transport=httpx.MockTransport(held))
     gate = admission_of(client)
     assert gate is not None
     async with client:
@@ -190,14 +193,50 @@ async def test_coalescer_queues_behind_the_gate_within_its_bound(clock: FakeCloc
         gate.peak = 0
         held.block()
         reads = [asyncio.ensure_future(store.get(f"k{i:03d}")) for i in range(250)]
-        await until(lambda: held.arrived == 3)  # the direct GET and two batches hold the gate's 3 places
+        await until(lambda: held.arrived == 1)  # the direct GET holds the gate's only place
         for _ in range(20):
             await asyncio.sleep(0)
-        assert held.arrived == 3 and gate.in_flight == 3  # the other 49 reads wait behind the gate, unsent
+        assert held.arrived == 1 and gate.in_flight == 1  # the other 249 reads wait behind the gate, unsent
         held.release()
         assert await asyncio.gather(*reads) == [f"v{i}".encode() for i in range(250)]
         assert len(held.plane.requests) == 4  # 1 + 100 + 100 + 49
-        assert gate.peak == 3 and gate.in_flight == 0
+        assert gate.peak == 1 and gate.in_flight == 0
+
+
+async def test_coalescer_window_widens_while_it_holds_fast_reads_back_and_halves_on_failure(clock: FakeClock) -> None:
+    held = HeldPlane(clock)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(held)) as client:
+        store = store_of(client)
+        reads = store.backend._reads  # type: ignore[attr-defined]
+        await seed(store, 300)
+        assert reads.window == 100
+        for _ in range(3):  # a few reads at a time never fill the window: it stays one batch wide
+            held.block()
+            burst = [asyncio.ensure_future(store.get(f"k{i:03d}")) for i in range(10)]
+            await until(lambda: held.arrived == 2)
+            held.release()
+            await asyncio.gather(*burst)
+        assert reads.window == 100
+        for _ in range(4):  # 300 at once: the window holds reads back, and the batches answer at once: it widens
+            held.block()
+            window = reads.window
+            burst = [asyncio.ensure_future(store.get(f"k{i:03d}")) for i in range(300)]
+            await until(lambda: held.arrived >= 2)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            # The direct GET, then batches of 100 while fewer keys than the window are in flight.
+            assert held.arrived == 1 + min(3, -(-window // 100))
+            held.release()
+            assert await asyncio.gather(*burst) == [f"v{i}".encode() for i in range(300)]
+        wide = reads.window
+        assert 200 <= wide <= reads.WINDOW_MAX
+        held.block()
+        held.fail_bulk = 503
+        burst = [asyncio.ensure_future(store.get(f"k{i:03d}")) for i in range(101)]
+        await until(lambda: held.arrived == 2)
+        held.release()
+        await asyncio.gather(*burst, return_exceptions=True)
+        assert reads.window == max(100, wide / 2)
 
 
 async def test_coalescer_read_queued_past_its_gate_deadline_is_skipped(clock: FakeClock) -> None:
