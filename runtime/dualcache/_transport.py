@@ -396,7 +396,7 @@ async def run_bounded(
     # queues): one wake-up per call, where waiting on the task and on an admission future took two.
     waiter: asyncio.Future[None] = loop.create_future()
 
-    def wake(_: object = None) -> None:
+    def wake() -> None:
         if not waiter.done():
             waiter.set_result(None)
 
@@ -413,20 +413,26 @@ async def run_bounded(
         ticket.on_admit = admitted
     context = contextvars.copy_context()
     context.run(_TICKET.set, ticket)
-    task: asyncio.Task[T] = loop.create_task(coro, context=context)
-    task.add_done_callback(wake)
+    task: asyncio.Task[T] = loop.create_task(_waking(coro, wake), context=context)
     try:
         await waiter
     except asyncio.CancelledError:
         timer[0].cancel()
-        task.remove_done_callback(wake)
         ticket.on_admit = None
         abandoner.abandon(task, ticket)
         raise
     timer[0].cancel()
     ticket.on_admit = None
     if not task.done():
-        task.remove_done_callback(wake)
         abandoner.abandon(task, ticket)
         raise BudgetExceeded(f"no answer within {budget:.3g}s")
     return task.result()
+
+
+async def _waking(coro: Coroutine[Any, Any, T], wake: Callable[[], None]) -> T:
+    """``coro``, waking its bounded caller in the very step it ends (a done callback would take one more turn
+    of the loop), so the task is done by the time the caller looks."""
+    try:
+        return await coro
+    finally:
+        wake()
