@@ -309,6 +309,9 @@ class FloorRow:
     floor_p99_us: float
     store_us: float | None = None
     """Median of the cache's own KV client reading the same key (``KVStore.get``): the hit minus the engine."""
+    paired_us: float | None = None
+    """Median of the per-round differences hit - raw GET (each round times both back to back, so slow drift
+    of a shared machine cancels out): the hit's own cost above its floor."""
 
     @property
     def ratio(self) -> float:
@@ -356,6 +359,7 @@ async def hit_vs_floor(cache: DualCache, text: str, data_plane_url: str, token: 
         hit_p99_us=percentile(hit, 0.99) * 1e6,
         floor_p99_us=percentile(floor, 0.99) * 1e6,
         store_us=statistics.median(own) * 1e6,
+        paired_us=statistics.median(h - f for h, f in zip(hit, floor, strict=True)) * 1e6,
     )
 
 
@@ -366,6 +370,11 @@ def print_floor(label: str, row: FloorRow) -> None:
         f"(goal <= 1.10x; medians of {row.samples} interleaved rounds; p99 {row.hit_p99_us:,.0f} vs "
         f"{row.floor_p99_us:,.0f} µs; a {row.value_bytes:,} B record)"
     )
+    if row.paired_us is not None:
+        print(
+            f"    per-round difference (median of hit - raw GET, drift cancelled): {row.paired_us:,.0f} µs = "
+            f"{1 + row.paired_us / row.floor_us:.2f}x"
+        )
     if row.store_us is not None:
         print(
             f"    of which the KV client (KVStore.get of the same key) {row.store_us:,.0f} µs = "

@@ -656,7 +656,7 @@ class _ReadCoalescer:
         self._dispatcher: asyncio.Task[None] | None = None
         self._senders: set[asyncio.Task[None]] = set()
         self._keys = 0  # keys of the batches in flight
-        self._batch_done = asyncio.Event()
+        self._batch_done: asyncio.Future[None] | None = None  # set when the dispatcher waits for the window
         self._held_back = False  # the dispatcher is waiting for the window
         self.window = float(batch_max)
         self.in_flight = 0
@@ -728,15 +728,17 @@ class _ReadCoalescer:
                     break
                 if self._keys and self._keys >= self.window:
                     # As many reads in flight as the server bears: the queue grows until a batch ends.
-                    self._batch_done.clear()
+                    # (A future of this loop, not an Event kept across loops: a backend may outlive a loop.)
+                    done = self._batch_done = loop.create_future()
                     self._held_back = True
                     try:
                         async with asyncio.timeout(max(max(live) - loop.time(), 0.0)):
-                            await self._batch_done.wait()
+                            await done
                     except TimeoutError:
                         pass  # every queued read is past its deadline by now
                     finally:
                         self._held_back = False
+                        self._batch_done = None
                     continue
                 place: HeldPlace | None = None
                 if gate is not None:
@@ -804,7 +806,8 @@ class _ReadCoalescer:
             self.in_flight -= 1
             self._keys -= len(keys)
             self._adapt(len(keys), slow, not ok or loop.time() - started > budget / 2)
-            self._batch_done.set()
+            if self._batch_done is not None and not self._batch_done.done():
+                self._batch_done.set_result(None)
             if place is not None and not place.taken:
                 place.admission.release()
         for waiter in batch:
