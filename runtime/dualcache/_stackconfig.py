@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
+from dualcache._names import GATEWAY_ID_PATTERN, WORKER_NAME_RE, is_valid_gateway_id, is_valid_worker_name
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Policies
 from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yaml_file
 
@@ -65,14 +66,9 @@ PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey"
 """The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
 
 _HEX32 = r"^[0-9a-f]{32}$"
-# Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
-# 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
-_WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
-# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
-# create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
-GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
-"""The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""
-_GATEWAY_ID_RE = re.compile(GATEWAY_ID_PATTERN)
+# Worker names and gateway ids: Cloudflare's rules live in dualcache._names (no pydantic, no YAML), which the
+# outputs contract shares; re-exported here.
+_WORKER_NAME = WORKER_NAME_RE
 _GATEWAY_ID_RULE = (
     f"1..64 characters matching {GATEWAY_ID_PATTERN} (lowercase letters, digits and '_', single '-' between)"
 )
@@ -90,16 +86,6 @@ _PULUMI_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # Policy overrides are a mapping of operation names to mappings of scalar fields (see _check_policy_shape).
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _POLICY_STRING_MAX = 64
-
-
-def is_valid_gateway_id(value: str) -> bool:
-    """Whether ``value`` is an id Cloudflare accepts for an AI Gateway (:data:`GATEWAY_ID_PATTERN`, 1..64)."""
-    return 1 <= len(value) <= 64 and _GATEWAY_ID_RE.match(value) is not None
-
-
-def is_valid_worker_name(value: str) -> bool:
-    """Whether ``value`` is a Workers script name: 1..63 of ``a-z0-9_-``, not starting or ending with ``-``."""
-    return isinstance(value, str) and _WORKER_NAME.match(value) is not None and not value.endswith("-")
 
 
 def _check_worker_name(value: str | None) -> str | None:
