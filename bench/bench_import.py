@@ -13,8 +13,9 @@ them alike); the figure is the median wall time of the statement itself, timed i
 * ``import dualcache``, ``from dualcache import DualCache``, and building a ``DualCache`` from outputs (after
   that import): for each ``--tree`` given (a ``runtime/`` folder put first on the path; default: whatever
   ``dualcache`` the interpreter imports), so two trees are compared in one run;
-* the baselines: ``import asyncio``, ``import httpx``, ``import pydantic``, and the floor, ``import asyncio,
-  httpx, pydantic``: the modules ``DualCache`` cannot do without (its HTTP clients, its validated policies);
+* the baselines: ``import asyncio``, ``import httpx``, ``import pydantic``, ``from pydantic import BaseModel,
+  SecretStr``, and the floor: all of them and one model class built, in one interpreter (what ``DualCache``
+  cannot do without: its HTTP clients, its validated policies and outputs);
 * which heavy modules each statement leaves imported (pydantic, yaml, ssl, httpx), the SSL contexts building a
   cache created, and the largest self times ``-X importtime`` reports for ``from dualcache import DualCache``.
 
@@ -29,11 +30,16 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 GOAL_MS = 150.0
 WATCHED = ("pydantic", "yaml", "ssl", "httpx", "asyncio")
+FLOOR = "import asyncio, httpx\nfrom pydantic import BaseModel, SecretStr\nclass M(BaseModel):\n    x: int"
+"""What ``DualCache`` cannot do without: asyncio, its HTTP client, and one validated model (``import pydantic``
+alone is lazy: ``BaseModel`` and ``SecretStr`` import the model machinery, and the first model class built
+loads pydantic's schema builder and its plugins' entry points)."""
 
 _BUILD = """
 from dualcache import DualCache, StackOutputs
@@ -89,10 +95,7 @@ class Case:
         self.ssl_contexts = 0
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.tree is not None:
-            env["PYTHONPATH"] = os.pathsep.join([self.tree, *filter(None, [env.get("PYTHONPATH")])])
-        return env
+        return child_env(self.tree)
 
     def run_once(self, python: str) -> None:
         # Count SSL contexts only for the construction: patching ssl imports it, which the imports must not see.
@@ -123,11 +126,28 @@ class Case:
         return f"  {self.label:<44} {self.median:>9.1f} {min(self.ms):>8.1f} {self.cpu:>8.1f}   {self.watched}{extra}"
 
 
-def top_self_times(python: str, statement: str, tree: str | None, runs: int) -> list[tuple[float, str]]:
-    """The largest median self times ``-X importtime`` reports for ``statement`` (ms, module)."""
+PYCACHE = tempfile.mkdtemp(prefix="dualcache-bench-pycache-")
+
+
+def child_env(tree: str | None) -> dict[str, str]:
+    """The environment of a measured interpreter: ``tree`` first on the path, and bytecode cached.
+
+    An installed package has its ``.pyc`` files (pip compiles them); with ``PYTHONDONTWRITEBYTECODE`` set (as
+    in some shells and CI images) every fresh interpreter would compile dualcache's sources again, which is
+    not what a service pays. The bytecode goes to a temporary ``PYTHONPYCACHEPREFIX``, so no tree is written to,
+    and a warm-up round fills it.
+    """
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = PYCACHE
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([tree, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def top_self_times(python: str, statement: str, tree: str | None, runs: int) -> list[tuple[float, str]]:
+    """The largest median self times ``-X importtime`` reports for ``statement`` (ms, module)."""
+    env = child_env(tree)
     selfs: dict[str, list[float]] = {}
     for _ in range(runs):
         done = subprocess.run(
@@ -157,7 +177,8 @@ def main() -> int:
         Case("import asyncio", "import asyncio"),
         Case("import httpx", "import httpx"),
         Case("import pydantic", "import pydantic"),
-        Case("floor: import asyncio, httpx, pydantic", "import asyncio, httpx, pydantic"),
+        Case("from pydantic import BaseModel, SecretStr", "from pydantic import BaseModel, SecretStr"),
+        Case("floor: asyncio, httpx, one pydantic model", FLOOR),
     ]
     ours: list[list[Case]] = []
     for tree in trees:
@@ -174,6 +195,10 @@ def main() -> int:
             ]
         )
     cases = baselines + [c for group in ours for c in group]
+    for case in cases:  # warm-up: fills the bytecode cache, and the OS file cache
+        case.run_once(args.python)
+        case.ms.clear()
+        case.cpu_ms.clear()
     for _ in range(args.runs):
         for case in cases:  # interleaved: drift on the shared machine hits every statement alike
             case.run_once(args.python)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from dualcache._exceptions import InvalidInputError
@@ -68,6 +69,8 @@ MAX_PART_BYTES = 200
 """An escaped id longer than this is replaced by its SHA-256 (``%h`` + 64 hex digits)."""
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~@+=,;!*'()[]{}$&/ ")
+# The same set as one regular expression: a C-speed scan of an id that needs no escaping (every key built).
+_ALL_SAFE = re.compile("[" + re.escape("".join(sorted(_SAFE))) + "]*")
 
 
 def sha256_hex(text: str) -> str:
@@ -77,7 +80,7 @@ def sha256_hex(text: str) -> str:
 
 def escape_part(value: str) -> str:
     """Escape one user-supplied key part (see the module docstring); injective over all strings."""
-    if all(c in _SAFE for c in value):
+    if _ALL_SAFE.fullmatch(value) is not None:
         escaped = value
     else:
         escaped = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
@@ -101,6 +104,8 @@ def check_utf8(name: str, value: str) -> None:
     Raises:
         InvalidInputError: names the argument and the offending position.
     """
+    if value.isascii():  # a flag of the string, no scan: every id and most texts
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -221,8 +226,11 @@ def check_key(key: object) -> str:
         raise InvalidInputError(f"KV key must be a string, got {type(key).__name__} {key!r}")
     if key in ("", ".", ".."):
         raise InvalidInputError(f"KV key {key!r} is not allowed; a key cannot be empty, '.' or '..'")
-    check_utf8("KV key", key)
-    size = len(key.encode("utf-8"))
+    if key.isascii():  # one byte a character: no encoding needed to know the size (every key the cache builds)
+        size = len(key)
+    else:
+        check_utf8("KV key", key)
+        size = len(key.encode("utf-8"))
     if size > KV_MAX_KEY_BYTES:
         raise InvalidInputError(
             f"KV key {key[:40]!r}... is {size} bytes; Cloudflare KV keys are at most {KV_MAX_KEY_BYTES} bytes"
