@@ -186,12 +186,41 @@ def embedding_fingerprint(
     return sha256_hex(canonical_json(spec))[:16]
 
 
+TEXT_HASH_MEMO_CHARS = 4_000_000
+"""Characters of text (texts of at most 8,192 characters each, oldest out first) whose SHA-256 :func:`embed_key`
+remembers: the texts a cache is asked for again and again are the ones it serves from KV, and a dict lookup of a
+text costs a fraction of hashing it. At most 16 MB of text (4 bytes a character at worst)."""
+_TEXT_HASH_MEMO_MAX_TEXT = 8_192
+_text_hashes: dict[str, str] = {}
+_text_hash_chars = 0
+
+
+def _text_hash(text: str) -> str:
+    global _text_hash_chars
+    digest = _text_hashes.get(text)
+    if digest is not None:
+        return digest
+    digest = sha256_hex(text)
+    if len(text) <= _TEXT_HASH_MEMO_MAX_TEXT:
+        # Oldest first out (dicts keep insertion order). pop(..., None): under threads another caller may have
+        # evicted the same entry first; the character count then drifts a little, which only bounds it lower.
+        while _text_hash_chars + len(text) > TEXT_HASH_MEMO_CHARS and _text_hashes:
+            oldest = next(iter(_text_hashes), None)
+            if oldest is not None and _text_hashes.pop(oldest, None) is not None:
+                _text_hash_chars -= len(oldest)
+        _text_hashes[text] = digest
+        _text_hash_chars += len(text)
+    return digest
+
+
 def embed_key(text: str, fingerprint: str | None = None) -> str:
     """Return ``embed:{sha256(text)}``, or ``embed:%s{fingerprint}:{sha256(text)}`` for a non-seed
-    configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation."""
+    configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation.
+
+    The text's hash is remembered for the texts asked again (see :data:`TEXT_HASH_MEMO_CHARS`)."""
     if fingerprint is None:
-        return "embed:" + sha256_hex(text)
-    return f"embed:%s{fingerprint}:{sha256_hex(text)}"
+        return "embed:" + _text_hash(text)
+    return f"embed:%s{fingerprint}:{_text_hash(text)}"
 
 
 def analysis_key(user_id: str, job_id: str, *, version: str | None = None) -> str:
