@@ -63,7 +63,7 @@ from dualcache._kv import (
     SQLiteKVBackend,
 )
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
-from dualcache._params import check_json_content, check_sampling
+from dualcache._params import check_json_content, check_sampling, is_json_safe
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import (
     DEFAULT_DECODE_MEMO_BYTES,
@@ -235,6 +235,8 @@ def _check_messages(messages: object) -> list[dict[str, Any]]:
         elif not isinstance(content, list) or not content:
             raise InvalidInputError(f"messages[{i}].content must be a non-empty string or list of parts")
         out.append(dict(m))
+    if is_json_safe(out):  # exact JSON types, checked: json.dumps cannot fail (every call, hits included)
+        return out
     check_json_content(out, "messages")  # lone surrogates, NaN/Infinity: InvalidInputError, before any I/O
     try:
         json.dumps(out)

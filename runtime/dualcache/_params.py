@@ -23,7 +23,7 @@ from typing import Any
 
 from dualcache._exceptions import InvalidInputError
 
-__all__ = ["SAMPLING_RANGES", "JSON_MAX_DEPTH", "ParamRange", "check_json_content", "check_sampling"]
+__all__ = ["SAMPLING_RANGES", "JSON_MAX_DEPTH", "ParamRange", "check_json_content", "check_sampling", "is_json_safe"]
 
 JSON_MAX_DEPTH = 64
 """Deepest nesting accepted in a request body (messages, parameters); far above any chat message's."""
@@ -135,7 +135,7 @@ def check_json_content(value: Any, name: str) -> None:
         InvalidInputError: a lone surrogate, NaN or Infinity, a non-string key, a value of another type,
             or nesting deeper than the limit; the message names the path.
     """
-    if _json_safe(value, 0):
+    if is_json_safe(value):
         return  # the common case, on every call and every cache hit: no path strings built
     stack: list[tuple[Any, str, int]] = [(value, name, 0)]  # something is wrong: find it, with its path
     while stack:
@@ -159,6 +159,14 @@ def check_json_content(value: Any, name: str) -> None:
             stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
         else:
             raise InvalidInputError(f"{path}: a {type(item).__name__} is not JSON (send str, number, list or dict)")
+
+
+def is_json_safe(value: Any) -> bool:
+    """Whether ``value`` is made of exact JSON types only (dict with str keys, list, tuple, str, int, float, bool,
+    None), every string UTF-8, every float finite, at most :data:`JSON_MAX_DEPTH` deep: then
+    :func:`check_json_content` accepts it and ``json.dumps`` cannot fail on it (no cycle: the depth is bounded).
+    ``False`` says nothing: ask :func:`check_json_content` (subclasses and other mappings may still do)."""
+    return _json_safe(value, 0)
 
 
 def _json_safe(value: Any, depth: int) -> bool:
