@@ -479,11 +479,14 @@ def _custom_name_problem(name: str) -> str | None:
     return None
 
 
-_BOOL = TypeAdapter(bool)
+_BOOL: TypeAdapter[bool] | None = None  # built on first use: only overrides need it, not every import
 
 
 def _lax_bool(value: Any) -> bool | None:
     """``value`` read as pydantic reads a bool (``"false"`` from ``pulumi config set --path`` too); None if not one."""
+    global _BOOL
+    if _BOOL is None:
+        _BOOL = TypeAdapter(bool)
     try:
         return _BOOL.validate_python(value)
     except ValidationError:
