@@ -411,7 +411,7 @@ def kv_requests(emulator_stats: dict[str, Any]) -> dict[str, int]:
     Args:
         emulator_stats: ``Emulator.control.stats()`` (or :attr:`DemoResult.emulator`).
     """
-    from dualcache.local._app import KV_OPERATIONS
+    from dualcache.local._state import KV_OPERATIONS
 
     rest = emulator_stats.get("kv", {})
     plane = emulator_stats.get("data_plane", {})

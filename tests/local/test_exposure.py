@@ -14,8 +14,8 @@ import pytest
 
 from dualcache import ConfigError
 from dualcache.local import Emulator, EmulatorState, Store, create_app
-from dualcache.local._app import MODEL_COUNTERS_MAX, OTHER_MODELS
 from dualcache.local._cli import _api_token, _data_plane_token, register, run_dev
+from dualcache.local._state import MODEL_COUNTERS_MAX, OTHER_MODELS
 
 
 def _port(emu: Emulator) -> str:
