@@ -197,6 +197,8 @@ _text_hash_chars = 0
 
 def _text_hash(text: str) -> str:
     global _text_hash_chars
+    if type(text) is not str:  # a subclass may compare (or hash) unlike its text: never remembered
+        return sha256_hex(text)
     digest = _text_hashes.get(text)
     if digest is not None:
         return digest
