@@ -344,6 +344,10 @@ class Policies(BaseModel):
             InvalidInputError: ``operation`` is not a valid name, or names no operation of these policies
                 (the message lists those that exist).
         """
+        if type(operation) is Operation:  # already validated: a built-in one is a field (every call asks)
+            found: OperationPolicy | None = self.__dict__.get(operation)
+            if found is not None:
+                return found
         op = Operation.parse(operation)
         if op.builtin:
             builtin: OperationPolicy = getattr(self, op.value)

@@ -154,7 +154,7 @@ class Stats:
         if counts is None:
             counts = self._row(operation)
         counts["requests"] += n
-        counts[outcome.value] += n
+        counts[outcome._value_] += n  # the member's value, without the enum's value property
         match outcome:
             case Outcome.KV_HIT | Outcome.COALESCED | Outcome.GATEWAY_HIT:
                 self._saved[operation] += self._price(operation) * n  # an unknown price counts 0, shown unknown
