@@ -16,8 +16,9 @@ them alike); the figure is the median wall time of the statement itself, timed i
 * the baselines: ``import asyncio``, ``import httpx``, ``import pydantic``, ``from pydantic import BaseModel,
   SecretStr``, and the floor: all of them and one model class built, in one interpreter (what ``DualCache``
   cannot do without: its HTTP clients, its validated policies and outputs);
-* which heavy modules each statement leaves imported (pydantic, yaml, ssl, httpx), the SSL contexts building a
-  cache created, and the largest self times ``-X importtime`` reports for ``from dualcache import DualCache``.
+* how many modules each statement imports, which heavy ones among them (pydantic, yaml, ssl, httpx), the SSL
+  contexts building a cache created, and the largest self times ``-X importtime`` reports for
+  ``from dualcache import DualCache``.
 
 Goal: ``from dualcache import DualCache`` <= 150 ms in a runtime-only venv.
 """
@@ -62,11 +63,12 @@ _TIMED = """\
 import sys, time
 {setup}
 {count_ssl}
+BEFORE = len(sys.modules)
 t, c = time.perf_counter(), time.process_time()
 {statement}
 ms, cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
 watched = ",".join(m for m in {watched!r} if m in sys.modules)
-print(ms, cpu, watched or "-", SSL_CONTEXTS[0])
+print(ms, cpu, watched or "-", SSL_CONTEXTS[0], len(sys.modules) - BEFORE)
 """
 
 _COUNT_SSL = """\
@@ -93,6 +95,8 @@ class Case:
         self.cpu_ms: list[float] = []
         self.watched = "-"
         self.ssl_contexts = 0
+        self.modules = 0
+        """Modules the statement imported (a count the machine's load cannot distort)."""
 
     def env(self) -> dict[str, str]:
         return child_env(self.tree)
@@ -109,7 +113,8 @@ class Case:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=self.env(), check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{self.label}: the interpreter failed:\n{done.stderr}")
-        ms, cpu, self.watched, contexts = done.stdout.split()
+        ms, cpu, self.watched, contexts, modules = done.stdout.split()
+        self.modules = int(modules)
         self.ms.append(float(ms))
         self.cpu_ms.append(float(cpu))
         self.ssl_contexts = int(contexts)
@@ -123,7 +128,10 @@ class Case:
         return statistics.median(self.cpu_ms)
 
     def row(self, extra: str = "") -> str:
-        return f"  {self.label:<44} {self.median:>9.1f} {min(self.ms):>8.1f} {self.cpu:>8.1f}   {self.watched}{extra}"
+        return (
+            f"  {self.label:<44} {self.median:>9.1f} {min(self.ms):>8.1f} {self.cpu:>8.1f} {self.modules:>8}   "
+            f"{self.watched}{extra}"
+        )
 
 
 PYCACHE = tempfile.mkdtemp(prefix="dualcache-bench-pycache-")
@@ -208,7 +216,7 @@ def main() -> int:
     ).stdout.strip()
     print(f"import and construction (python {version} at {args.python}; median of {args.runs} fresh interpreters)\n")
     floor, floor_cpu = baselines[-1].median, baselines[-1].cpu
-    print(f"  {'statement':<44} {'wall ms':>9} {'min ms':>8} {'CPU ms':>8}   modules left imported")
+    print(f"  {'statement':<44} {'wall ms':>9} {'min ms':>8} {'CPU ms':>8} {'modules':>8}   heavy ones among them")
     for case in baselines:
         print(case.row())
     for tree, group in zip(trees, ours, strict=True):
