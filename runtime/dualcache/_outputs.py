@@ -20,8 +20,8 @@ from typing import Any, Literal, Self, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dualcache._exceptions import ConfigError
+from dualcache._names import GATEWAY_APIS, GATEWAY_ID_PATTERN, GatewayApi, is_valid_worker_name
 from dualcache._policy import Namespace, Policies
-from dualcache._stackconfig import GATEWAY_APIS, GATEWAY_ID_PATTERN, GatewayApi, is_valid_worker_name
 from dualcache._untrusted import one_line, parse_json, quote, read_json_file, redact_url
 
 __all__ = [

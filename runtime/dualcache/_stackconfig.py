@@ -32,6 +32,14 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
+from dualcache._names import (
+    GATEWAY_APIS,
+    GATEWAY_ID_PATTERN,
+    WORKER_NAME_RE,
+    GatewayApi,
+    is_valid_gateway_id,
+    is_valid_worker_name,
+)
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, OperationPolicy, Policies
 from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yaml_file
 
@@ -98,14 +106,9 @@ DEFAULT_GATEWAY_ID = "default"
 with caching off): a stack may use it only with ``gateway.allowDefaultId: true``."""
 
 _HEX32 = r"^[0-9a-f]{32}$"
-# Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
-# 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
-_WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
-# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
-# create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
-GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
-"""The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""
-_GATEWAY_ID_RE = re.compile(GATEWAY_ID_PATTERN)
+# Worker names and gateway ids: Cloudflare's rules live in dualcache._names (no pydantic, no YAML), which the
+# outputs contract shares; re-exported here.
+_WORKER_NAME = WORKER_NAME_RE
 _GATEWAY_ID_RULE = (
     f"1..64 characters matching {GATEWAY_ID_PATTERN} (lowercase letters, digits and '_', single '-' between)"
 )
@@ -129,16 +132,6 @@ _POLICY_NUMBER_FIELDS = frozenset(
     for name, field in OperationPolicy.model_fields.items()
     if field.annotation in (int, float) or {int, float} & set(typing.get_args(field.annotation))
 )
-
-
-def is_valid_gateway_id(value: str) -> bool:
-    """Whether ``value`` is an id Cloudflare accepts for an AI Gateway (:data:`GATEWAY_ID_PATTERN`, 1..64)."""
-    return 1 <= len(value) <= 64 and _GATEWAY_ID_RE.match(value) is not None
-
-
-def is_valid_worker_name(value: str) -> bool:
-    """Whether ``value`` is a Workers script name: 1..63 of ``a-z0-9_-``, not starting or ending with ``-``."""
-    return isinstance(value, str) and _WORKER_NAME.match(value) is not None and not value.endswith("-")
 
 
 def _check_worker_name(value: str | None) -> str | None:
@@ -221,12 +214,6 @@ class RateLimitSettings(_Settings):
     def enabled(self) -> bool:
         """Whether a limit is set."""
         return self.limit > 0 and self.interval > 0
-
-
-GatewayApi = Literal["legacy", "rest"]
-"""The gateway's URL shape the runtime uses: ``legacy`` (``gateway.ai.cloudflare.com/v1/{account}/{gateway}/...``)
-or ``rest`` (``api.cloudflare.com/client/v4/accounts/{account}/ai/...`` with a ``cf-aig-gateway-id`` header)."""
-GATEWAY_APIS: tuple[GatewayApi, ...] = ("legacy", "rest")
 
 
 class GatewayRetrySettings(_Settings):
