@@ -4,10 +4,10 @@
 
 KV goes through the emulator's data plane, as in production. Prints:
 1. HTTP round trips and texts sent upstream for ``embed_many`` of 100 texts with 50 cached (and of the
-   102-text batch with two duplicates the issue measured LiteLLM with);
+   102-text batch with two duplicates that LiteLLM was measured with);
 2. upstream calls for 50 concurrent identical misses, single-flight on and off.
 
-The peer figures printed for comparison are the issue's measurements of LiteLLM 1.110.2 (in-memory cache).
+The peer figures printed for comparison are earlier measurements of LiteLLM 1.110.2 (in-memory cache).
 The hit path (µs per hit, hits at N callers, the hit against a raw GET) is measured by bench/bench_scale.py
 and bench/bench_dataplane.py.
 """

@@ -3,7 +3,7 @@
 Pure decisions first (policy -> ``cf-aig-*`` headers, which route to take, whether to retry and how
 long to wait), then one thin async client that sends requests and follows those decisions.
 
-Routes (cloudflare-facts §2.1):
+Routes (AI Gateway's documented URLs):
 
 * Workers AI through the gateway: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}``;
   direct: ``{api_base_url}/accounts/{account}/ai/run/{model}``. Both with ``Authorization: Bearer
@@ -99,7 +99,7 @@ def gateway_headers(
       gateway ``skip``: ``cf-aig-skip-cache: true``;
     * ``cf-aig-authorization`` when a gateway token is given;
     * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
-      when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
+      when long; metadata is not part of the gateway's cache key);
     * ``cf-aig-collect-log`` when the policy sets it.
     """
     headers: dict[str, str] = SecretHeaders()  # its repr masks cf-aig-authorization
@@ -126,7 +126,7 @@ def gateway_headers(
 def choose_routes(*, gateway_configured: bool, direct_configured: bool, policy: OperationPolicy) -> list[Route]:
     """Return the routes to try, in order: the gateway when configured, then direct when allowed.
 
-    With no gateway configured, the direct provider endpoint is the only route (as the seed does).
+    With no gateway configured, the direct provider endpoint is the only route.
     """
     if not gateway_configured:
         return [Route.DIRECT] if direct_configured else []
@@ -623,7 +623,7 @@ class UpstreamClient:
             raise bad  # outside the except block: no __context__ with the response's frames
         data = body
         if provider is Provider.WORKERS_AI and isinstance(body, dict) and "result" in body:
-            # Workers AI's envelope; through the gateway it may or may not be kept (cloudflare-facts §6),
+            # Workers AI's envelope; through the gateway it may or may not be kept (not documented),
             # so both shapes are accepted.
             if body.get("success") is False:
                 raise BadResponseError(f"{backend}: unsuccessful envelope: {body.get('errors')!r}", backend=backend)

@@ -79,13 +79,13 @@ SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken", DATA_PLANE_TOKEN_KEY})
 PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "dataPlane", "workersDevSubdomain", "policies"})
 """Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
 PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
-"""The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
+"""The Cloudflare provider's credentials (provider configuration): secrets only, never plain text in a stack file."""
 CLOUDFLARE_PROVIDER_KEYS = frozenset(
     {"apiToken", "apiKey", "email", "apiUserServiceKey", "baseUrl", "userAgentOperatorSuffix"}
 )
 """The ``cloudflare:`` keys the provider reads: exactly the settings of pulumi-cloudflare 6.23.1's
 ``pulumi_cloudflare/config/vars.py`` (``api_key``, ``api_token``, ``api_user_service_key``, ``base_url``,
-``email``, ``user_agent_operator_suffix``; cloudflare-facts §4.1). Any other ``cloudflare:`` key is a typo."""
+``email``, ``user_agent_operator_suffix``). Any other ``cloudflare:`` key is a typo."""
 PULUMI_ENGINE_KEYS = frozenset({"disable-default-providers", "autonaming"})
 """The ``pulumi:`` keys the Pulumi engine reads from a stack file: the two it documents for stack config
 (``pulumi:disable-default-providers``, ``pulumi:autonaming``). The program reads none itself; others are
@@ -98,7 +98,7 @@ _HEX32 = r"^[0-9a-f]{32}$"
 # Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
 # 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
 _WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
-# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
+# Gateway ids: 1..64 characters of the API schema's pattern for `id` (aig-config
 # create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
 GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
 """The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""
