@@ -65,7 +65,7 @@ def test_exported_members_include_the_kv_client_surface() -> None:
 
 
 def test_exported_members_include_the_answer_schemas() -> None:
-    # Model output is validated against these (issue 14): a custom operation registers its own schema.
+    # Model output is validated against these: a custom operation registers its own schema.
     for name in ("AnswerSchemas", "JobAnalysisAnswer", "SpamVerdictAnswer"):
         assert name in dualcache.__all__, name
 

@@ -94,7 +94,7 @@ class DataPlaneWorker(pulumi.ComponentResource):
         super().__init__("dualcache:infra:DataPlaneWorker", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        # main_module makes the upload an ES module (cloudflare-facts §4.4), as for the API Worker.
+        # main_module makes the upload an ES module (pulumi-cloudflare's WorkersScript), as for the API Worker.
         self.script = cloudflare.WorkersScript(
             f"{name}-script",
             account_id=args.account_id,

@@ -62,17 +62,17 @@ _POOLINGS = ("mean", "cls")
 
 @dataclass(frozen=True, slots=True)
 class Models:
-    """The model each operation uses (the seed's choices by default), and how embeddings are computed.
+    """The model each operation uses (the existing Worker's choices by default), and how embeddings are computed.
 
     The embedding key covers everything that changes a vector: ``embeddings`` (and so its dimension),
     ``embedding_pooling``, ``embedding_max_chars`` and the policy's ``version``. A change of any of them
     is a miss (a new key), never a vector of another shape; the old records expire by their TTL. The
-    seed's configuration (the defaults, no version) keeps the seed's keys, ``embed:{sha256(text)}``.
+    default configuration (no version) keeps the default (unversioned) keys, ``embed:{sha256(text)}``.
 
     Attributes:
         embedding_pooling: Workers AI's ``pooling`` for the bge models: ``"mean"`` (their default, not
             sent) or ``"cls"`` (sent; its vectors are not compatible with mean ones).
-        embedding_max_chars: The text sent to the model is cut to this many characters (the seed: 2,000);
+        embedding_max_chars: The text sent to the model is cut to this many characters (default 2,000);
             the key hashes the full text.
         embedding_encoding: For an OpenAI embeddings model (any ``embeddings`` not starting with ``@cf/``):
             the ``encoding_format`` asked, ``"base64"`` (the OpenAI SDK's default) or ``"float"``. Not part
@@ -158,14 +158,14 @@ class DualCache(EmbedOperations, JsonOperations):
             ``None`` (see :class:`~dualcache.RequestBudget`). Never used for the data plane.
         account_id: Cloudflare account id when no outputs are given.
         api_base_url: Cloudflare API base when no outputs are given.
-        policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
+        policies: Cache policies; default: those of ``outputs``, else the built-in defaults.
         kv: Builds the KV backend of a namespace; default: the data plane or Cloudflare REST with outputs
             (see ``outputs``), else SQLite.
         transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``); each
             layer still gets its own admission gate in front of it.
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).
-        prices: Price table for cost and saved; the seed's figures by default.
+        prices: Price table for cost and saved; default: the per-request estimates of ``PriceTable()``.
         retry: Retry bounds for provider calls.
         kv_timeout: Seconds a KV read may take before it counts as a miss; overrides
             ``timeouts.kv_read`` (default 1 s) when given.
@@ -272,7 +272,7 @@ class DualCache(EmbedOperations, JsonOperations):
             raise ConfigError(f"rest_budget must be a RequestBudget, got {type(rest_budget).__name__}")
         self._rest_budget = rest_budget
         self._data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        # One pool per layer, so slow model calls never hold the connections KV hits need (issue 13).
+        # One pool per layer, so slow model calls never hold the connections KV hits need.
         self._transport = transport
         self._kv_http = build_client("kv", self.limits.kv, self.timeouts.kv_http(), transport=transport)
         self._gateway_http = build_client(

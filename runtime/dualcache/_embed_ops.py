@@ -124,7 +124,7 @@ class EmbedOperations(CacheEngine):
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
 
         The key hashes the full text; the text sent to the model is cut to 2,000 characters (as the
-        seed does). Identical concurrent calls share one upstream call and one KV write. A hit reads
+        existing Worker does). Identical concurrent calls share one upstream call and one KV write. A hit reads
         KV and returns; only a miss enters single-flight. A cancelled call cancels no other.
 
         Raises:

@@ -5,7 +5,7 @@ long to wait), then one thin async client that sends requests and follows those 
 
 Routes. The gateway has two URL shapes, chosen per stack by ``StackOutputs.gateway_api``:
 
-* ``legacy`` (the ``gateway.ai.cloudflare.com`` URLs, cloudflare-facts §2.1):
+* ``legacy`` (the ``gateway.ai.cloudflare.com`` URLs, AI Gateway's documented universal endpoint):
 
   * Workers AI: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}`` with ``Authorization: Bearer
     <Cloudflare API token>``;
@@ -143,7 +143,7 @@ def gateway_headers(
       when ``retries`` is given (see :func:`plan_gateway_retries`);
     * ``cf-aig-authorization`` when a gateway token is given;
     * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
-      when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
+      when long; metadata is not part of the gateway's cache key);
     * ``cf-aig-collect-log`` when the policy sets it.
     """
     headers: dict[str, str] = SecretHeaders()  # its repr masks cf-aig-authorization
@@ -174,7 +174,7 @@ def gateway_headers(
 def choose_routes(*, gateway_configured: bool, direct_configured: bool, policy: OperationPolicy) -> list[Route]:
     """Return the routes to try, in order: the gateway when configured, then direct when allowed.
 
-    With no gateway configured, the direct provider endpoint is the only route (as the seed does).
+    With no gateway configured, the direct provider endpoint is the only route.
     """
     if not gateway_configured:
         return [Route.DIRECT] if direct_configured else []
@@ -890,7 +890,7 @@ class UpstreamClient:
             raise bad  # outside the except block: no __context__ with the response's frames
         data = body
         if provider is Provider.WORKERS_AI and isinstance(body, dict) and "result" in body:
-            # Workers AI's envelope; through the gateway it may or may not be kept (cloudflare-facts §6),
+            # Workers AI's envelope; through the gateway it may or may not be kept (not documented),
             # so both shapes are accepted.
             if body.get("success") is False:
                 raise BadResponseError(f"{backend}: unsuccessful envelope: {body.get('errors')!r}", backend=backend)

@@ -211,7 +211,7 @@ class JsonOperations(CacheEngine):
         if refresh:
             # Neither cache is read: KV is skipped here, the gateway is told cf-aig-skip-cache once. The fresh
             # answer overwrites the KV record. A refresh never joins (nor is joined by) an ordinary flight.
-            # Cloudflare documents skip-cache as a bypass (cloudflare-facts §2.2); whether the fresh answer also
+            # Cloudflare documents skip-cache as a bypass (``cf-aig-skip-cache``); whether the fresh answer also
             # replaces the gateway's entry is not said. Both cases are fine with KV on (later calls hit the new
             # KV record); with KV off the old entry may be served until its TTL, as the README says.
             upstream_policy = policy.model_copy(update={"gateway": GatewayMode.SKIP, "gateway_ttl": None})
@@ -269,7 +269,7 @@ class JsonOperations(CacheEngine):
         *,
         user_id: str | None,
     ) -> tuple[dict[str, Any], Outcome]:
-        """One chat call in JSON mode (cloudflare-facts §3 for Workers AI; OpenAI's ``json_object``)."""
+        """One chat call in JSON mode (Workers AI's ``response_format``; OpenAI's ``json_object``)."""
         json_mode = {"type": "json_object"}
         match call.provider:
             case Provider.WORKERS_AI:
@@ -387,7 +387,7 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Return the compatibility analysis of a job for a user (a JSON object).
 
-        The built-in operation ``job_analysis``, a :meth:`run` with the seed's models: cached in KV per user
+        The built-in operation ``job_analysis``, a :meth:`run` with the default models: cached in KV per user
         and job (``analysis:{userId}:{jobId}``, 7 days by default), gateway cache skipped. Workers AI answers
         first; when it fails (on every route), OpenAI answers instead. ``refresh=True`` skips the caches once
         and overwrites the record (see :meth:`run`); :meth:`forget` removes it.
@@ -414,7 +414,7 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Return the spam verdict for a job posting (a JSON object).
 
-        The built-in operation ``spam_detection``, a :meth:`run` with the seed's model: cached in KV per job
+        The built-in operation ``spam_detection``, a :meth:`run` with the default model: cached in KV per job
         (``spam:{jobId}``, 7 days) and in the gateway (24 hours) by default. ``refresh=True`` skips both
         caches once and overwrites the KV record.
 
@@ -449,7 +449,7 @@ class JsonOperations(CacheEngine):
         Args:
             messages: The chat messages.
             user_id: Sent in ``cf-aig-metadata`` for per-user analytics and spend limits.
-            json_output: Ask for a JSON object and return it as a dict (as the seed does); else the text.
+            json_output: Ask for a JSON object and return it as a dict (as the existing Worker does); else the text.
             temperature: Sampling temperature.
             max_tokens: Answer length cap.
 

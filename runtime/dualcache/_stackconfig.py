@@ -90,13 +90,13 @@ SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken", DATA_PLANE_TOKEN_KEY})
 PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "dataPlane", "workersDevSubdomain", "policies"})
 """Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
 PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
-"""The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
+"""The Cloudflare provider's credentials (provider configuration): secrets only, never plain text in a stack file."""
 CLOUDFLARE_PROVIDER_KEYS = frozenset(
     {"apiToken", "apiKey", "email", "apiUserServiceKey", "baseUrl", "userAgentOperatorSuffix"}
 )
 """The ``cloudflare:`` keys the provider reads: exactly the settings of pulumi-cloudflare 6.23.1's
 ``pulumi_cloudflare/config/vars.py`` (``api_key``, ``api_token``, ``api_user_service_key``, ``base_url``,
-``email``, ``user_agent_operator_suffix``; cloudflare-facts §4.1). Any other ``cloudflare:`` key is a typo."""
+``email``, ``user_agent_operator_suffix``). Any other ``cloudflare:`` key is a typo."""
 PULUMI_ENGINE_KEYS = frozenset({"disable-default-providers", "autonaming"})
 """The ``pulumi:`` keys the Pulumi engine reads from a stack file: the two it documents for stack config
 (``pulumi:disable-default-providers``, ``pulumi:autonaming``). The program reads none itself; others are

@@ -42,8 +42,8 @@ __all__ = ["Outcome", "PriceTable", "Stats"]
 class PriceTable(BaseModel):
     """Estimated US dollars per request the provider answers, per operation.
 
-    Defaults: the seed's figures for embeddings ($0.001), job analysis ($0.03) and application
-    generation ($0.02). The seed gives none for the other two; ours are estimates: resume parsing
+    Defaults: the job-matching service's figures for embeddings ($0.001), job analysis ($0.03) and application
+    generation ($0.02). It has none for the other two; ours are estimates: resume parsing
     $0.01 (a 70B model or GPT-4o vision over a whole resume), spam detection $0.002 (an 8B model over
     one job posting).
 
@@ -102,7 +102,7 @@ class Stats:
     """Counters per operation; see the module docstring for their meaning.
 
     Args:
-        prices: The price table; the seed's defaults when ``None``.
+        prices: The price table; the default per-request estimates when ``None``.
         policies: The operations to list (built-in and custom, in their order) and which of them read KV
             (the report shows "-" as the KV hit rate of one that does not); the defaults when ``None``.
             An operation counted without being listed is added at the end.

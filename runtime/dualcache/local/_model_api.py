@@ -56,7 +56,7 @@ def _wai_error(status: int, code: int, message: str) -> ModelReply:
 
 
 def run_workers_ai(model: str, data: Any) -> ModelReply:
-    """Run a local Workers AI model on ``data`` (the request JSON); envelope per facts §3."""
+    """Run a local Workers AI model on ``data`` (the request JSON); in Workers AI's envelope."""
     if model in _models.WORKERS_AI_EMBEDDING_MODELS:
         if not isinstance(data, Mapping) or "text" not in data:
             return _wai_error(400, WAI_INCOMPLETE, "Type: 'text' is required: a string or an array of 1..100 strings")
@@ -104,7 +104,7 @@ def run_workers_ai(model: str, data: Any) -> ModelReply:
             "json_schema",
         )
         if isinstance(answer, str) or json_mode:
-            response: Any = answer  # JSON mode: result.response is an object (facts §3.2)
+            response: Any = answer  # JSON mode: result.response is an object
         else:
             response = json.dumps(answer)  # JSON asked in the prompt only: a string holding JSON
         return _json_reply(

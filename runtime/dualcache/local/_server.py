@@ -79,7 +79,7 @@ def check_data_plane_token(token: str, *, source: str = "data_plane_token") -> s
 
 
 def data_plane_worker_name(config: StackConfig) -> str:
-    """The data-plane Worker's script name for ``config``'s stack: ``<project>-dualcache-<stack>`` (issue 8)."""
+    """The data-plane Worker's script name for ``config``'s stack: ``<project>-dualcache-<stack>``."""
     return f"{config.project}-dualcache-{config.stack}"
 
 
@@ -140,7 +140,7 @@ def is_loopback(host: str) -> bool:
 
 
 def gateway_settings(config: StackConfig) -> dict[str, Any]:
-    """The management-API body (facts §2.7) of the stack's gateway."""
+    """The management-API body of the stack's gateway."""
     gw = config.gateway
     settings: dict[str, Any] = {
         "id": config.gateway_id,
