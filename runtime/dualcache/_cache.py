@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +36,7 @@ from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, Upst
 from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
+from dualcache._limits import UserLimiter, UserLimits
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
 from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
@@ -117,6 +118,44 @@ def _secret(value: str | SecretStr | None, name: str) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
+def _check_user_limits(
+    user_limits: Mapping[str, UserLimits | Mapping[str, Any]] | None, policies: Policies, stats: Stats
+) -> dict[str, UserLimits]:
+    """The per-user limits by operation name, each checked against the policies and the prices."""
+    if user_limits is None:
+        return {}
+    if not isinstance(user_limits, Mapping):
+        raise ConfigError(f"user_limits must map operation names to UserLimits, got {type(user_limits).__name__}")
+    checked: dict[str, UserLimits] = {}
+    for name, limits in user_limits.items():
+        try:
+            op = Operation.parse(name)
+            policy = policies.for_operation(op)
+        except InvalidInputError as exc:
+            raise ConfigError(f"user_limits[{name!r}]: {exc}") from None
+        if isinstance(limits, Mapping):
+            try:
+                limits = UserLimits(**limits)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"user_limits[{name!r}]: {exc}; fields: requests, per, dollars, dollars_per"
+                ) from None
+        if not isinstance(limits, UserLimits):
+            raise ConfigError(f"user_limits[{name!r}] must be a UserLimits, got {type(limits).__name__}")
+        if op is Operation.SPAM_DETECTION or (not op.builtin and policy.scope is Scope.GLOBAL):
+            raise ConfigError(
+                f"user_limits[{name!r}]: calls of {op.value!r} never carry a user id (scope 'global'), so a "
+                "per-user limit would count nothing; limit a user-scoped operation"
+            )
+        if limits.dollars is not None and stats.prices.price(op) is None:
+            raise ConfigError(
+                f"user_limits[{name!r}].dollars={limits.dollars!r}: {op.value!r} has no price in the PriceTable, "
+                f"so its spend cannot be counted; pass prices=PriceTable({op.value}=...) or drop dollars"
+            )
+        checked[op.value] = limits
+    return checked
+
+
 class DualCache(EmbedOperations, JsonOperations):
     """Dual-layer caching of AI calls: Workers KV, then the AI Gateway, then the provider.
 
@@ -183,7 +222,14 @@ class DualCache(EmbedOperations, JsonOperations):
         timeouts: The time budget of each layer (defaults tabled in :class:`~dualcache.Timeouts`).
         limits: Pool and admission sizes of each layer.
         breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
-        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
+        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one), and of the
+            default ``user_limiter``.
+        user_limits: Per-user limits and budgets by operation name, e.g. ``{"job_analysis":
+            UserLimits(requests=20, per=60, dollars=1.0)}`` (a mapping of ``UserLimits`` fields works too).
+            Every call with a user id counts, cached answers included; one over a limit raises
+            :class:`~dualcache.UserLimitExceededError` before any I/O. See :class:`~dualcache.UserLimits`.
+        user_limiter: Where those limits are counted: a :class:`~dualcache.UserLimiter` (per-process
+            counters, bounded memory; the default, on ``monotonic``).
     """
 
     def __init__(
@@ -217,6 +263,8 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: PoolLimits | None = None,
         breaker: BreakerPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
+        user_limits: Mapping[str, UserLimits | Mapping[str, Any]] | None = None,
+        user_limiter: UserLimiter | None = None,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
@@ -248,6 +296,10 @@ class DualCache(EmbedOperations, JsonOperations):
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
         self.stats = Stats(prices, self.policies)
+        self._user_limits = _check_user_limits(user_limits, self.policies, self.stats)
+        if user_limiter is not None and not isinstance(user_limiter, UserLimiter):
+            raise ConfigError(f"user_limiter must be a UserLimiter, got {type(user_limiter).__name__}")
+        self._user_limiter = user_limiter or UserLimiter(clock=self._monotonic)
         self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import Timeouts
-from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError
+from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError, UserLimitExceededError
 from dualcache._gateway import CallRecord, Provider, UpstreamClient, UpstreamResult
 from dualcache._keys import check_utf8, gateway_cache_key
 from dualcache._kv import (
@@ -49,6 +49,7 @@ from dualcache._kv import (
     KVStore,
     SQLiteKVBackend,
 )
+from dualcache._limits import UserLimiter, UserLimits, user_label
 from dualcache._outputs import StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy
 from dualcache._records import RecordStatus, should_coalesce
@@ -130,10 +131,42 @@ class CacheEngine:
     _forgets: list[tuple[KVStore, str, bool]]
     _memo: OrderedDict[str, tuple[bytes, list[float], int]]  # the decode memo (dropped on forget)
     _memo_used: int
+    _user_limits: dict[str, UserLimits]  # per operation name (dualcache._limits)
+    _user_limiter: UserLimiter
 
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("this DualCache is closed; create a new one")
+
+    def _admit(self, op: Operation, user_id: str | None, n: int = 1) -> None:
+        """Count ``n`` requests of ``user_id`` against ``op``'s per-user limits, or raise; no I/O.
+
+        The one check at the entry of every operation call, after its input checks and before any I/O;
+        cached answers count too (see ``dualcache._limits``). A call without a user id is not counted.
+
+        Raises:
+            UserLimitExceededError: the user is over a limit (counted in ``limited``).
+        """
+        limits = self._user_limits.get(op.value)
+        if limits is None or user_id is None:
+            return
+        dollars = (self.stats.prices.price(op) or 0.0) * n
+        refusal = self._user_limiter.acquire(op.value, user_id, limits, requests=n, dollars=dollars)
+        if refusal is None:
+            return
+        self.stats.limited(op, n)
+        user = user_label(user_id)
+        wait = "never under this limit (one call needs more than all of it)"
+        if refusal.retry_after != float("inf"):
+            wait = f"retry in {refusal.retry_after:.3g} s"
+        logger.debug("%s: %s over its %s limit, %s", op.value, user, refusal.limit, wait)
+        raise UserLimitExceededError(
+            f"{op.value}: {user} is over its limit of {refusal.description} ({n} more asked); {wait}",
+            operation=op.value,
+            limit=refusal.limit,
+            retry_after=refusal.retry_after,
+            user=user,
+        )
 
     # -- KV access ----------------------------------------------------------------------------------
 
