@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +29,8 @@ from dualcache import (
     UserLimits,
 )
 
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TOKEN = "limits-test-token"
 MSGS = [{"role": "user", "content": "Analyze this job"}]
 LLAMA = "@cf/meta/llama-3.1-8b-instruct"
 ALICE = "alice@example.com"
@@ -337,3 +344,33 @@ async def test_dualcache_limit_errors_and_logs_never_show_the_user_id(
     assert ALICE not in str(info.value) and ALICE not in repr(info.value.__dict__)
     limit_logs = [r.getMessage() for r in caplog.records if "over its" in r.getMessage()]
     assert limit_logs and all(ALICE not in m and label(ALICE) in m for m in limit_logs)
+
+
+# -- the README's example ----------------------------------------------------------------------------------
+
+
+def test_readme_limits_example_runs_against_the_emulator(tmp_path: Path) -> None:
+    from dualcache.local import Emulator
+
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Per-user limits and budgets") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "README has no python block under 'Per-user limits and budgets'"
+    script = tmp_path / "limits.py"
+    script.write_text(match.group(1), encoding="utf-8")
+    with Emulator(stack="dev", project_dir=PROJECT_DIR, data_dir=tmp_path / "emulator", token=TOKEN) as emu:
+        outputs = tmp_path / "outputs.dev.json"
+        emu.outputs.dump(outputs)
+        env = {**os.environ, "DUALCACHE_OUTPUTS": str(outputs), "CLOUDFLARE_API_TOKEN": TOKEN}
+        for name in ("CF_AIG_TOKEN", "OPENAI_API_KEY", "DUALCACHE_DATA_PLANE_TOKEN"):
+            env.pop(name, None)
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[:3] == ["served 0", "served 1", "served 2"] and lines[5] == "limited: 2", done.stdout
+        for attempt, line in zip((3, 4), lines[3:5], strict=True):  # the wait left of the 60 s window
+            found = re.fullmatch(rf"limited {attempt}: requests, retry after (\d+) s", line)
+            assert found is not None and 0 < int(found.group(1)) <= 60, done.stdout
+        assert emu.control.stats()["upstream"] == {"@cf/meta/llama-3.1-8b-instruct": 1}
