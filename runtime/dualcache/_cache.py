@@ -36,7 +36,7 @@ from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, Upst
 from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
-from dualcache._limits import UserLimiter, UserLimits
+from dualcache._limits import DataPlaneRateLimiter, UserLimiter, UserLimits
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
 from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
@@ -229,7 +229,9 @@ class DualCache(EmbedOperations, JsonOperations):
             Every call with a user id counts, cached answers included; one over a limit raises
             :class:`~dualcache.UserLimitExceededError` before any I/O. See :class:`~dualcache.UserLimits`.
         user_limiter: Where those limits are counted: a :class:`~dualcache.UserLimiter` (per-process
-            counters, bounded memory; the default, on ``monotonic``).
+            counters, bounded memory; the default, on ``monotonic``). A limit with ``binding=`` counts its
+            requests in the data plane's rate limiting binding instead (it needs the data plane), falling
+            back to this counter when the data plane cannot be reached (``limit_fallbacks``).
     """
 
     def __init__(
@@ -300,12 +302,22 @@ class DualCache(EmbedOperations, JsonOperations):
         if user_limiter is not None and not isinstance(user_limiter, UserLimiter):
             raise ConfigError(f"user_limiter must be a UserLimiter, got {type(user_limiter).__name__}")
         self._user_limiter = user_limiter or UserLimiter(clock=self._monotonic)
+        self._rate_limiter: DataPlaneRateLimiter | None = None
         self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
         self._data_plane_token = _secret(data_plane_token, "data_plane_token")
+        bound = sorted(name for name, lim in self._user_limits.items() if lim.binding is not None)
+        if bound:
+            url = outputs.data_plane_url if outputs is not None else None
+            if url is None or self._data_plane_token is None:
+                raise ConfigError(
+                    f"user_limits[{bound[0]!r}].binding={self._user_limits[bound[0]].binding!r}: counting in a rate "
+                    "limiting binding needs the stack's data plane (outputs with a data_plane_url, and "
+                    "data_plane_token=); drop binding= to count in this process"
+                )
         if rest_budget is not None and not isinstance(rest_budget, RequestBudget):
             raise ConfigError(f"rest_budget must be a RequestBudget, got {type(rest_budget).__name__}")
         self._rest_budget = rest_budget
@@ -313,6 +325,16 @@ class DualCache(EmbedOperations, JsonOperations):
         # One pool per layer, so slow model calls never hold the connections KV hits need (issue 13).
         self._transport = transport
         self._kv_http = build_client("kv", self.limits.kv, self.timeouts.kv_http(), transport=transport)
+        if bound:
+            assert outputs is not None and outputs.data_plane_url is not None and self._data_plane_token is not None
+            self._rate_limiter = DataPlaneRateLimiter(
+                self._kv_http,
+                data_plane_url=outputs.data_plane_url,
+                token=self._data_plane_token,
+                timeout=self.timeouts.kv_read,  # a limit check is on the hit path, as a KV read is
+                breaker=self._breaker_policy,
+                clock=self._monotonic,
+            )
         self._gateway_http = build_client(
             "gateway", self.limits.gateway, self.timeouts.attempt(self.timeouts.gateway), transport=transport
         )

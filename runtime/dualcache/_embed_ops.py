@@ -146,7 +146,7 @@ class EmbedOperations(CacheEngine):
             _check_id(user_id, "user_id")
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        self._admit(op, user_id)
+        await self._admit(op, user_id)
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
@@ -209,7 +209,7 @@ class EmbedOperations(CacheEngine):
             return []
         self._upstream.check_configured(Provider.WORKERS_AI)
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        self._admit(op, user_id, len(texts))
+        await self._admit(op, user_id, len(texts))
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))

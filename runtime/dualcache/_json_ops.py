@@ -203,7 +203,7 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
         ready = self._ready_calls(calls)
-        self._admit(op, user_id)
+        await self._admit(op, user_id)
         read: RecordStatus | None = RecordStatus.MISSING
         serve_key = key
         upstream_policy = policy
@@ -478,7 +478,7 @@ class JsonOperations(CacheEngine):
             calls = [_Call(Provider.OPENAI, model, params)]
             return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
         payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
-        self._admit(op, user_id)
+        await self._admit(op, user_id)
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:
             return await self._openai_chat(op, payload, policy=policy, user_id=user_id)

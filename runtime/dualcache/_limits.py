@@ -40,22 +40,43 @@ name a user by the first 12 hex digits of it (:func:`user_label`), as KV keys ha
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dualcache._exceptions import ConfigError
+import httpx
+from pydantic import SecretStr
+
+from dualcache._breaker import BreakerPolicy, CircuitBreaker
+from dualcache._exceptions import BackendError, BackendUnavailableError, BadResponseError, ConfigError, SkippedError
 from dualcache._keys import sha256_hex
 
-__all__ = ["DEFAULT_MAX_USERS", "Refusal", "UserLimiter", "UserLimits", "user_label"]
+__all__ = [
+    "DEFAULT_MAX_USERS",
+    "DataPlaneRateLimiter",
+    "Refusal",
+    "UserLimiter",
+    "UserLimits",
+    "rate_key",
+    "user_label",
+]
 
 DEFAULT_MAX_USERS = 100_000
 """Default cap on the (operation, user) counters a :class:`UserLimiter` keeps (about 15 MB)."""
 
+_BINDING_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
 _DOLLAR_SLACK = 1e-9
 """A nano-dollar of slack when comparing spend: sums of float prices are not exact (0.1 + 0.2 > 0.3)."""
+
+
+def rate_key(operation: str, user_id: str) -> str:
+    """The key a rate limiting binding counts a user's calls of ``operation`` under: no id in clear."""
+    return f"{operation}:{sha256_hex(user_id)}"
 
 
 def user_label(user_id: str) -> str:
@@ -81,6 +102,10 @@ class UserLimits:
             :class:`~dualcache.PriceTable`) per ``dollars_per`` seconds (finite, >= 0; 0 refuses every
             priced call), or ``None``: no dollar limit.
         dollars_per: The dollar window, in seconds (> 0; default one day).
+        binding: Count ``requests`` in the data-plane Worker's Workers Rate Limiting binding of this name
+            (``POST /ratelimit/{binding}``, the stack's ``dataPlane.rateLimits``) instead of in this process;
+            ``requests`` and ``per`` (10 or 60) must then be the binding's declared ``limit`` and ``period``:
+            they are what the local counter uses when the data plane cannot be reached. ``None``: per process.
 
     Raises:
         ConfigError: a value out of range (a bool is not a count), or neither limit set; the message names
@@ -91,6 +116,7 @@ class UserLimits:
     per: float = 60.0
     dollars: float | None = None
     dollars_per: float = 86_400.0
+    binding: str | None = None
 
     def __post_init__(self) -> None:
         n = self.requests
@@ -103,6 +129,16 @@ class UserLimits:
         object.__setattr__(self, "dollars_per", _check_seconds("dollars_per", self.dollars_per))
         if n is None and d is None:
             raise ConfigError("UserLimits: set requests= or dollars= (or both); with neither nothing is limited")
+        b = self.binding
+        if b is not None:
+            if not isinstance(b, str) or not _BINDING_NAME.fullmatch(b):
+                raise ConfigError(f"UserLimits.binding={b!r}: must be a rate limiting binding name (A-Z 0-9 _)")
+            if n is None:
+                raise ConfigError(f"UserLimits.binding={b!r} counts requests: set requests= (the binding's limit)")
+            if self.per not in (10.0, 60.0):
+                raise ConfigError(
+                    f"UserLimits.per={self.per!r}: with binding={b!r} it must be the binding's period, 10 or 60 s"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +245,86 @@ class UserLimiter:
                 self.evicted += 1
             else:
                 break
+
+
+class DataPlaneRateLimiter:
+    """``POST {data_plane_url}/ratelimit/{binding}`` (a Workers Rate Limiting binding of the data-plane Worker).
+
+    The binding counts per Cloudflare location and is eventually consistent: permissive, never exact. One
+    call is one count. A failure (unreachable, a timeout, a 5xx, a 401, a 404 because the stack declares
+    no such binding, an answer of another shape) raises, and the caller falls back to its local counter;
+    after ``breaker`` consecutive failures, calls are skipped for its cool-down, so an outage costs one
+    timeout now and then, not one per call.
+
+    Args:
+        client: The HTTP client (the KV pool's: the data plane is the same host).
+        data_plane_url: The Worker's base URL.
+        token: Its bearer token.
+        timeout: Seconds one call may take.
+        breaker: When to stop trying for a while.
+        clock: Monotonic clock of the breaker.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        data_plane_url: str,
+        token: SecretStr,
+        timeout: float = 1.0,
+        breaker: BreakerPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = client
+        self._base = data_plane_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self.breaker = CircuitBreaker("data-plane rate limiter", breaker, clock=clock)
+
+    async def limit(self, binding: str, key: str) -> bool:
+        """One ``env[binding].limit({key})``: whether the key is within the binding's limit.
+
+        Raises:
+            SkippedError: the breaker is open (nothing was sent).
+            BackendError: the call failed or its answer is not ``{"result": {"success": bool}}``.
+        """
+        if not self.breaker.allow():
+            raise SkippedError(
+                "the data-plane rate limiter is skipped while its breaker is open",
+                backend="data-plane",
+                reason="circuit_open",
+                retry_after=self.breaker.retry_after(),
+            )
+        try:
+            response = await self._client.post(
+                f"{self._base}/ratelimit/{binding}",
+                content=json.dumps({"key": key}),
+                headers={
+                    "authorization": f"Bearer {self._token.get_secret_value()}",
+                    "content-type": "application/json",
+                },
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            self.breaker.failure()
+            raise BackendUnavailableError(
+                f"data-plane rate limiter unreachable: {type(exc).__name__}", backend="data-plane"
+            ) from exc
+        if response.status_code != 200:
+            self.breaker.failure()
+            raise BackendError(
+                f"data-plane rate limiter {binding} answered {response.status_code}",
+                backend="data-plane",
+                status_code=response.status_code,
+            )
+        try:
+            success = response.json()["result"]["success"]
+        except (ValueError, KeyError, TypeError):
+            success = None
+        if not isinstance(success, bool):
+            self.breaker.failure()
+            raise BadResponseError(
+                f"data-plane rate limiter {binding}: not a {{success: bool}} answer", backend="data-plane"
+            )
+        self.breaker.success()
+        return success

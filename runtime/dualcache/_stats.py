@@ -17,6 +17,8 @@ the write-behind queue dropped (the queue was full, or ``aclose()`` could not fl
 was served, only its record is missing from KV. ``upstream_requests`` counts HTTP
 requests sent to the gateway or a provider (a batch of 100 embeddings is one). ``limited`` counts requests
 refused by a per-user limit (``dualcache._limits``) before any I/O; they are not in ``requests``.
+``limit_fallbacks`` counts limit checks made in this process because the data plane's rate limiting binding
+could not be reached.
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
 have cost. A hit costs nothing. So ``cost + saved`` is the cost without any cache. An operation without
@@ -95,6 +97,7 @@ _COUNTERS = (
     "kv_write_dropped",
     "upstream_requests",
     "limited",
+    "limit_fallbacks",
 )
 
 _LAYERS = ("kv", "gateway", "provider")
@@ -169,6 +172,11 @@ class Stats:
         """Count ``n`` requests of ``operation`` refused by a per-user limit (never sent, not in ``requests``)."""
         self._row(operation)["limited"] += n
 
+    def limit_fallback(self, operation: Operation | str, n: int = 1) -> None:
+        """Count ``n`` per-user limit checks of ``operation`` made locally because the data plane's rate
+        limiting binding could not be reached."""
+        self._row(operation)["limit_fallbacks"] += n
+
     def upstream(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._row(operation)["upstream_requests"] += n
@@ -182,7 +190,7 @@ class Stats:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
         errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, limited,
-        cost, saved, served_without_provider, kv}}``.
+        limit_fallbacks, cost, saved, served_without_provider, kv}}``.
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says

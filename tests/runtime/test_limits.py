@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import re
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from dualcache import (
     Policies,
     PriceTable,
     RetryPolicy,
+    StackOutputs,
     UserLimiter,
     UserLimitExceededError,
     UserLimits,
@@ -374,3 +378,122 @@ def test_readme_limits_example_runs_against_the_emulator(tmp_path: Path) -> None
             found = re.fullmatch(rf"limited {attempt}: requests, retry after (\d+) s", line)
             assert found is not None and 0 < int(found.group(1)) <= 60, done.stdout
         assert emu.control.stats()["upstream"] == {"@cf/meta/llama-3.1-8b-instruct": 1}
+
+
+# -- counting in the data plane's rate limiting binding ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An emulator whose data plane binds the rate limiter USER_LIMITS: 2 calls a key per 60 s."""
+    from dualcache import load_stack_config
+    from dualcache._stackconfig import WorkerRateLimitSettings
+    from dualcache.local import Emulator
+
+    config = load_stack_config(PROJECT_DIR, "dev")
+    limiter = WorkerRateLimitSettings(namespace_id="1001", limit=2, period=60)
+    data_plane = config.data_plane.model_copy(update={"rate_limits": {"USER_LIMITS": limiter}})
+    config = config.model_copy(update={"data_plane": data_plane})
+    with Emulator(config=config, data_dir=tmp_path_factory.mktemp("limited"), token=TOKEN) as emu:
+        yield emu
+
+
+def _on_emulator(emu: Any, limits: dict[str, UserLimits], **kwargs: Any) -> DualCache:
+    return DualCache.from_outputs(
+        emu.outputs,
+        api_token=TOKEN,
+        data_plane_token=emu.data_plane_token,
+        user_limits=limits,
+        write_behind=False,
+        **kwargs,
+    )
+
+
+async def test_dualcache_binding_counts_in_the_data_plane_cached_answers_included(limited_emulator: Any) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    before = limited_emulator.control.stats()["data_plane"]
+    async with _on_emulator(
+        limited_emulator, {"job_analysis": UserLimits(requests=2, per=60, binding="USER_LIMITS")}
+    ) as cache:
+        first = await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
+        assert await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS) == first  # a KV hit
+        with pytest.raises(UserLimitExceededError) as info:
+            await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
+        assert (info.value.limit, info.value.retry_after, info.value.user) == ("requests", 60.0, label(user))
+        snap = cache.stats.snapshot()["job_analysis"]
+        assert (snap["requests"], snap["kv_hits"], snap["limited"], snap["limit_fallbacks"]) == (2, 1, 1, 0)
+        assert len(cache._user_limiter) == 0  # nothing was counted in this process
+    after = limited_emulator.control.stats()["data_plane"]
+    assert after["ratelimit_ok"] - before["ratelimit_ok"] == 2
+    assert after["ratelimit_limited"] - before["ratelimit_limited"] == 1
+
+
+async def test_dualcache_binding_missing_from_the_stack_falls_back_to_the_local_counter(limited_emulator: Any) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    limits = {"job_analysis": UserLimits(requests=1, per=10, binding="NOT_DECLARED")}
+    async with _on_emulator(limited_emulator, limits) as cache:
+        await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
+        with pytest.raises(UserLimitExceededError) as info:  # the local counter, at the same limit
+            await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
+        assert info.value.retry_after == pytest.approx(10.0, abs=1.0)
+        snap = cache.stats.snapshot()["job_analysis"]
+        assert (snap["limit_fallbacks"], snap["limited"], snap["requests"]) == (2, 1, 1)
+
+
+async def test_dualcache_binding_data_plane_down_is_counted_locally_never_an_outage(
+    clock: FakeClock, monotonic: FakeClock
+) -> None:
+    refused: list[httpx.Request] = []
+    cloud = FakeCloud()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/ratelimit/"):
+            refused.append(request)
+            raise httpx.ConnectError("connection refused", request=request)
+        return await cloud(request)
+
+    data = fake_outputs().model_dump(mode="json") | {"data_plane_url": "https://dp.test"}
+    outputs = StackOutputs.from_data(data, trusted_hosts=["api.test", "gw.test", "dp.test"])
+    kv = CountingKV(clock=clock)
+    cache = DualCache.from_outputs(
+        outputs,
+        api_token="cf-token",
+        data_plane_token="dp-token",
+        kv=lambda ns: kv,
+        transport=httpx.MockTransport(handler),
+        clock=clock,
+        monotonic=monotonic,
+        retry=RetryPolicy(max_attempts=1),
+        write_behind=False,
+        user_limits={"job_analysis": UserLimits(requests=10, per=60, binding="USER_LIMITS")},
+    )
+    async with cache:
+        for _ in range(10):
+            await cache.analyze_job(user_id=ALICE, job_id="j1", messages=MSGS)
+        with pytest.raises(UserLimitExceededError):
+            await cache.analyze_job(user_id=ALICE, job_id="j1", messages=MSGS)
+        snap = cache.stats.snapshot()["job_analysis"]
+        assert (snap["requests"], snap["limit_fallbacks"], snap["limited"]) == (10, 11, 1)
+        # After 5 failures the breaker opens: the data plane is not asked again during its cool-down.
+        assert len(refused) == 5
+        assert all(ALICE not in r.content.decode() for r in refused)
+        assert json.loads(refused[0].content) == {"key": "job_analysis:" + hashlib.sha256(ALICE.encode()).hexdigest()}
+
+
+def test_dualcache_binding_without_a_data_plane_is_a_config_error(clock: FakeClock, monotonic: FakeClock) -> None:
+    with pytest.raises(ConfigError, match=r"binding='USER_LIMITS': counting in a rate limiting binding needs"):
+        make(clock, monotonic, {"job_analysis": UserLimits(requests=2, per=60, binding="USER_LIMITS")})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param({"requests": 2, "per": 30, "binding": "X"}, r"UserLimits.per=30.0: with binding='X'", id="per"),
+        pytest.param({"dollars": 1.0, "binding": "X"}, r"counts requests: set requests=", id="no-requests"),
+        pytest.param({"requests": 2, "binding": "lower"}, r"UserLimits.binding='lower'", id="name"),
+        pytest.param({"requests": 2, "binding": 5}, r"UserLimits.binding=5", id="type"),
+    ],
+)
+def test_user_limits_binding_is_validated(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        UserLimits(**fields)
