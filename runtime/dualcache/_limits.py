@@ -34,6 +34,12 @@ Each process counts alone, so the error bound is documented, not hidden:
   over) are dropped first, and past the cap the least recently seen user's counter is dropped, which
   restarts that user's count (so the error is always towards admitting, never towards refusing).
 
+Optionally, a limit's requests are counted by a Workers Rate Limiting binding of the data-plane Worker
+(``UserLimits(binding=...)``, :class:`DataPlaneRateLimiter`): shared by every process, but per Cloudflare
+location and eventually consistent (permissive), one count per call, windows of 10 or 60 s only, and one
+request to the data plane per call. When it cannot be reached the local counter counts instead
+(``limit_fallbacks``): a limit never turns a data-plane outage into an outage of the cache.
+
 User ids are never kept or shown in clear: counters are keyed by the SHA-256 of the id, and errors and logs
 name a user by the first 12 hex digits of it (:func:`user_label`), as KV keys hash ids that do not fit.
 """
