@@ -178,7 +178,7 @@ class CacheEngine:
         user = user_label(user_id)
         wait = "never under this limit (one call needs more than all of it)"
         if refusal.retry_after != float("inf"):
-            wait = f"retry in {refusal.retry_after:.3g} s"
+            wait = f"retry in {round(refusal.retry_after, 1):g} s"
         logger.debug("%s: %s over its %s limit, %s", op.value, user, refusal.limit, wait)
         raise UserLimitExceededError(
             f"{op.value}: {user} is over its limit of {refusal.description} ({n} more asked); {wait}",

@@ -312,7 +312,7 @@ async def test_dualcache_dollar_budget_charges_what_the_call_would_cost(clock: F
         with pytest.raises(UserLimitExceededError) as info:
             await cache.analyze_job(user_id=ALICE, job_id="j2", messages=MSGS)
         assert (info.value.limit, info.value.retry_after) == ("dollars", 3000.0)
-        assert "$0.06 per 3600 s" in str(info.value)
+        assert "$0.06 per 3600 s" in str(info.value) and str(info.value).endswith("retry in 3000 s")
         assert len(cloud.requests) == 1
 
 
@@ -377,7 +377,9 @@ def test_readme_limits_example_runs_against_the_emulator(tmp_path: Path) -> None
         for attempt, line in zip((3, 4), lines[3:5], strict=True):  # the wait left of the 60 s window
             found = re.fullmatch(rf"limited {attempt}: requests, retry after (\d+) s", line)
             assert found is not None and 0 < int(found.group(1)) <= 60, done.stdout
-        assert emu.control.stats()["upstream"] == {"@cf/meta/llama-3.1-8b-instruct": 1}
+        # One model call, then KV hits; a KV read past its 1 s budget on a loaded machine is a miss (one more
+        # model call), but the two refused calls never reach the model.
+        assert 1 <= emu.control.stats()["upstream"]["@cf/meta/llama-3.1-8b-instruct"] <= 3
 
 
 # -- counting in the data plane's rate limiting binding ------------------------------------------------------
