@@ -407,6 +407,7 @@ def _on_emulator(emu: Any, limits: dict[str, UserLimits], **kwargs: Any) -> Dual
         data_plane_token=emu.data_plane_token,
         user_limits=limits,
         write_behind=False,
+        kv_timeout=30.0,  # a loaded machine must not turn the KV hit these tests count into a miss
         **kwargs,
     )
 
@@ -437,7 +438,7 @@ async def test_dualcache_binding_missing_from_the_stack_falls_back_to_the_local_
         await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
         with pytest.raises(UserLimitExceededError) as info:  # the local counter, at the same limit
             await cache.analyze_job(user_id=user, job_id="j1", messages=MSGS)
-        assert info.value.retry_after == pytest.approx(10.0, abs=1.0)
+        assert 0 < info.value.retry_after <= 10.0
         snap = cache.stats.snapshot()["job_analysis"]
         assert (snap["limit_fallbacks"], snap["limited"], snap["requests"]) == (2, 1, 1)
 
