@@ -41,6 +41,7 @@ __all__ = [
     "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
     "DEFAULT_GATEWAY_ID",
+    "GATEWAY_APIS",
     "GATEWAY_ID_PATTERN",
     "PULUMI_ENGINE_KEYS",
     "PLACEHOLDER_ACCOUNT_ID",
@@ -49,6 +50,8 @@ __all__ = [
     "STACK_FILE_MAX_BYTES",
     "CustomDomainSettings",
     "DataPlaneSettings",
+    "GatewayApi",
+    "GatewayRetrySettings",
     "GatewaySettings",
     "NamespaceSettings",
     "RateLimitSettings",
@@ -222,12 +225,39 @@ class RateLimitSettings(_Settings):
         return self.limit > 0 and self.interval > 0
 
 
+GatewayApi = Literal["legacy", "rest"]
+"""The gateway's URL shape the runtime uses: ``legacy`` (``gateway.ai.cloudflare.com/v1/{account}/{gateway}/...``)
+or ``rest`` (``api.cloudflare.com/client/v4/accounts/{account}/ai/...`` with a ``cf-aig-gateway-id`` header)."""
+GATEWAY_APIS: tuple[GatewayApi, ...] = ("legacy", "rest")
+
+
+class GatewayRetrySettings(_Settings):
+    """The gateway's own retry defaults (``cloudflare.AiGateway`` ``retry_max_attempts`` / ``retry_delay`` /
+    ``retry_backoff``), for requests that do not say otherwise.
+
+    dualcache's runtime sends ``cf-aig-max-attempts`` and the other retry headers on every request, which
+    override these; they are declared so the gateway's behaviour for every other caller (the API Worker) is
+    in the stack file, not in dashboard state. The default is one attempt (no gateway retries): a caller that
+    retries on its own and sends no headers then never has its retries multiplied by the gateway's. (The
+    provider's schema calls the field "maximum number of retry attempts (1-5)"; its minimum of 1 reads as
+    attempts, the first included, since 0 retries could not be declared otherwise.) Bounds: attempts 1..5,
+    delay in milliseconds 0..5000 (the provider takes 0..60000, the docs say "maximum of 5 seconds").
+    """
+
+    max_attempts: StrictInt = Field(default=1, ge=1, le=5)
+    delay: StrictInt = Field(default=500, ge=0, le=5_000)
+    backoff: Literal["constant", "linear", "exponential"] = "constant"
+
+
 class GatewaySettings(_Settings):
-    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
+    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments), and the URL shape (``api``)
+    the runtime reaches it by (exported in the stack output as ``gateway_api``)."""
 
     id: str | None = None
     allow_default_id: StrictBool = False
     """Set (``allowDefaultId: true``) to let ``id`` be ``default``, the gateway Cloudflare auto-creates."""
+    api: GatewayApi = "legacy"
+    retry: GatewayRetrySettings = GatewayRetrySettings()
     cache_ttl: StrictInt = 0
     cache_invalidate_on_update: StrictBool = True
     collect_logs: StrictBool = True

@@ -157,7 +157,7 @@ def _empty_stats() -> dict[str, Any]:
             "ratelimit_ok": 0,
             "ratelimit_limited": 0,
         },
-        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused"), 0),
+        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused", "retries"), 0),
         "upstream": Counter(),
         "direct": Counter(),
         "faults": dict.fromkeys(FAULT_TARGETS, 0),
