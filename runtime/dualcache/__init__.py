@@ -23,6 +23,7 @@ from dualcache._exceptions import (
     RateLimitedError,
     SkippedError,
     UsageError,
+    UserLimitExceededError,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers treat the name alike)
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
         MemoryKVBackend,
         SQLiteKVBackend,
     )
+    from dualcache._limits import UserLimiter, UserLimits
     from dualcache._outputs import StackOutputs
     from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
     from dualcache._stackconfig import StackConfig, load_stack_config
@@ -81,6 +83,8 @@ _LAZY: dict[str, str] = {
     "KVStore": "dualcache._kv",
     "MemoryKVBackend": "dualcache._kv",
     "SQLiteKVBackend": "dualcache._kv",
+    "UserLimiter": "dualcache._limits",
+    "UserLimits": "dualcache._limits",
     "StackOutputs": "dualcache._outputs",
     "GatewayMode": "dualcache._policy",
     "Namespace": "dualcache._policy",
@@ -159,6 +163,9 @@ __all__ = [
     "Timeouts",
     "UpstreamResult",
     "UsageError",
+    "UserLimitExceededError",
+    "UserLimiter",
+    "UserLimits",
     "WriteBehindPolicy",
     "__version__",
     "load_stack_config",

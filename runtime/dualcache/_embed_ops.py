@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dualcache._answers import check_vectors
-from dualcache._engine import CacheEngine, _check_text
+from dualcache._engine import CacheEngine, _check_id, _check_text
 from dualcache._exceptions import InvalidInputError
 from dualcache._gateway import Provider, UpstreamResult, embedding_request
 from dualcache._keys import embed_key, embedding_fingerprint
@@ -120,22 +120,31 @@ class EmbedOperations(CacheEngine):
         data = result.data.get("data") if isinstance(result.data, dict) else None
         return check_vectors(data, count=expected, dims=dims)
 
-    async def embed(self, text: str) -> list[float]:
+    async def embed(self, text: str, *, user_id: str | None = None) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
 
         The key hashes the full text; the text sent to the model is cut to 2,000 characters (as the
         existing Worker does). Identical concurrent calls share one upstream call and one KV write. A hit reads
         KV and returns; only a miss enters single-flight. A cancelled call cancels no other.
 
+        Args:
+            text: The text to embed.
+            user_id: Whose call this is, for the per-user limits only (embeddings are shared by every
+                user: the id is in no key); ``None`` is not counted.
+
         Raises:
-            InvalidInputError: ``text`` is empty or not a string.
+            InvalidInputError: ``text`` is empty or not a string, or ``user_id`` is empty.
             ConfigError: Workers AI is not configured.
+            UserLimitExceededError: ``user_id`` is over the per-user limits of ``embeddings`` (before any I/O).
             BackendError: the provider failed on every route (KV failures never raise).
         """
         self._check_open()
         _check_text(text)
+        if user_id is not None:
+            _check_id(user_id, "user_id")
         self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
+        await self._admit(op, user_id)
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
@@ -169,7 +178,7 @@ class EmbedOperations(CacheEngine):
 
         return await self._serve(op, policy, key, compute)
 
-    async def embed_many(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed_many(self, texts: Sequence[str], *, user_id: str | None = None) -> list[list[float]]:
         """Return the embeddings of ``texts``, in input order, duplicates included.
 
         One KV bulk read per 100 distinct keys (a failed one costs only its own keys), one upstream call
@@ -178,9 +187,13 @@ class EmbedOperations(CacheEngine):
         awaited, not sent again. The misses are computed detached from this caller: when it is cancelled,
         the callers that joined them still get their answers.
 
+        ``user_id`` is for the per-user limits only (as in :meth:`embed`): the call uses one request per text.
+
         Raises:
-            InvalidInputError: ``texts`` is not a list of non-empty strings.
+            InvalidInputError: ``texts`` is not a list of non-empty strings, or ``user_id`` is empty.
             ConfigError: Workers AI is not configured.
+            UserLimitExceededError: ``user_id`` is over the per-user limits of ``embeddings`` (before any I/O;
+                all or nothing: no text is counted).
             BackendError: the provider failed on every route.
         """
         self._check_open()
@@ -188,10 +201,13 @@ class EmbedOperations(CacheEngine):
             raise InvalidInputError(f"texts must be a list of strings, got {type(texts).__name__}")
         for i, t in enumerate(texts):
             _check_text(t, f"texts[{i}]")
+        if user_id is not None:
+            _check_id(user_id, "user_id")
         if not texts:
             return []
         self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
+        await self._admit(op, user_id, len(texts))
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))

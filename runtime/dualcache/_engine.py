@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -36,7 +37,7 @@ from pydantic import SecretStr
 from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import Timeouts
-from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError
+from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError, UserLimitExceededError
 from dualcache._gateway import CallRecord, Provider, UpstreamClient, UpstreamResult
 from dualcache._keys import check_utf8, gateway_cache_key
 from dualcache._kv import (
@@ -49,6 +50,7 @@ from dualcache._kv import (
     KVStore,
     SQLiteKVBackend,
 )
+from dualcache._limits import DataPlaneRateLimiter, Refusal, UserLimiter, UserLimits, rate_key, user_label
 from dualcache._outputs import StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy
 from dualcache._records import RecordStatus, should_coalesce
@@ -131,10 +133,61 @@ class CacheEngine:
     _forgets: list[tuple[KVStore, str, bool]]
     _memo: OrderedDict[str, tuple[bytes, list[float], int]]  # the decode memo (dropped on forget)
     _memo_used: int
+    _user_limits: dict[str, UserLimits]  # per operation name (dualcache._limits)
+    _user_limiter: UserLimiter
+    _rate_limiter: DataPlaneRateLimiter | None  # the data plane's rate limiting bindings, when a limit names one
 
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("this DualCache is closed; create a new one")
+
+    async def _admit(self, op: Operation, user_id: str | None, n: int = 1) -> None:
+        """Count ``n`` requests of ``user_id`` against ``op``'s per-user limits, or raise.
+
+        The one check at the entry of every operation call, after its input checks and before any other I/O;
+        cached answers count too (see ``dualcache._limits``). A call without a user id is not counted. With
+        a ``binding``, requests are counted by the data plane's rate limiting binding (one count a call);
+        when it cannot be reached, by the local counter instead (counted in ``limit_fallbacks``).
+
+        Raises:
+            UserLimitExceededError: the user is over a limit (counted in ``limited``).
+        """
+        limits = self._user_limits.get(op.value)
+        if limits is None or user_id is None:
+            return
+        dollars = (self.stats.prices.price(op) or 0.0) * n
+        local: UserLimits | None = limits
+        refusal: Refusal | None = None
+        if limits.binding is not None and self._rate_limiter is not None:
+            try:
+                admitted = await self._rate_limiter.limit(limits.binding, rate_key(op.value, user_id))
+            except BackendError as exc:  # a cache must never become an outage: count it locally instead
+                self.stats.limit_fallback(op)
+                logger.debug(
+                    "%s: rate limiter %s not used (%s); counted in this process", op.value, limits.binding, exc
+                )
+            else:
+                local = dataclasses.replace(limits, requests=None, binding=None) if limits.dollars is not None else None
+                if not admitted:
+                    # The binding says no more than that; its window is at most `per` long.
+                    refusal = Refusal("requests", f"{limits.requests} requests per {limits.per:g} s", limits.per)
+        if refusal is None and local is not None:
+            refusal = self._user_limiter.acquire(op.value, user_id, local, requests=n, dollars=dollars)
+        if refusal is None:
+            return
+        self.stats.limited(op, n)
+        user = user_label(user_id)
+        wait = "never under this limit (one call needs more than all of it)"
+        if refusal.retry_after != float("inf"):
+            wait = f"retry in {round(refusal.retry_after, 1):g} s"
+        logger.debug("%s: %s over its %s limit, %s", op.value, user, refusal.limit, wait)
+        raise UserLimitExceededError(
+            f"{op.value}: {user} is over its limit of {refusal.description} ({n} more asked); {wait}",
+            operation=op.value,
+            limit=refusal.limit,
+            retry_after=refusal.retry_after,
+            user=user,
+        )
 
     # -- KV access ----------------------------------------------------------------------------------
 

@@ -205,6 +205,7 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
         ready = self._ready_calls(calls)
+        await self._admit(op, user_id)
         read: RecordStatus | None = RecordStatus.MISSING
         serve_key = key
         upstream_policy = policy
@@ -358,6 +359,7 @@ class JsonOperations(CacheEngine):
                 (before any I/O); the message names the argument.
             ConfigError: no provider of the call is configured.
             BackendError: every provider failed (KV failures never raise: they are misses).
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         op = Operation.parse(operation)
@@ -396,6 +398,7 @@ class JsonOperations(CacheEngine):
             InvalidInputError: an empty id, or malformed ``messages``.
             ConfigError: neither Workers AI nor OpenAI is configured.
             BackendError: both providers failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         op = Operation.JOB_ANALYSIS
@@ -457,6 +460,7 @@ class JsonOperations(CacheEngine):
             InvalidInputError: malformed ``messages``.
             ConfigError: OpenAI is not configured.
             BackendError: the provider failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         msgs = _check_messages(messages)
@@ -476,6 +480,7 @@ class JsonOperations(CacheEngine):
             calls = [_Call(Provider.OPENAI, model, params)]
             return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
         payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
+        await self._admit(op, user_id)
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:
             return await self._openai_chat(op, payload, policy=policy, user_id=user_id)
@@ -503,6 +508,7 @@ class JsonOperations(CacheEngine):
             ImportError: ``pdf`` given without the ``pdf`` extra installed.
             ConfigError: the provider needed is not configured.
             BackendError: the provider failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         given = [name for name, v in (("text", text), ("pdf", pdf), ("image_url", image_url)) if v is not None]

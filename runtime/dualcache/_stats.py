@@ -15,7 +15,10 @@ that failed, a gateway failure followed by a direct fallback). ``kv_skipped``, `
 skipped KV write is dropped; they are not errors, since nothing failed. ``kv_write_dropped`` counts KV writes
 the write-behind queue dropped (the queue was full, or ``aclose()`` could not flush them in time): the answer
 was served, only its record is missing from KV. ``upstream_requests`` counts HTTP
-requests sent to the gateway or a provider (a batch of 100 embeddings is one).
+requests sent to the gateway or a provider (a batch of 100 embeddings is one). ``limited`` counts requests
+refused by a per-user limit (``dualcache._limits``) before any I/O; they are not in ``requests``.
+``limit_fallbacks`` counts limit checks made in this process because the data plane's rate limiting binding
+could not be reached.
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
 have cost. A hit costs nothing. So ``cost + saved`` is the cost without any cache. An operation without
@@ -93,6 +96,8 @@ _COUNTERS = (
     "provider_skipped",
     "kv_write_dropped",
     "upstream_requests",
+    "limited",
+    "limit_fallbacks",
 )
 
 _LAYERS = ("kv", "gateway", "provider")
@@ -183,6 +188,15 @@ class Stats:
         """Count ``n`` KV writes of ``operation`` dropped by the write-behind queue."""
         self._row(operation)["kv_write_dropped"] += n
 
+    def limited(self, operation: Operation | str, n: int = 1) -> None:
+        """Count ``n`` requests of ``operation`` refused by a per-user limit (never sent, not in ``requests``)."""
+        self._row(operation)["limited"] += n
+
+    def limit_fallback(self, operation: Operation | str, n: int = 1) -> None:
+        """Count ``n`` per-user limit checks of ``operation`` made locally because the data plane's rate
+        limiting binding could not be reached."""
+        self._row(operation)["limit_fallbacks"] += n
+
     def upstream(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._row(operation)["upstream_requests"] += n
@@ -195,8 +209,8 @@ class Stats:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
-        errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, cost,
-        saved, served_without_provider, kv}}``.
+        errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, limited,
+        limit_fallbacks, cost, saved, served_without_provider, kv}}``.
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says

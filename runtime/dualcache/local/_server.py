@@ -90,6 +90,7 @@ def data_plane_for(config: StackConfig, token: str) -> DataPlane:
         account_id=config.account_id,
         namespaces={b.value: config.offline_namespace_id(b) for b in Namespace},
         gateway_id=config.gateway_id,
+        rate_limits={name: (r.limit, r.period) for name, r in config.data_plane.rate_limits.items()},
     )
 
 

@@ -150,7 +150,13 @@ def _empty_stats() -> dict[str, Any]:
         # KV operations through the Cloudflare REST API (what the account's API budget pays for).
         "kv": dict.fromkeys(KV_OPERATIONS, 0),
         # KV operations through the data plane (the Worker's API), its refused requests and health checks.
-        "data_plane": {**dict.fromkeys(KV_OPERATIONS, 0), "unauthorized": 0, "health": 0},
+        "data_plane": {
+            **dict.fromkeys(KV_OPERATIONS, 0),
+            "unauthorized": 0,
+            "health": 0,
+            "ratelimit_ok": 0,
+            "ratelimit_limited": 0,
+        },
         "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused", "retries"), 0),
         "upstream": Counter(),
         "direct": Counter(),
@@ -183,12 +189,14 @@ class DataPlane:
         account_id: The account owning the namespaces.
         namespaces: Namespace id of each binding name (``SESSIONS``, ...), as the Worker's KV bindings.
         gateway_id: The gateway ``GET /health`` probes.
+        rate_limits: The Workers Rate Limiting bindings, ``{name: (limit, period)}`` (``POST /ratelimit/{name}``).
     """
 
     token: str = field(repr=False)
     account_id: str
     namespaces: Mapping[str, str]
     gateway_id: str
+    rate_limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class EmulatorState:
