@@ -76,3 +76,9 @@ def test_exported_members_include_the_operations_surface() -> None:
     for method in ("run", "forget", "forget_user", "record_key", "user_prefix"):
         assert callable(getattr(dualcache.DualCache, method)), method
     assert callable(dualcache.Policies.override) and callable(dualcache.Policies.with_overrides)
+
+
+def test_exported_members_include_the_pricing_surface() -> None:
+    for name in ("Prices", "TokenPrices", "Usage"):
+        assert name in dualcache.__all__, name
+    assert dualcache.TokenPrices.per_million(1.0).input == 1e-6

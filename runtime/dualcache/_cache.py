@@ -36,8 +36,10 @@ from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, Upst
 from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
+from dualcache._otel import resolve_telemetry
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
+from dualcache._pricing import Prices
 from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
 from dualcache._singleflight import SharedReads, SingleFlight
 from dualcache._stats import PriceTable, Stats
@@ -184,6 +186,13 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: Pool and admission sizes of each layer.
         breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
         monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
+        token_prices: Per-token prices per model or operation (:class:`~dualcache.Prices`): the cost of a call
+            whose answer reports its usage, the prompt cache's saving, and ``cf-aig-custom-cost`` on gateway
+            requests. Calls it does not price (or answers without usage) keep the ``prices`` per request.
+        tracing: OpenTelemetry spans (the ``otel`` extra): ``None`` (default) traces when a tracer provider was
+            given or set globally before this cache was built; ``False`` never; ``True`` always (the global
+            provider; an ``ImportError`` naming the extra without it).
+        tracer_provider: The OpenTelemetry ``TracerProvider`` to trace with (default: the global one).
     """
 
     def __init__(
@@ -217,6 +226,9 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: PoolLimits | None = None,
         breaker: BreakerPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
+        token_prices: Prices | None = None,
+        tracing: bool | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
@@ -248,6 +260,10 @@ class DualCache(EmbedOperations, JsonOperations):
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
         self.stats = Stats(prices, self.policies)
+        if token_prices is not None and not isinstance(token_prices, Prices):
+            raise ConfigError(f"token_prices must be a Prices, got {type(token_prices).__name__}")
+        self._token_prices = token_prices or None  # an empty Prices prices nothing: the fast path
+        self._telemetry = resolve_telemetry(tracing, tracer_provider)
         self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []
@@ -302,6 +318,8 @@ class DualCache(EmbedOperations, JsonOperations):
             timeouts=self.timeouts,
             breaker=self._breaker_policy,
         )
+        if self._telemetry is not None:
+            self._upstream.route_span = self._telemetry.route
 
     # -- construction -------------------------------------------------------------------------------
 
