@@ -80,6 +80,7 @@ class _OpState:
         "input_tokens",
         "output_tokens",
         "provider",
+        "tokens",
     )
 
     def __init__(self, gen_ai_operation: str) -> None:
@@ -90,6 +91,7 @@ class _OpState:
         self.input_tokens = 0
         self.output_tokens = 0
         self.cached_tokens = 0
+        self.tokens = False  # an answer of this call reported its usage
 
     def layer(self, served: bool) -> str:
         # A call served without an upstream answer of its own, nor another caller's, was served by KV (the read,
@@ -135,6 +137,7 @@ class _Route(RouteSpan):
             else:
                 state.provider = True
                 if usage is not None:
+                    state.tokens = True
                     state.input_tokens += usage.input_tokens
                     state.output_tokens += usage.output_tokens
                     state.cached_tokens += usage.cached_tokens
@@ -183,7 +186,7 @@ class Telemetry:
                     span.set_attribute("dualcache.cache.hit", layer != "none")
                     if state.coalesced:
                         span.set_attribute("dualcache.coalesced", True)
-                    if state.provider:
+                    if state.tokens:
                         span.set_attribute("gen_ai.usage.input_tokens", state.input_tokens)
                         span.set_attribute("gen_ai.usage.output_tokens", state.output_tokens)
                         span.set_attribute("dualcache.usage.cached_tokens", state.cached_tokens)
