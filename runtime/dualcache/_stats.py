@@ -257,7 +257,10 @@ class Stats:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
         errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, cost,
-        saved, served_without_provider, kv}}``.
+        saved, served_without_provider, kv, input_tokens, output_tokens, cached_tokens, saved_by_prompt_cache}}``.
+
+        The token fields are described in the module docstring; ``saved_by_prompt_cache`` is rounded to 1e-9, as
+        are ``cost`` and ``saved`` of an operation priced by tokens.
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -382,3 +384,23 @@ def test_otel_tracing_true_without_the_extra_names_it() -> None:
 def test_otel_bad_tracing_arguments_are_config_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DualCache(**kwargs)
+
+
+def test_otel_readme_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(.*?)```", readme[readme.index("### OpenTelemetry tracing") :], re.S)
+    assert match is not None
+    script = tmp_path / "tracing.py"
+    script.write_text(match.group(1), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    names = [line.split(" ", 1)[0] for line in done.stdout.splitlines()]
+    assert names == [
+        "dualcache.kv.read",
+        "embeddings",
+        "dualcache.kv.write",
+        "dualcache.embeddings",
+        "dualcache.kv.read",
+        "dualcache.embeddings",
+    ]
+    assert "'dualcache.cache.layer': 'kv'" in done.stdout.splitlines()[-1]

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -393,3 +397,20 @@ async def test_pricing_emulator_prompt_cache_shows_in_the_stats(kv_emulator: Any
     assert snap["saved_by_prompt_cache"] == pytest.approx(cached * (2.0 - 0.5) / 1e6)
     sent = [r for r in kv_emulator.control.requests() if r["surface"] == "gateway"][-2:]  # type: ignore[attr-defined]
     assert {json.loads(r["headers"]["cf-aig-custom-cost"])["per_cache_read_token"] for r in sent} == {0.5e-6}
+
+
+def readme_block(heading: str) -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(.*?)```", readme[readme.index(heading) :], re.S)
+    assert match is not None, f"README has no python block under {heading!r}"
+    return match.group(1)
+
+
+def test_pricing_readme_example_runs_as_written(tmp_path: Path) -> None:
+    script = tmp_path / "pricing.py"
+    script.write_text(readme_block("### Token prices and the prompt cache"), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["1000 200 400", "0.000240 0.000030"]
+    assert any(line.startswith("application_generation") and "40.0%" in line for line in lines)
