@@ -320,6 +320,7 @@ class DualCache(EmbedOperations, JsonOperations):
         )
         if self._telemetry is not None:
             self._upstream.route_span = self._telemetry.route
+            self._telemetry.instrument(self)
 
     # -- construction -------------------------------------------------------------------------------
 

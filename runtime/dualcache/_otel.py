@@ -1,7 +1,8 @@
 """OpenTelemetry tracing of the cache's operations, with the ``otel`` extra (``pip install dualcache[otel]``).
 
 Nothing here imports ``opentelemetry`` until tracing is turned on: without the extra, or with it but no tracer
-provider, ``DualCache`` holds ``None`` for its telemetry and every hook is one ``is None`` branch.
+provider, ``DualCache`` holds ``None`` for its telemetry, its operation methods are the plain ones (a traced
+cache wraps them on its own instance), and every hook inside is one ``is None`` branch.
 
 Turned on when ``DualCache(tracer_provider=...)`` is given one, or (``tracing=None``, the default) when the
 application already imported ``opentelemetry`` and set a global tracer provider before building the cache
@@ -220,6 +221,14 @@ class Telemetry:
         ):
             yield
 
+    def instrument(self, engine: CacheEngine) -> None:
+        """Wrap the operation methods marked with :func:`traced` on ``engine`` (its instance only), so each
+        call runs inside its operation span."""
+        for name in dir(type(engine)):
+            describe = getattr(getattr(type(engine), name, None), _DESCRIBE, None)
+            if describe is not None:
+                setattr(engine, name, _traced_method(self, getattr(engine, name), describe))
+
     def coalesced(self) -> None:
         """Note that the current operation call joined another's computation."""
         state = self._state.get()
@@ -295,28 +304,37 @@ def _import_trace() -> Any:
     return trace
 
 
+_DESCRIBE = "__dualcache_describe__"
+
+
 def traced(
     describe: Callable[..., tuple[str, str | None, str | None]],
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """Trace an operation method: ``describe(self, *args, **kwargs)`` gives ``(operation, model, provider)``.
+    """Mark an operation method as traced: ``describe(self, *args, **kwargs)`` gives ``(operation, model,
+    provider)`` of a call.
 
-    Without telemetry, the wrapper returns the method's own coroutine (one branch, no extra frame awaited); with
-    it, the coroutine runs inside the operation span (:meth:`Telemetry.operation`). ``describe`` runs only then.
+    The method itself is left as it is (no wrapper, so nothing is added to a call without telemetry):
+    :meth:`Telemetry.instrument` wraps the marked methods of one cache, on that instance, when it traces.
     """
 
     def decorate(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        @functools.wraps(method)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-            engine: CacheEngine = args[0]  # type: ignore[assignment]
-            telemetry = engine._telemetry
-            if telemetry is None:
-                return method(*args, **kwargs)
-            try:
-                operation, model, provider = describe(*args, **kwargs)
-            except Exception:  # a bad argument: the method's own checks raise the clear error, untraced
-                return method(*args, **kwargs)
-            return telemetry.operation(method(*args, **kwargs), operation, model, provider)
-
-        return wrapper
+        setattr(method, _DESCRIBE, describe)
+        return method
 
     return decorate
+
+
+def _traced_method(
+    telemetry: Telemetry, bound: Callable[..., Coroutine[Any, Any, Any]], describe: Callable[..., Any]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    owner = bound.__self__  # type: ignore[attr-defined]
+
+    @functools.wraps(bound)
+    def wrapper(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        try:
+            operation, model, provider = describe(owner, *args, **kwargs)
+        except Exception:  # a bad argument: the method's own checks raise the clear error, untraced
+            return bound(*args, **kwargs)
+        return telemetry.operation(bound(*args, **kwargs), operation, model, provider)
+
+    return wrapper
