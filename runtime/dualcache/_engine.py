@@ -127,6 +127,7 @@ class CacheEngine:
     _breaker_policy: BreakerPolicy
     _monotonic: Callable[[], float]
     _upstream: UpstreamClient
+    _on_upstream: Callable[[Operation, UpstreamResult], object] | None
     _flights: SingleFlight
     _reads: SharedReads
     _writes: WriteBehind | None
@@ -429,6 +430,11 @@ class CacheEngine:
                 result.cache_status,
                 result.log_id,
             )
+            if self._on_upstream is not None:
+                try:
+                    self._on_upstream(op, result)
+                except Exception:  # an observer must never fail the call it observes
+                    logger.exception("%s: the on_upstream hook raised; the answer is still served", op.value)
             return result
         finally:
             self.stats.upstream(op, record.attempts)
