@@ -82,3 +82,9 @@ def test_exported_members_include_the_user_limits_surface() -> None:
     for name in ("UserLimits", "UserLimiter", "UserLimitExceededError"):
         assert name in dualcache.__all__, name
     assert issubclass(dualcache.UserLimitExceededError, dualcache.DualCacheError)
+
+
+def test_exported_members_include_the_pricing_surface() -> None:
+    for name in ("Prices", "TokenPrices", "Usage"):
+        assert name in dualcache.__all__, name
+    assert dualcache.TokenPrices.per_million(1.0).input == 1e-6

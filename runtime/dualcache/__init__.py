@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
     from dualcache._limits import UserLimiter, UserLimits
     from dualcache._outputs import StackOutputs
     from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
+    from dualcache._pricing import Prices, TokenPrices, Usage
     from dualcache._stackconfig import StackConfig, load_stack_config
     from dualcache._stats import Outcome, PriceTable, Stats
     from dualcache._writebehind import WriteBehindPolicy
@@ -92,6 +93,9 @@ _LAZY: dict[str, str] = {
     "OperationPolicy": "dualcache._policy",
     "Policies": "dualcache._policy",
     "Scope": "dualcache._policy",
+    "Prices": "dualcache._pricing",
+    "TokenPrices": "dualcache._pricing",
+    "Usage": "dualcache._pricing",
     "StackConfig": "dualcache._stackconfig",
     "load_stack_config": "dualcache._stackconfig",
     "Outcome": "dualcache._stats",
@@ -150,6 +154,7 @@ __all__ = [
     "Policies",
     "PoolLimits",
     "PriceTable",
+    "Prices",
     "RateLimitedError",
     "RequestBudget",
     "RetryPolicy",
@@ -161,7 +166,9 @@ __all__ = [
     "StackOutputs",
     "Stats",
     "Timeouts",
+    "TokenPrices",
     "UpstreamResult",
+    "Usage",
     "UsageError",
     "UserLimitExceededError",
     "UserLimiter",

@@ -37,8 +37,10 @@ from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
 from dualcache._limits import DataPlaneRateLimiter, UserLimiter, UserLimits
+from dualcache._otel import resolve_telemetry
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
+from dualcache._pricing import Prices
 from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
 from dualcache._singleflight import SharedReads, SingleFlight
 from dualcache._stats import PriceTable, Stats
@@ -238,6 +240,13 @@ class DualCache(EmbedOperations, JsonOperations):
             counters, bounded memory; the default, on ``monotonic``). A limit with ``binding=`` counts its
             requests in the data plane's rate limiting binding instead (it needs the data plane), falling
             back to this counter when the data plane cannot be reached (``limit_fallbacks``).
+        token_prices: Per-token prices per model or operation (:class:`~dualcache.Prices`): the cost of a call
+            whose answer reports its usage, the prompt cache's saving, and ``cf-aig-custom-cost`` on gateway
+            requests. Calls it does not price (or answers without usage) keep the ``prices`` per request.
+        tracing: OpenTelemetry spans (the ``otel`` extra): ``None`` (default) traces when a tracer provider was
+            given or set globally before this cache was built; ``False`` never; ``True`` always (the global
+            provider; an ``ImportError`` naming the extra without it).
+        tracer_provider: The OpenTelemetry ``TracerProvider`` to trace with (default: the global one).
         on_upstream: Called with ``(operation, result)`` after every answered provider call (an
             :class:`~dualcache.UpstreamResult`: route, ``cache_status``, ``log_id`` = ``cf-aig-log-id``, the
             ``cf-aig-*`` headers), to correlate answers with the gateway's logs; an exception it raises is
@@ -277,6 +286,9 @@ class DualCache(EmbedOperations, JsonOperations):
         monotonic: Callable[[], float] | None = None,
         user_limits: Mapping[str, UserLimits | Mapping[str, Any]] | None = None,
         user_limiter: UserLimiter | None = None,
+        token_prices: Prices | None = None,
+        tracing: bool | None = None,
+        tracer_provider: Any = None,
         on_upstream: Callable[[Operation, UpstreamResult], object] | None = None,
     ) -> None:
         if on_upstream is not None and not callable(on_upstream):
@@ -317,6 +329,10 @@ class DualCache(EmbedOperations, JsonOperations):
             raise ConfigError(f"user_limiter must be a UserLimiter, got {type(user_limiter).__name__}")
         self._user_limiter = user_limiter or UserLimiter(clock=self._monotonic)
         self._rate_limiter: DataPlaneRateLimiter | None = None
+        if token_prices is not None and not isinstance(token_prices, Prices):
+            raise ConfigError(f"token_prices must be a Prices, got {type(token_prices).__name__}")
+        self._token_prices = token_prices or None  # an empty Prices prices nothing: the fast path
+        self._telemetry = resolve_telemetry(tracing, tracer_provider)
         self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []
@@ -391,6 +407,9 @@ class DualCache(EmbedOperations, JsonOperations):
             breaker=self._breaker_policy,
             gateway_api=outputs.gateway_api if outputs else "legacy",
         )
+        if self._telemetry is not None:
+            self._upstream.route_span = self._telemetry.route
+            self._telemetry.instrument(self)
 
     # -- construction -------------------------------------------------------------------------------
 

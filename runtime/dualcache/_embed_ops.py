@@ -20,6 +20,7 @@ from dualcache._exceptions import InvalidInputError
 from dualcache._gateway import Provider, UpstreamResult, embedding_request
 from dualcache._keys import embed_key, embedding_fingerprint
 from dualcache._kv import KVEntry
+from dualcache._otel import traced
 from dualcache._policy import Operation, OperationPolicy, Policies
 from dualcache._records import (
     RecordStatus,
@@ -120,6 +121,12 @@ class EmbedOperations(CacheEngine):
         data = result.data.get("data") if isinstance(result.data, dict) else None
         return check_vectors(data, count=expected, dims=dims)
 
+    def _describe_embed(self, *_: Any, **__: Any) -> tuple[str, str | None, str | None]:
+        model = self.models.embeddings  # a model not of Workers AI (no ``@cf/``) is OpenAI's
+        provider = Provider.WORKERS_AI if model.startswith("@cf/") else Provider.OPENAI
+        return Operation.EMBEDDINGS.value, model, provider.value
+
+    @traced(_describe_embed)
     async def embed(self, text: str, *, user_id: str | None = None) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
 
@@ -178,6 +185,7 @@ class EmbedOperations(CacheEngine):
 
         return await self._serve(op, policy, key, compute)
 
+    @traced(_describe_embed)
     async def embed_many(self, texts: Sequence[str], *, user_id: str | None = None) -> list[list[float]]:
         """Return the embeddings of ``texts``, in input order, duplicates included.
 
@@ -227,6 +235,8 @@ class EmbedOperations(CacheEngine):
                 joined.update(late)
                 misses = [k for k in misses if k not in late]
             waits: list[tuple[str, Flight]] = list(joined.items())
+            if joined and self._telemetry is not None:
+                self._telemetry.coalesced()
             if misses and coalesce:
 
                 async def run(futures: Mapping[str, asyncio.Future[Any]]) -> None:
@@ -281,7 +291,12 @@ class EmbedOperations(CacheEngine):
         slots = {k: self._reads.begin(prefix + k) for k in mine} if shared else {}
         got: dict[str, tuple[bytes | None, bool]] = {}
         try:
-            got.update(await self._kv_read_chunks(op, store, mine))
+            if self._telemetry is None:
+                got.update(await self._kv_read_chunks(op, store, mine))
+            else:
+                with self._telemetry.kv_read(store.binding, len(mine)) as found:
+                    got.update(await self._kv_read_chunks(op, store, mine))
+                    found(sum(1 for raw, _ in got.values() if raw is not None))
         finally:
             for k, slot in slots.items():
                 self._reads.end(prefix + k, slot, got.get(k))
@@ -336,6 +351,7 @@ class EmbedOperations(CacheEngine):
                         payload,
                         policy=policy,
                         check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
+                        requests=n,
                     )
                     outcome = self._outcome(result)
                     for text_in, vector in zip(chunk, self._vectors(result, n, dims), strict=True):

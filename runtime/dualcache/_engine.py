@@ -29,7 +29,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -53,11 +53,15 @@ from dualcache._kv import (
 from dualcache._limits import DataPlaneRateLimiter, Refusal, UserLimiter, UserLimits, rate_key, user_label
 from dualcache._outputs import StackOutputs
 from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy
+from dualcache._pricing import Prices, TokenPrices
 from dualcache._records import RecordStatus, should_coalesce
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, Stats
 from dualcache._transport import Abandoner
 from dualcache._writebehind import WriteBehind
+
+if TYPE_CHECKING:
+    from dualcache._otel import Telemetry
 
 __all__ = ["CacheEngine"]
 
@@ -136,6 +140,8 @@ class CacheEngine:
     _user_limits: dict[str, UserLimits]  # per operation name (dualcache._limits)
     _user_limiter: UserLimiter
     _rate_limiter: DataPlaneRateLimiter | None  # the data plane's rate limiting bindings, when a limit names one
+    _telemetry: Telemetry | None  # OpenTelemetry hooks (dualcache._otel); None: off, one branch per hook
+    _token_prices: Prices | None  # per-token prices (dualcache._pricing); None: the per-request PriceTable only
 
     def _check_open(self) -> None:
         if self._closed:
@@ -319,7 +325,10 @@ class CacheEngine:
         """
         store = self._store(policy)
         try:
-            raw, ok = await self._read_shared(op, store, flight_key, key)
+            if self._telemetry is None:
+                raw, ok = await self._read_shared(op, store, flight_key, key)
+            else:
+                raw, ok = await self._traced_read(op, store, flight_key, key)
         except BaseException:
             self.stats.record(op, Outcome.FAILED)
             raise
@@ -329,6 +338,14 @@ class CacheEngine:
         if value is not None:
             self.stats.record(op, Outcome.KV_HIT)
         return read, value
+
+    async def _traced_read(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
+        """:meth:`_read_shared` inside a KV read span (tracing on)."""
+        assert self._telemetry is not None
+        with self._telemetry.kv_read(store.binding, 1) as found:
+            raw, ok = await self._read_shared(op, store, flight_key, key)
+            found(int(raw is not None))
+        return raw, ok
 
     def _pending(self, store: KVStore, key: str) -> bytes | None:
         """The record of ``key`` still in the write-behind queue (a miss served from it is a KV hit)."""
@@ -402,6 +419,8 @@ class CacheEngine:
             flight = self._flights.launch([flight_key], run)[flight_key]
         ((value, outcome), first), *_ = await self._flights.wait([flight])
         if not first:  # another caller collected this answer first: it counts the outcome
+            if self._telemetry is not None:
+                self._telemetry.coalesced()
             return _copy_result(value), Outcome.COALESCED
         return value, outcome
 
@@ -431,13 +450,21 @@ class CacheEngine:
         policy: OperationPolicy,
         user_id: str | None = None,
         check: Callable[[UpstreamResult], object] | None = None,
+        requests: int = 1,
     ) -> UpstreamResult:
+        """One upstream call of ``op``; ``requests`` is how many requests of it the answer serves (the texts of
+        a batch of embeddings), for the token figures of :meth:`~dualcache.Stats.usage`."""
         record = CallRecord()
         cache_key = (
             gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id, version=policy.version)
             if policy.gateway is GatewayMode.CACHE
             else None
         )
+        model = payload.get("model")
+        model = model if isinstance(model, str) else path  # OpenAI names it in the body; Workers AI in the path
+        prices = None if self._token_prices is None else self._token_prices.for_call(op.value, model)
+        # The gateway prices the call as we do (its analytics then agree with these stats).
+        extra = None if prices is None else {"cf-aig-custom-cost": prices.custom_cost_header()}
         try:
             result = await self._upstream.call(
                 provider,
@@ -449,7 +476,9 @@ class CacheEngine:
                 user_id=user_id,
                 cache_key=cache_key,
                 check=check,
+                extra_gateway_headers=extra,
             )
+            self._count_usage(op, result, prices, requests)
             logger.debug(
                 "%s: %s via %s, cache status %s, log id %s",
                 op.value,
@@ -471,6 +500,22 @@ class CacheEngine:
             for layer in record.skipped:
                 self.stats.skip(op, layer)
 
+    def _count_usage(self, op: Operation, result: UpstreamResult, prices: TokenPrices | None, requests: int) -> None:
+        """Count the tokens of an answer (and its cost when token prices apply) in the stats."""
+        usage = result.usage
+        if usage is None:
+            return
+        self.stats.usage(
+            op,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=None if prices is None else prices.cost(usage),
+            prompt_cache_saving=0.0 if prices is None else prices.prompt_cache_saving(usage),
+            requests=requests,
+            gateway_hit=result.gateway_hit,
+        )
+
     @staticmethod
     def _outcome(result: UpstreamResult) -> Outcome:
         return Outcome.GATEWAY_HIT if result.gateway_hit else Outcome.PROVIDER
@@ -479,6 +524,13 @@ class CacheEngine:
 
     async def _kv_save(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
         """Write the cache's own records: queued for write-behind (returns at once), or synchronously."""
+        if self._telemetry is not None:
+            with self._telemetry.kv_write(store.binding, len(entries), write_behind=self._writes is not None):
+                await self._kv_save_now(op, store, entries)
+            return
+        await self._kv_save_now(op, store, entries)
+
+    async def _kv_save_now(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
         if self._writes is not None:
             self._writes.submit(op, store, entries)
         else:

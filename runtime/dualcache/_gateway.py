@@ -45,7 +45,8 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Literal, NamedTuple, assert_never
@@ -68,6 +69,7 @@ from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
 from dualcache._outputs import GATEWAY_APIS, GatewayApi
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
+from dualcache._pricing import Usage, parse_usage
 from dualcache._redact import SecretHeaders, auth_headers, redact_url, scrubbed
 from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
@@ -498,6 +500,25 @@ class UpstreamResult:
         """Whether the gateway served this from its cache."""
         return self.route is Route.GATEWAY and (self.cache_status or "").upper() == "HIT"
 
+    @property
+    def usage(self) -> Usage | None:
+        """The answer's token usage (prompt, completion, prompt-cache tokens), ``None`` when it reports none."""
+        return parse_usage(self.data)
+
+
+class RouteSpan:
+    """What :attr:`UpstreamClient.route_span` enters per route tried (``dualcache._otel`` traces with it).
+
+    Entered with the route, the provider, the model and the request's headers (a hook may add to them: the
+    trace context headers of the gateway route); ``answered`` is told the result when the route answers.
+    """
+
+    def answered(self, result: UpstreamResult) -> None:
+        """Note the route's answer."""
+
+
+RouteSpanFactory = Callable[[Route, Provider, str, MutableMapping[str, str]], AbstractContextManager[RouteSpan]]
+
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -586,6 +607,8 @@ class UpstreamClient:
         self._monotonic = monotonic or time.monotonic
         self._breaker_policy = breaker or BreakerPolicy()
         self._breakers: dict[tuple[Route, Provider], CircuitBreaker] = {}
+        self.route_span: RouteSpanFactory | None = None
+        """Entered around each route tried, when set (tracing); ``None``: nothing is done."""
 
     def breaker(self, route: Route, provider: Provider) -> CircuitBreaker:
         """The circuit breaker of one route to one provider (``workers-ai (gateway)``, ``openai (direct)``...).
@@ -703,8 +726,11 @@ class UpstreamClient:
         user_id: str | None = None,
         cache_key: str | None = None,
         check: Callable[[UpstreamResult], object] | None = None,
+        extra_gateway_headers: Mapping[str, str] | None = None,
     ) -> UpstreamResult:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
+
+        ``extra_gateway_headers`` are added to the gateway route's headers (``cf-aig-custom-cost``).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
         breaker, a full pool) and the policy allows it. Retries 429/5xx within :class:`RetryPolicy` and the
@@ -748,8 +774,12 @@ class UpstreamClient:
                 )
                 if plan.client_attempts != retry.max_attempts:
                     retry = dataclasses.replace(retry, max_attempts=plan.client_attempts)
+                if extra_gateway_headers:
+                    headers |= extra_gateway_headers
             try:
-                result = await self._send(provider, route, target.url, headers, target.payload, record, retry, path)
+                result = await self._send_traced(
+                    provider, route, target.url, headers, target.payload, record, retry, path
+                )
             except SkippedError as exc:
                 last = exc
                 record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
@@ -777,6 +807,27 @@ class UpstreamClient:
             return result
         assert last is not None  # routes is never empty: direct is always configured once checked
         raise last
+
+    async def _send_traced(
+        self,
+        provider: Provider,
+        route: Route,
+        url: str,
+        headers: SecretHeaders,
+        payload: Mapping[str, Any],
+        record: CallRecord,
+        retry: RetryPolicy,
+        path: str,
+    ) -> UpstreamResult:
+        """:meth:`_send`, inside :attr:`route_span` when one is set (the model: OpenAI's body field, else the
+        Workers AI path, which is the model id)."""
+        if self.route_span is None:
+            return await self._send(provider, route, url, headers, payload, record, retry, path)
+        model = payload.get("model")
+        with self.route_span(route, provider, model if isinstance(model, str) else path, headers) as span:
+            result = await self._send(provider, route, url, headers, payload, record, retry, path)
+            span.answered(result)
+            return result
 
     async def _send(
         self,

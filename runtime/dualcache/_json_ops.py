@@ -22,6 +22,7 @@ from dualcache._exceptions import BackendError, BadResponseError, ConfigError, I
 from dualcache._gateway import Provider, UpstreamResult, parse_json_object
 from dualcache._keys import canonical_json, record_key, sha256_hex
 from dualcache._kv import KVEntry
+from dualcache._otel import traced
 from dualcache._params import check_json_content, check_sampling, is_json_safe
 from dualcache._policy import GatewayMode, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import RecordStatus, encode_json_record, judge_json_record, should_read_kv, should_write_kv
@@ -118,6 +119,26 @@ def _with_json_instruction(messages: list[dict[str, Any]]) -> list[dict[str, Any
             if isinstance(text, str) and "json" in text.lower():
                 return messages
     return [dict(_JSON_INSTRUCTION), *messages]
+
+
+def _describe_run(
+    self: JsonOperations, operation: Operation | str, *_: Any, **kwargs: Any
+) -> tuple[str, str | None, str | None]:
+    model, provider = kwargs.get("model"), kwargs.get("provider", Provider.WORKERS_AI)
+    return Operation.parse(operation).value, model if isinstance(model, str) else None, Provider(provider).value
+
+
+def _describe_builtin(operation: Operation, model: str, provider: Provider) -> Any:
+    def describe(self: JsonOperations, *_: Any, **__: Any) -> tuple[str, str | None, str | None]:
+        return operation.value, getattr(self.models, model), provider.value
+
+    return describe
+
+
+def _describe_resume(self: JsonOperations, *_: Any, **kwargs: Any) -> tuple[str, str | None, str | None]:
+    if kwargs.get("image_url") is not None:
+        return Operation.RESUME_PARSING.value, self.models.resume_parsing_image, Provider.OPENAI.value
+    return Operation.RESUME_PARSING.value, self.models.resume_parsing_text, Provider.WORKERS_AI.value
 
 
 class JsonOperations(CacheEngine):
@@ -318,6 +339,7 @@ class JsonOperations(CacheEngine):
             raise BadResponseError("openai: choices[0].message.content is not a string", backend="openai")
         return content, self._outcome(result)
 
+    @traced(_describe_run)
     async def run(
         self,
         operation: Operation | str,
@@ -384,6 +406,7 @@ class JsonOperations(CacheEngine):
             check_sampling(extra, provider=call.provider.value, where="run: ")
         return await self._run_json(op, policy, kv_key, calls, msgs, user_id=user, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.JOB_ANALYSIS, "job_analysis", Provider.WORKERS_AI))
     async def analyze_job(
         self, *, user_id: str, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
     ) -> dict[str, Any]:
@@ -412,6 +435,7 @@ class JsonOperations(CacheEngine):
         ]
         return await self._run_json(op, policy, key, calls, msgs, user_id=user, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.SPAM_DETECTION, "spam_detection", Provider.WORKERS_AI))
     async def detect_spam(
         self, *, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
     ) -> dict[str, Any]:
@@ -434,6 +458,7 @@ class JsonOperations(CacheEngine):
         calls = [_Call(Provider.WORKERS_AI, self.models.spam_detection, {})]
         return await self._run_json(op, policy, key, calls, msgs, user_id=None, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.APPLICATION_GENERATION, "application_generation", Provider.OPENAI))
     async def generate_application(
         self,
         *,
@@ -487,6 +512,7 @@ class JsonOperations(CacheEngine):
 
         return await self._serve(op, policy, None, compute)
 
+    @traced(_describe_resume)
     async def parse_resume(
         self,
         *,

@@ -27,6 +27,15 @@ a price in the :class:`PriceTable` (a custom one nobody priced) still counts its
 
 ``served_without_provider`` is the share of requests answered without a provider call: KV hits,
 gateway hits and coalesced requests, over all requests (``None`` before the first request).
+
+Token figures (:meth:`Stats.usage`, fed from each answer's ``usage``): ``input_tokens``, ``output_tokens`` and
+``cached_tokens`` count what the provider computed (a gateway hit's tokens are not billed, so not counted);
+``saved_by_prompt_cache`` is what the provider's prompt cache saved in dollars. When token prices
+(:class:`~dualcache.Prices`) priced some provider calls of an operation, its ``cost`` is their token cost plus
+the per-request price of the calls that were not priced by tokens, and its ``saved`` is the prompt cache's
+saving, plus each gateway hit's own token cost (its answer carries its usage), plus each other hit at the
+operation's mean token cost per provider-answered request (the per-request price before any was measured).
+So ``cost + saved`` stays the cost without any cache.
 """
 
 from __future__ import annotations
@@ -100,6 +109,8 @@ _COUNTERS = (
     "limit_fallbacks",
 )
 
+_TOKENS = ("input_tokens", "output_tokens", "cached_tokens")
+
 _LAYERS = ("kv", "gateway", "provider")
 
 
@@ -119,6 +130,10 @@ class Stats:
         self._counts: dict[str, dict[str, int]] = {}
         self._cost: dict[str, float] = {}
         self._saved: dict[str, float] = {}
+        # Token figures per operation (see the module docstring): tokens the provider computed; the token cost
+        # and the requests it covered; prompt-cache savings; gateway hits priced from their own usage.
+        self._tokens: dict[str, dict[str, int]] = {}
+        self._metered: dict[str, list[float]] = {}  # [requests, cost, prompt-cache saving, gw hits, gw saving]
         self.reset()
 
     def __repr__(self) -> str:
@@ -201,6 +216,72 @@ class Stats:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._row(operation)["upstream_requests"] += n
 
+    def usage(
+        self,
+        operation: Operation | str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int,
+        cost: float | None = None,
+        prompt_cache_saving: float = 0.0,
+        requests: int = 1,
+        gateway_hit: bool = False,
+    ) -> None:
+        """Count the tokens of one upstream answer of ``operation`` (its ``usage``).
+
+        Args:
+            operation: The operation.
+            input_tokens: Prompt tokens, cached ones included.
+            output_tokens: Completion tokens.
+            cached_tokens: Prompt tokens served from the provider's prompt cache.
+            cost: Its cost from token prices, or ``None`` when no token price applies (the per-request price
+                then stays the figure).
+            prompt_cache_saving: What the prompt cache saved on it, in dollars.
+            requests: How many requests of the operation the answer serves (a batch of embeddings: its texts).
+            gateway_hit: The gateway answered from its cache: nothing was billed, and ``cost`` is what the hit
+                saved.
+        """
+        name = str(operation)
+        self._row(operation)
+        metered = self._metered.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
+        if gateway_hit:
+            if cost is not None:
+                metered[3] += requests
+                metered[4] += cost
+            return
+        tokens = self._tokens.setdefault(name, dict.fromkeys(_TOKENS, 0))
+        tokens["input_tokens"] += input_tokens
+        tokens["output_tokens"] += output_tokens
+        tokens["cached_tokens"] += cached_tokens
+        if cost is not None:
+            metered[0] += requests
+            metered[1] += cost
+            metered[2] += prompt_cache_saving
+
+    def _token_figures(self, name: str, counts: Mapping[str, int]) -> tuple[float | None, float | None] | None:
+        """``(cost, saved)`` of an operation priced by tokens, or ``None`` when no call of it was."""
+        metered = self._metered.get(name)
+        if metered is None or not (metered[0] or metered[3]):
+            return None
+        requests, token_cost, prompt_saving, gw_hits, gw_saving = metered
+        price = self.prices.price(name)
+        provider = counts["provider_calls"]
+        unmetered = max(provider - requests, 0)  # an answer priced but then refused is not a provider call
+        cost: float | None
+        if price is not None:
+            cost = token_cost + price * unmetered
+        else:
+            cost = token_cost if not unmetered else None
+        mean = token_cost / requests if requests else (gw_saving / gw_hits if gw_hits else price)
+        hits = counts["kv_hits"] + counts["coalesced"] + max(counts["gateway_hits"] - int(gw_hits), 0)
+        saved: float | None
+        if mean is None:
+            saved = None if hits else gw_saving + prompt_saving
+        else:
+            saved = gw_saving + mean * hits + prompt_saving
+        return cost, saved
+
     def _kv_on(self, name: str) -> bool:
         try:
             return self._policies.for_operation(name).kv
@@ -210,7 +291,11 @@ class Stats:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
         errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, limited,
-        limit_fallbacks, cost, saved, served_without_provider, kv}}``.
+        limit_fallbacks, cost, saved, served_without_provider, kv, input_tokens, output_tokens, cached_tokens,
+        saved_by_prompt_cache}}``.
+
+        The token fields are described in the module docstring; ``saved_by_prompt_cache`` is rounded to 1e-9, as
+        are ``cost`` and ``saved`` of an operation priced by tokens.
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says
@@ -228,13 +313,28 @@ class Stats:
                 "served_without_provider": served / counts["requests"] if counts["requests"] else None,
                 "kv": self._kv_on(name),
             }
+            out[name].update(self._token_snapshot(name, counts))
         return out
+
+    def _token_snapshot(self, name: str, counts: Mapping[str, int]) -> dict[str, Any]:
+        """The token fields of one operation's snapshot (and its cost and saved when priced by tokens)."""
+        fields: dict[str, Any] = dict(self._tokens.get(name) or dict.fromkeys(_TOKENS, 0))
+        metered = self._metered.get(name)
+        fields["saved_by_prompt_cache"] = round(metered[2], 9) if metered is not None and metered[0] else 0.0
+        figures = self._token_figures(name, counts)
+        if figures is not None:
+            cost, saved = figures
+            fields["cost"] = None if cost is None else round(cost, 9)
+            fields["saved"] = None if saved is None else round(saved, 9)
+        return fields
 
     def reset(self) -> None:
         """Set every counter back to zero (operations counted outside the policies are dropped)."""
         self._counts.clear()
         self._cost.clear()
         self._saved.clear()
+        self._tokens.clear()
+        self._metered.clear()
         for op in self._policies.operations:
             self._row(op)
 
@@ -295,4 +395,25 @@ def render_report(snapshot: Mapping[str, Mapping[str, Any]]) -> str:
     )
     if unpriced:
         lines.append(f"* without {', '.join(unpriced)}: no price in the PriceTable, cost unknown")
+    lines.extend(_render_tokens(snapshot))
     return "\n".join(lines)
+
+
+def _render_tokens(snapshot: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The token table under the report: only operations whose answers reported tokens, none when no one did."""
+    rows = [
+        (name, c) for name, c in snapshot.items() if int(c.get("input_tokens") or 0) or int(c.get("output_tokens") or 0)
+    ]
+    if not rows:
+        return []
+    header = (
+        f"{'tokens (provider)':<24}{'input':>12}{'output':>12}{'cached':>12}{'cached %':>9}{'prompt cache saved $':>22}"
+    )
+    lines = ["", header, "-" * len(header)]
+    for name, c in rows:
+        tokens_in, cached = int(c.get("input_tokens") or 0), int(c.get("cached_tokens") or 0)
+        lines.append(
+            f"{name:<24}{tokens_in:>12}{int(c.get('output_tokens') or 0):>12}{cached:>12}"
+            f"{_rate(cached, tokens_in):>9}{float(c.get('saved_by_prompt_cache') or 0.0):>22.6f}"
+        )
+    return lines
