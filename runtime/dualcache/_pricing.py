@@ -6,8 +6,8 @@ bills the cached part of a prompt at a lower rate. The first two are counted per
 
 * OpenAI chat completions: ``usage.prompt_tokens``, ``usage.completion_tokens`` and
   ``usage.prompt_tokens_details.cached_tokens`` (the cached tokens are part of ``prompt_tokens``);
-* Workers AI text generation: ``result.usage`` with ``prompt_tokens``, ``completion_tokens`` (cloudflare-facts
-  §3). Workers AI documents prefix caching with cached input billed at a discounted rate, but its model pages
+* Workers AI text generation: ``result.usage`` with ``prompt_tokens``, ``completion_tokens`` (its
+  documented response). Workers AI documents prefix caching with cached input billed at a discounted rate, but its model pages
   do not spell out the field; Cloudflare's own AI SDK provider reads it from the same OpenAI-shaped
   ``usage.prompt_tokens_details.cached_tokens``, so that is read here too, and an answer without it has no
   cached tokens (both cases handled: with the field, and without it);
@@ -18,7 +18,7 @@ A cost is ``(input - cached) * input + cached * cached_input + output * output``
 per-token prices of a :class:`TokenPrices`; a :class:`Prices` finds them per model, else per operation. With
 no price for a call, or an answer without usage, the per-request :class:`~dualcache.PriceTable` applies.
 
-The gateway is told the same prices in ``cf-aig-custom-cost`` (per-token form, cloudflare-facts §2.2; the
+The gateway is told the same prices in ``cf-aig-custom-cost`` (per-token form, as AI Gateway documents it; the
 cache-read rate ``per_cache_read_token`` is documented since 2026-09, and a gateway that does not know it falls
 back to ``per_token_in`` for cached tokens), so its analytics and ours agree.
 """
