@@ -76,3 +76,11 @@ def test_exported_members_include_the_operations_surface() -> None:
     for method in ("run", "forget", "forget_user", "record_key", "user_prefix"):
         assert callable(getattr(dualcache.DualCache, method)), method
     assert callable(dualcache.Policies.override) and callable(dualcache.Policies.with_overrides)
+
+
+def test_exported_members_include_the_observability_surface() -> None:
+    # Prometheus metrics (the prometheus extra), latency per layer, and what `dualcache report` reads.
+    for name in ("LatencyHistogram", "PrometheusCollector", "register_metrics"):
+        assert name in dualcache.__all__, name
+    for method in ("observe", "latency", "save", "snapshot"):
+        assert callable(getattr(dualcache.Stats, method)), method

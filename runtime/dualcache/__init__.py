@@ -47,10 +47,11 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
         MemoryKVBackend,
         SQLiteKVBackend,
     )
+    from dualcache._metrics import PrometheusCollector, register_metrics
     from dualcache._outputs import StackOutputs
     from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
     from dualcache._stackconfig import StackConfig, load_stack_config
-    from dualcache._stats import Outcome, PriceTable, Stats
+    from dualcache._stats import LatencyHistogram, Outcome, PriceTable, Stats
     from dualcache._writebehind import WriteBehindPolicy
 
 __version__ = "0.1.0"
@@ -80,6 +81,8 @@ _LAZY: dict[str, str] = {
     "KVStore": "dualcache._kv",
     "MemoryKVBackend": "dualcache._kv",
     "SQLiteKVBackend": "dualcache._kv",
+    "PrometheusCollector": "dualcache._metrics",
+    "register_metrics": "dualcache._metrics",
     "StackOutputs": "dualcache._outputs",
     "GatewayMode": "dualcache._policy",
     "Namespace": "dualcache._policy",
@@ -89,6 +92,7 @@ _LAZY: dict[str, str] = {
     "Scope": "dualcache._policy",
     "StackConfig": "dualcache._stackconfig",
     "load_stack_config": "dualcache._stackconfig",
+    "LatencyHistogram": "dualcache._stats",
     "Outcome": "dualcache._stats",
     "PriceTable": "dualcache._stats",
     "Stats": "dualcache._stats",
@@ -135,6 +139,7 @@ __all__ = [
     "KVKey",
     "KVPage",
     "KVStore",
+    "LatencyHistogram",
     "LayerLimits",
     "MemoryKVBackend",
     "Models",
@@ -145,6 +150,7 @@ __all__ = [
     "Policies",
     "PoolLimits",
     "PriceTable",
+    "PrometheusCollector",
     "RateLimitedError",
     "RequestBudget",
     "RetryPolicy",
@@ -160,4 +166,5 @@ __all__ = [
     "WriteBehindPolicy",
     "__version__",
     "load_stack_config",
+    "register_metrics",
 ]

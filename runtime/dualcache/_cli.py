@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "dualcache._cli_infra",  # plan, outputs, wrangler
     "dualcache.local._cli",  # dev
     "dualcache._demo",  # demo
+    "dualcache._report",  # report
 )
 
 

@@ -272,7 +272,8 @@ class LatencyHistogram:
 
     Bucket ``i`` holds durations up to ``2 ** (i / 4)`` microseconds (the first one everything up to 1 µs,
     the last one everything from 33 s on), so a quantile is known to within one bucket (about 19 %); the
-    reported value is the bucket's geometric middle, capped by the largest sample seen.
+    reported value is the bucket's geometric middle (the largest sample for the last bucket), capped by the
+    largest sample seen.
     """
 
     __slots__ = ("counts", "count", "total", "max")
@@ -315,7 +316,7 @@ class LatencyHistogram:
             if seen >= rank:
                 low = 0.0 if index == 0 else 2 ** ((index - 1) / _BUCKETS_PER_DOUBLING) / 1e6
                 high = self.upper_bound(index)
-                middle = high if index == 0 else (math.sqrt(low * high) if math.isfinite(high) else low)
+                middle = high if index == 0 else (math.sqrt(low * high) if math.isfinite(high) else self.max)
                 return min(middle, self.max)
         return self.max  # unreachable: the counts add up to self.count
 
