@@ -1,7 +1,9 @@
 """The only reader of ``pulumi.Config``: the stack's config, read once, validated, frozen.
 
-Values of the project's namespace (``jobmatch-ai:*``) are gathered from the Pulumi runtime, including
-keys this program does not know (so a typo fails loudly instead of being ignored), and validated with
+Every config key the Pulumi runtime holds is checked first: only the project's namespace
+(``jobmatch-ai:*``), the provider's known ``cloudflare:`` keys and the engine's ``pulumi:`` keys are allowed,
+so a misspelt namespace or key fails loudly instead of being ignored. Values of the project's namespace are
+gathered from the runtime, including keys this program does not know, and validated with
 :meth:`dualcache.StackConfig.from_values` — the same model the emulator and ``dualcache wrangler`` use.
 Secrets are read with ``get_secret`` and stay :class:`pulumi.Output` secrets; only whether they are set
 enters the model.
@@ -25,6 +27,7 @@ from dualcache._stackconfig import (
     PLACEHOLDER_NAMESPACE_ID,
     PROVIDER_CREDENTIAL_KEYS,
     SECRET_KEYS,
+    check_config_keys,
     secret_placement_error,
 )
 from dualcache._untrusted import quote
@@ -98,7 +101,9 @@ def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
             committed placeholder account and namespace ids are then refused. The offline plan leaves it False.
 
     Raises:
-        ConfigError: an unknown key, a value out of bounds, a secret set in plain text (ours or the
+        ConfigError: an unknown namespace or key at any depth (with the closest valid one), a value out of
+            bounds or of the wrong type (a boolean where a number is expected, a date that is not in the
+            calendar), a secret set in plain text (ours or the
             provider's ``cloudflare:apiToken``), a plain key set as a secret, a bundle file that does not
             exist; when ``deploying``, also a placeholder account or namespace id, a missing or short
             ``dataPlaneToken`` and a data plane on workers.dev without ``workersDevSubdomain``. The message
@@ -111,6 +116,9 @@ def read_config(project_dir: Path, *, deploying: bool = False) -> InfraConfig:
     config = pulumi.Config(project)
 
     present = _all_keys()
+    # A namespace nothing reads (`jobmatch-ia:gateway`) or a key its namespace lacks (`cloudflare:apiTokn`)
+    # would be ignored without a word; refused first, before any value is looked at.
+    check_config_keys(present, project=project, file=str(project_dir / f"Pulumi.{stack}.yaml"), source=source)
     for full_key in sorted(PROVIDER_CREDENTIAL_KEYS & present):
         problem = secret_placement_error(
             full_key, is_secret=_is_secret(full_key), project=project, stack=stack, source=source

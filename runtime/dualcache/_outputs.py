@@ -176,6 +176,9 @@ class StackOutputs(BaseModel):
 
     stack: str = Field(min_length=1)
     account_id: str
+    # Any id Cloudflare accepts, `default` included: the outputs are written by the program after the stack file
+    # was checked, and a stack may name the auto-created `default` gateway on purpose (`gateway.allowDefaultId`).
+    # The refusal of an accidental `default` belongs where the id is chosen (StackConfig), not here.
     gateway_id: str = Field(min_length=1, max_length=64, pattern=GATEWAY_ID_PATTERN)
     api_base_url: str = DEFAULT_API_BASE_URL
     gateway_base_url: str = DEFAULT_GATEWAY_BASE_URL

@@ -214,6 +214,13 @@ class OperationPolicy(BaseModel):
     scope: Scope = Scope.USER
     version: str | None = None
 
+    @field_validator("kv_ttl", "gateway_ttl", mode="before")
+    @classmethod
+    def _no_bool_ttl(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read True as 1 second
+            raise ValueError(f"{value!r} is a boolean; a TTL is a whole number of seconds (e.g. 86400) or null")
+        return value
+
     @field_validator("version", mode="before")
     @classmethod
     def _check_version(cls, value: Any) -> Any:

@@ -9,23 +9,39 @@ Secret values (``secure:`` entries) are never decrypted here: only *whether* a s
 
 from __future__ import annotations
 
+import datetime
+import difflib
 import hashlib
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
-from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, Policies
+from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, OperationPolicy, Policies
 from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yaml_file
 
 __all__ = [
+    "CLOUDFLARE_PROVIDER_KEYS",
     "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
+    "DEFAULT_GATEWAY_ID",
     "GATEWAY_ID_PATTERN",
+    "PULUMI_ENGINE_KEYS",
     "PLACEHOLDER_ACCOUNT_ID",
     "PLACEHOLDER_NAMESPACE_ID",
     "SECRET_KEYS",
@@ -39,6 +55,7 @@ __all__ = [
     "StackConfig",
     "WorkerSettings",
     "check_stack_name",
+    "check_config_keys",
     "is_valid_gateway_id",
     "is_valid_worker_name",
     "load_stack_config",
@@ -63,6 +80,19 @@ PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "dataPla
 """Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
 PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
 """The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
+CLOUDFLARE_PROVIDER_KEYS = frozenset(
+    {"apiToken", "apiKey", "email", "apiUserServiceKey", "baseUrl", "userAgentOperatorSuffix"}
+)
+"""The ``cloudflare:`` keys the provider reads: exactly the settings of pulumi-cloudflare 6.23.1's
+``pulumi_cloudflare/config/vars.py`` (``api_key``, ``api_token``, ``api_user_service_key``, ``base_url``,
+``email``, ``user_agent_operator_suffix``; cloudflare-facts §4.1). Any other ``cloudflare:`` key is a typo."""
+PULUMI_ENGINE_KEYS = frozenset({"disable-default-providers", "autonaming"})
+"""The ``pulumi:`` keys the Pulumi engine reads from a stack file: the two it documents for stack config
+(``pulumi:disable-default-providers``, ``pulumi:autonaming``). The program reads none itself; others are
+refused as typos (Pulumi may add engine keys later: add them here when it does)."""
+DEFAULT_GATEWAY_ID = "default"
+"""The gateway id Cloudflare creates on its own (an authenticated request to ``default`` auto-creates a gateway
+with caching off): a stack may use it only with ``gateway.allowDefaultId: true``."""
 
 _HEX32 = r"^[0-9a-f]{32}$"
 # Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
@@ -87,9 +117,15 @@ _DATE = r"^\d{4}-\d{2}-\d{2}$"
 _HOSTNAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 # Pulumi's rule for project and stack names: alphanumerics, '-', '_' and '.', at most 100 characters.
 _PULUMI_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-# Policy overrides are a mapping of operation names to mappings of scalar fields (see _check_policy_shape).
+# Policy overrides are a mapping of operation names to mappings of scalar fields (see _policy_problems).
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _POLICY_STRING_MAX = 64
+_POLICY_FIELDS = frozenset(OperationPolicy.model_fields)
+_POLICY_NUMBER_FIELDS = frozenset(
+    name
+    for name, field in OperationPolicy.model_fields.items()
+    if field.annotation in (int, float) or {int, float} & set(typing.get_args(field.annotation))
+)
 
 
 def is_valid_gateway_id(value: str) -> bool:
@@ -119,6 +155,43 @@ def _check_hex32(value: str) -> str:
 Hex32 = Annotated[str, AfterValidator(_check_hex32)]
 
 
+def _check_calendar_date(value: str) -> str:
+    # The pattern (checked first) fixes the shape; fromisoformat checks that the day exists (no 2025-13-11, no
+    # 2025-02-30). Python >= 3.11 also accepts other ISO forms (20250311), which the pattern has already refused.
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a calendar date ({exc}); use YYYY-MM-DD, for example 2025-03-11") from None
+    return value
+
+
+CalendarDate = Annotated[str, Field(pattern=_DATE), AfterValidator(_check_calendar_date)]
+
+
+def _refuse_bool(value: Any) -> Any:
+    # YAML `true` is a bool, and pydantic's int would read it as 1 (`cacheTtl: true` = a 1 s TTL). Numbers only;
+    # digit strings stay accepted (that is how `pulumi config set --path` may store them).
+    if isinstance(value, bool):
+        raise ValueError("a boolean where a whole number is expected; write a number")
+    return value
+
+
+StrictInt = Annotated[int, BeforeValidator(_refuse_bool)]
+"""An int that a YAML boolean is not (pydantic alone reads ``true`` as 1)."""
+
+
+def _refuse_number(value: Any) -> Any:
+    # The other way round: pydantic's bool reads 1 and 0 as true and false (`collectLogs: 0`). Booleans only, or
+    # the strings `pulumi config set --path` may store ("true", "false").
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a number where a boolean is expected; write true or false")
+    return value
+
+
+StrictBool = Annotated[bool, BeforeValidator(_refuse_number)]
+"""A bool that a number is not (pydantic alone reads 1 as true)."""
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -126,9 +199,20 @@ class _Settings(BaseModel):
 class RateLimitSettings(_Settings):
     """The gateway's rate limit: ``limit`` requests per ``interval`` seconds; 0 and 0 means off."""
 
-    limit: int = Field(default=0, ge=0)
-    interval: int = Field(default=0, ge=0)
+    limit: StrictInt = Field(default=0, ge=0)
+    interval: StrictInt = Field(default=0, ge=0)
     technique: Literal["fixed", "sliding"] = "fixed"
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, value: int, info: ValidationInfo) -> int:
+        limit = info.data.get("limit")
+        if isinstance(limit, int) and limit > 0 and value == 0:
+            raise ValueError(
+                f"a limit of {limit} requests per 0 seconds is no rate; set interval to the window in seconds "
+                "(for example 60), or limit: 0 and interval: 0 to turn rate limiting off"
+            )
+        return value
 
     @property
     def enabled(self) -> bool:
@@ -140,12 +224,14 @@ class GatewaySettings(_Settings):
     """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
 
     id: str | None = None
-    cache_ttl: int = 0
-    cache_invalidate_on_update: bool = True
-    collect_logs: bool = True
-    authentication: bool = False
+    allow_default_id: StrictBool = False
+    """Set (``allowDefaultId: true``) to let ``id`` be ``default``, the gateway Cloudflare auto-creates."""
+    cache_ttl: StrictInt = 0
+    cache_invalidate_on_update: StrictBool = True
+    collect_logs: StrictBool = True
+    authentication: StrictBool = False
     rate_limiting: RateLimitSettings = RateLimitSettings()
-    log_management: int | None = Field(default=None, ge=10_000, le=10_000_000)
+    log_management: StrictInt | None = Field(default=None, ge=10_000, le=10_000_000)
     log_management_strategy: Literal["STOP_INSERTING", "DELETE_OLDEST"] | None = None
 
     @field_validator("id")
@@ -166,7 +252,7 @@ class GatewaySettings(_Settings):
 class NamespaceSettings(_Settings):
     """KV namespace settings: protection, and existing namespaces to adopt (Pulumi ``import_``)."""
 
-    protect: bool = False
+    protect: StrictBool = False
     adopt: dict[Namespace, Hex32] = Field(default_factory=dict)
 
 
@@ -189,14 +275,14 @@ class WorkerSettings(_Settings):
     """The API Worker: name, code bundle and where it is reachable."""
 
     name: str | None = None
-    compatibility_date: str = Field(default="2025-03-11", pattern=_DATE)
+    compatibility_date: CalendarDate = "2025-03-11"
     bundle: str | None = None
     """Path (relative to the project directory) of the app's ES module bundle; None = the health Worker."""
     main_module: str = Field(default="worker.js", pattern=r"^[A-Za-z0-9_.-]+\.m?js$")
     """Module name the code is uploaded as (ES module syntax), for example ``worker.js``."""
     route: RouteSettings | None = None
     custom_domain: CustomDomainSettings | None = None
-    workers_dev: bool | None = None
+    workers_dev: StrictBool | None = None
     """Whether the Worker answers on its ``workers.dev`` subdomain; None leaves the account's setting alone."""
 
     @field_validator("name")
@@ -225,10 +311,10 @@ class DataPlaneSettings(_Settings):
     """
 
     name: str | None = None
-    compatibility_date: str = Field(default="2025-03-11", pattern=_DATE)
+    compatibility_date: CalendarDate = "2025-03-11"
     route: RouteSettings | None = None
     custom_domain: CustomDomainSettings | None = None
-    workers_dev: bool | None = None
+    workers_dev: StrictBool | None = None
     """Whether the Worker answers on ``workers.dev``; None = yes unless a route or custom domain is set."""
 
     @field_validator("name")
@@ -348,11 +434,13 @@ class StackConfig(_Settings):
                 names ``<project>:<key>``, the bad value and what is allowed.
         """
         allowed = PLAIN_KEYS | SECRET_KEYS
-        unknown = sorted(set(values) - allowed)
+        unknown = sorted(str(k) for k in set(values) - allowed)
         if unknown:
             raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(f'{project}:{k}' for k in unknown)}; "
-                f"valid keys: {', '.join(f'{project}:{k}' for k in sorted(allowed))}"
+                _join_problems(
+                    source,
+                    [_unknown_key(f"{project}:{key}", key, sorted(allowed), level=f"{project}:") for key in unknown],
+                )
             )
         data = {k: v for k, v in values.items() if k not in SECRET_KEYS}
         for key, value in data.items():
@@ -364,17 +452,22 @@ class StackConfig(_Settings):
                     "text (the value is not shown)"
                 )
         overrides = data.pop("policies", None)
-        if overrides is not None:
-            _check_policy_shape(overrides, project=project, source=source)
-        try:
-            policies = Policies.with_overrides(overrides)
-        except ConfigError as exc:  # the message starts with policies.<operation>
-            raise ConfigError(f"{source}: {project}:{exc}") from None
+        problems = _policy_problems(overrides, project=project, source=source) if overrides is not None else []
+        policies = Policies()
+        if not problems:
+            try:
+                policies = Policies.with_overrides(overrides)
+            except ConfigError as exc:  # the message starts with policies.<operation>
+                problems.append(f"{project}:{exc}")
         data.update(project=project, stack=stack, secretsSet=frozenset(secrets_set), policies=policies)
+        # Every problem of the file at once: the settings' and the policies'.
+        config: StackConfig | None = None
         try:
             config = cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, project=project, source=source)) from None
+            problems = _describe(exc, project=project) + problems
+        if problems or config is None:
+            raise ConfigError(_join_problems(source, problems))
         config._check_derived_names(source)
         return config
 
@@ -386,6 +479,14 @@ class StackConfig(_Settings):
                 f"{source}: the default {self.project}:worker.name {self.worker_name!r} (from the project and stack "
                 f"names) is not a valid Worker name; set {self.project}:worker.name to 1..63 characters of lowercase "
                 "letters, digits, '_' and '-'"
+            )
+        if self.gateway.id == DEFAULT_GATEWAY_ID and not self.gateway.allow_default_id:
+            raise ConfigError(
+                f"{source}: {self.project}:gateway.id = {DEFAULT_GATEWAY_ID!r}: that is the gateway Cloudflare creates "
+                "on its own (caching and rate limiting off), so naming it by accident leaves caching to whatever that "
+                "gateway is set to in the dashboard; drop gateway.id to use the stack's own "
+                f"{self.project}-{self.stack}, pick another id, or set gateway.allowDefaultId: true if the default "
+                "gateway is meant"
             )
         if self.gateway.id is None and not is_valid_gateway_id(self.gateway_id):
             raise ConfigError(
@@ -433,15 +534,23 @@ def _secure_path(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
-def _check_policy_shape(overrides: Any, *, project: str, source: str) -> None:
+def _policy_problems(overrides: Any, *, project: str, source: str) -> list[str]:
     """Policy overrides are ``{operation: {field: scalar}}``, with short names and strings.
 
     Checked before :meth:`Policies.with_overrides`, whose messages show names and values: this way they
     show short ones only.
+
+    Returns:
+        One line per unknown field (with the closest valid one) and per boolean where a number of seconds
+        is expected.
+
+    Raises:
+        ConfigError: the overrides are not of that shape (a name or a value that cannot be shown in a line).
     """
     key = f"{project}:policies"
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{source}: {key} = {quote(overrides)}: expected a mapping of operation names")
+    problems: list[str] = []
     for name, fields in overrides.items():
         if not isinstance(name, str) or not _POLICY_NAME.match(name):
             raise ConfigError(f"{source}: {key}: {quote(name)} is not an operation name")
@@ -457,20 +566,112 @@ def _check_policy_shape(overrides: Any, *, project: str, source: str) -> None:
                 )
             if value is not None and not isinstance(value, str | int | float | bool):
                 raise ConfigError(f"{source}: {key}.{name}.{field} = {quote(value)}: expected a single value")
+            if field not in _POLICY_FIELDS:
+                problems.append(
+                    _unknown_key(
+                        f"{key}.{name}.{field}", field, sorted(_POLICY_FIELDS), level=f"{key}.{name}", value=value
+                    )
+                )
+            elif field in _POLICY_NUMBER_FIELDS and isinstance(value, bool):
+                off = "kv: false" if field.startswith("kv") else "gateway: skip"
+                problems.append(
+                    f"{key}.{name}.{field} = {str(value).lower()}: a boolean where a number of seconds is expected; "
+                    f"set a whole number (for example {field}: 86400), or turn the layer off with {off}"
+                )
+    return problems
 
 
-def _describe(exc: ValidationError, *, project: str, source: str) -> str:
+_MAX_PROBLEMS = 20
+"""At most this many problems are listed in one error (a hostile file cannot make a huge message)."""
+
+
+def _join_problems(source: str | None, problems: Sequence[str]) -> str:
+    """One line per problem, each naming ``source``; past :data:`_MAX_PROBLEMS`, how many more there are."""
+    head = f"{source}: " if source is not None else ""
+    lines = [f"{head}{p}" for p in problems[:_MAX_PROBLEMS]]
+    more = len(problems) - _MAX_PROBLEMS
+    if more > 0:
+        lines.append(f"{head}and {more} more")
+    return "\n".join(lines)
+
+
+def _did_you_mean(word: str, valid: Iterable[str]) -> str | None:
+    """The valid word closest to ``word`` (case aside first: ``cacheTTL`` is ``cacheTtl``), or None."""
+    options = list(valid)
+    folded = {v.lower(): v for v in options}
+    if word.lower() in folded:
+        return folded[word.lower()]
+    found = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _unknown_key(shown: str, key: str, valid: Sequence[str], *, level: str, value: Any = ...) -> str:
+    """``<shown> = <value>: unknown key; did you mean '<level>.<closest>'? Valid keys of <level>: ...``.
+
+    ``value`` is left out when not given (a top-level key: a misspelt secret key may hold a token).
+    """
+    guess = _did_you_mean(key, valid)
+    joint = ":" if level.endswith(":") or ":" not in level else "."
+    where = level.rstrip(":")
+    hint = f"; did you mean {where + joint + guess!r}?" if guess is not None else "."
+    head = quote(shown, 80) if value is ... else f"{shown} = {_shown(value)}"
+    return f"{head}: unknown key{hint} Valid keys of {where}: {', '.join(valid)}"
+
+
+def _field_for(model: type[BaseModel], key: str) -> Any:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``Annotated[X, ...]``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _keys_at(path: Sequence[str | int]) -> list[str] | None:
+    """The valid keys (camelCase, as stack files write them) of the settings mapping at ``path``, or None."""
+    model: type[BaseModel] = StackConfig
+    for part in path:
+        field = _field_for(model, str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return sorted(field.alias or name for name, field in model.model_fields.items())
+
+
+def _shown(value: Any) -> str:
+    # Booleans as the stack file writes them (YAML `true`), not Python's True.
+    return str(value).lower() if isinstance(value, bool) else quote(value)
+
+
+def _describe(exc: ValidationError, *, project: str) -> list[str]:
+    """One line per problem: ``<project>:<dotted.key> = <value>: <what is wrong and what would be valid>``.
+
+    An unknown key (pydantic's ``extra_forbidden``) gets the valid keys of its level and the closest one.
+    """
     lines = []
-    for err in exc.errors()[:10]:
+    for err in exc.errors():
         loc = [str(p)[:60] for p in err["loc"]]
         key = f"{project}:{'.'.join(loc)}" if loc else project
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"{key} is required")
+        elif err["type"] == "extra_forbidden" and (valid := _keys_at(err["loc"][:-1])) is not None:
+            parent = f"{project}:{'.'.join(loc[:-1])}"
+            lines.append(_unknown_key(key, loc[-1], valid, level=parent, value=err.get("input")))
         else:
-            lines.append(f"{key} = {quote(err.get('input'))}: {one_line(msg)}")
-    more = len(exc.errors()) - 10
-    return f"{source}: " + "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+            lines.append(f"{key} = {_shown(err.get('input'))}: {one_line(msg)}")
+    return lines
 
 
 def split_config_key(full_key: str, *, source: str, project: str) -> tuple[str, str]:
@@ -518,15 +719,82 @@ def secret_placement_error(full_key: str, *, is_secret: bool, project: str, stac
     return None
 
 
+def _known_config_keys(project: str) -> dict[str, frozenset[str]]:
+    """The config keys a stack file may hold, per namespace: the program's, the provider's, the engine's."""
+    known: dict[str, frozenset[str]] = {}
+    for namespace, keys in ((project, PLAIN_KEYS | SECRET_KEYS), ("cloudflare", CLOUDFLARE_PROVIDER_KEYS)):
+        known[namespace] = known.get(namespace, frozenset()) | keys
+    known["pulumi"] = known.get("pulumi", frozenset()) | PULUMI_ENGINE_KEYS
+    return known
+
+
+def check_config_keys(full_keys: Iterable[str], *, project: str, file: str, source: str | None = None) -> None:
+    """Refuse config keys of a namespace nothing reads, or keys a known namespace does not have.
+
+    The program reads ``<project>:`` keys, the Cloudflare provider ``cloudflare:`` keys
+    (:data:`CLOUDFLARE_PROVIDER_KEYS`) and the Pulumi engine ``pulumi:`` keys (:data:`PULUMI_ENGINE_KEYS`).
+    Anything else would be ignored without a word: ``jobmatch-ia:gateway`` would drop the whole gateway block
+    and ``cloudflare:apiTokn`` the token. Each bad key gets one line naming ``file``, the key, the closest
+    valid namespace or key, and the valid ones. Values are not shown: a misspelt secret key may hold a token.
+
+    Args:
+        full_keys: ``<namespace>:<name>`` keys (as :func:`split_config_key` accepts them).
+        project: The project name (the program's own namespace).
+        file: The stack file the keys come from, named in every line.
+        source: Put before every line (infra's ``stack 'dev'``); None = nothing.
+
+    Raises:
+        ConfigError: one line per unknown namespace or key, all of them.
+    """
+    known = _known_config_keys(project)
+    namespaces = list(known)
+    problems: list[str] = []
+    for full_key in sorted(set(full_keys)):
+        namespace, _, name = full_key.partition(":")
+        if namespace in known and name in known[namespace]:
+            continue
+        shown = quote(full_key, 80)
+        if namespace not in known:
+            guess = _did_you_mean(namespace, namespaces)
+            # No namespace like it, but a key of that name exists (`myapp:gateway`): say where it lives.
+            owner = next((ns for ns in namespaces if name in known[ns]), None)
+            if guess is not None:
+                hint = f"; did you mean {guess + ':'!r}?"
+            elif owner is not None:
+                hint = f"; did you mean {owner + ':' + name!r}?"
+            else:
+                hint = "."
+            problems.append(
+                f"unknown config namespace {quote(namespace, 40)} in {file} (key {shown}){hint} "
+                f"Valid namespaces: {', '.join(namespaces)}"
+            )
+            continue
+        guess = _did_you_mean(name, known[namespace])
+        owner = next((ns for ns in namespaces if ns != namespace and name in known[ns]), None)
+        if guess is not None:
+            hint = f"; did you mean {namespace + ':' + guess!r}?"
+        elif owner is not None:  # `cloudflare:accountId` is the program's `jobmatch-ai:accountId`
+            hint = f"; did you mean {owner + ':' + name!r}?"
+        else:
+            hint = "."
+        problems.append(
+            f"unknown config key {shown} in {file}{hint} Valid {namespace}: keys: {', '.join(sorted(known[namespace]))}"
+        )
+    if problems:
+        raise ConfigError(_join_problems(source, problems))
+
+
 def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
     """Read ``Pulumi.yaml`` and ``Pulumi.<stack>.yaml`` from ``project_dir`` without Pulumi.
 
-    Keys of other namespaces (``cloudflare:...``) are ignored, except that the provider's credentials
-    must be secrets; secret values are not decrypted.
+    Keys of the provider's and the engine's namespaces (``cloudflare:...``, ``pulumi:...``) are checked by
+    name only (see :func:`check_config_keys`), and the provider's credentials must be secrets; secret values
+    are not decrypted. Nothing but the two files is read.
 
     Raises:
-        ConfigError: a file is missing or not YAML, a key has no namespace, a secret key is set in plain
-            text (or a plain key as a secret), or a value is invalid (see :meth:`StackConfig.from_values`).
+        ConfigError: a file is missing or not YAML, a key has no namespace, an unknown namespace or key
+            (with the closest valid one), a secret key is set in plain text (or a plain key as a secret), or
+            a value is invalid (see :meth:`StackConfig.from_values`).
     """
     root = Path(project_dir)
     check_stack_name(stack)
@@ -539,6 +807,9 @@ def load_stack_config(project_dir: str | Path, stack: str) -> StackConfig:
     config = _read_yaml(stack_file).get("config") or {}
     if not isinstance(config, Mapping):
         raise ConfigError(f"{stack_file}: 'config' must be a mapping")
+    for full_key in config:
+        split_config_key(str(full_key), source=str(stack_file), project=project)
+    check_config_keys((str(k) for k in config), project=project, file=str(stack_file))
     values: dict[str, Any] = {}
     secrets: set[str] = set()
     for full_key, value in config.items():

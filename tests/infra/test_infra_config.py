@@ -79,13 +79,54 @@ _ADOPT = "jobmatch-ai:namespaces"
         ),
         pytest.param(
             {"jobmatch-ai:gatway": {"cacheTtl": 60}},
-            r"unknown key\(s\) jobmatch-ai:gatway; valid keys: .*jobmatch-ai:gateway",
+            r"unknown config key 'jobmatch-ai:gatway' in .*Pulumi\.test\.yaml; did you mean 'jobmatch-ai:gateway'\? "
+            r"Valid jobmatch-ai: keys: accountId, dataPlane, ",
             id="unknown-top-level-key",
         ),
         pytest.param(
             {"jobmatch-ai:gateway": {"cacheTTL": 60}},
-            r"jobmatch-ai:gateway\.cacheTTL = 60: Extra inputs are not permitted",
+            r"jobmatch-ai:gateway\.cacheTTL = 60: unknown key; did you mean 'jobmatch-ai:gateway\.cacheTtl'\? "
+            r"Valid keys of jobmatch-ai:gateway: allowDefaultId, authentication, cacheInvalidateOnUpdate, cacheTtl, ",
             id="unknown-nested-key",
+        ),
+        pytest.param(
+            {"jobmatch-ia:gateway": {"cacheTtl": 60}},
+            r"unknown config namespace 'jobmatch-ia' in .*Pulumi\.test\.yaml \(key 'jobmatch-ia:gateway'\); "
+            r"did you mean 'jobmatch-ai:'\? Valid namespaces: jobmatch-ai, cloudflare, pulumi$",
+            id="unknown-namespace",
+        ),
+        pytest.param(
+            {"cloudflare:apiTokn": "t" * 40},
+            r"unknown config key 'cloudflare:apiTokn' in .*; did you mean 'cloudflare:apiToken'\? "
+            r"Valid cloudflare: keys: apiKey, apiToken, apiUserServiceKey, baseUrl, email, userAgentOperatorSuffix$",
+            id="unknown-provider-key",
+        ),
+        pytest.param(
+            {"jobmatch-ai:policies": {"job_analysis": {"kv_ttl": True}}},
+            r"jobmatch-ai:policies\.job_analysis\.kv_ttl = true: a boolean where a number of seconds is expected",
+            id="kv-ttl-boolean",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"cacheTtl": True}},
+            r"jobmatch-ai:gateway\.cacheTtl = true: a boolean where a whole number is expected",
+            id="cache-ttl-boolean",
+        ),
+        pytest.param(
+            {"jobmatch-ai:worker": {"compatibilityDate": "2025-13-11"}},
+            r"jobmatch-ai:worker\.compatibilityDate = '2025-13-11': is not a calendar date "
+            r"\(month must be in 1\.\.12\)",
+            id="compatibility-date-month-13",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"rateLimiting": {"limit": 100, "interval": 0}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.interval = 0: a limit of 100 requests per 0 seconds is no rate",
+            id="rate-limit-per-zero-seconds",
+        ),
+        pytest.param(
+            {"jobmatch-ai:gateway": {"id": "default"}},
+            r"jobmatch-ai:gateway\.id = 'default': that is the gateway Cloudflare creates on its own.*"
+            r"gateway\.allowDefaultId: true",
+            id="default-gateway-id",
         ),
         pytest.param(
             {"jobmatch-ai:gateway": "fast"},
@@ -133,6 +174,55 @@ def test_config_rejects_invalid_values_naming_the_key(
         run_plan("test", project)
     assert "stack 'test'" in str(info.value)  # raised by infra/config.py inside the program
     assert "QUFBQQ" not in str(info.value) and "t" * 40 not in str(info.value)  # never a (secret) value
+
+
+def test_config_lists_every_unknown_key_at_once_naming_the_stack(write_stack: StackWriter) -> None:
+    config = base_config() | {
+        "jobmatch-ia:gateway": {},
+        "cloudflare:apiTokn": {"secure": "v1:QUFBQQ=="},
+        "pulumi:autonameing": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        run_plan("test", write_stack(config))
+    lines = str(info.value).splitlines()
+    assert [line.split(" in ")[0] for line in lines] == [
+        "stack 'test': unknown config key 'cloudflare:apiTokn'",
+        "stack 'test': unknown config namespace 'jobmatch-ia'",
+        "stack 'test': unknown config key 'pulumi:autonameing'",
+    ]
+    assert "did you mean 'pulumi:autonaming'?" in lines[2]
+    assert "QUFBQQ" not in str(info.value)
+
+
+def test_config_lists_every_unknown_nested_key_at_once(write_stack: StackWriter) -> None:
+    config = base_config() | {
+        "jobmatch-ai:gateway": {"cacheTTL": 60, "rateLimiting": {"intervall": 60}},
+        "jobmatch-ai:worker": {"workersdev": True},
+    }
+    with pytest.raises(ConfigError) as info:
+        run_plan("test", write_stack(config))
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith("stack 'test': jobmatch-ai:") for line in lines)
+    assert "did you mean 'jobmatch-ai:gateway.rateLimiting.interval'?" in lines[0]
+    assert "did you mean 'jobmatch-ai:gateway.cacheTtl'?" in lines[1]
+    assert "did you mean 'jobmatch-ai:worker.workersDev'?" in lines[2]
+
+
+def test_config_accepts_the_default_gateway_when_opted_in(write_stack: StackWriter) -> None:
+    gateway = {"id": "default", "allowDefaultId": True, "cacheTtl": 3600}
+    plan = run_plan("test", write_stack(base_config() | {"jobmatch-ai:gateway": gateway}))
+    (resource,) = plan.find(":AiGateway")
+    assert (resource.inputs["aiGatewayId"], resource.inputs["cacheTtl"]) == ("default", 3600)
+    assert plan.outputs["dualcache"]["gateway_id"] == "default"
+
+
+def test_config_accepts_the_provider_and_engine_keys_pulumi_documents(write_stack: StackWriter) -> None:
+    config = base_config() | {
+        "cloudflare:apiToken": {"secure": "v1:QUFBQQ=="},
+        "cloudflare:userAgentOperatorSuffix": "ci",
+        "pulumi:disable-default-providers": ["kubernetes"],
+    }
+    assert run_plan("test", write_stack(config)).outputs["dualcache"]["account_id"] == ACCOUNT
 
 
 def test_config_requires_the_account_id(write_stack: StackWriter) -> None:

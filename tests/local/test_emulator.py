@@ -35,11 +35,119 @@ def test_emulated_gives_the_outputs_and_stops_the_server(tmp_path: Path, project
         httpx.get(f"{outputs.api_base_url}/accounts/{outputs.account_id}/storage/kv/namespaces", timeout=2)
 
 
-def test_emulator_requires_project_dir_or_config(tmp_path: Path) -> None:
+def test_emulator_outside_any_project_is_a_config_error_saying_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dualcache import ConfigError
 
-    with pytest.raises(ConfigError, match="project_dir"):
-        Emulator(data_dir=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        Emulator(data_dir=tmp_path / "data")
+    assert str(info.value) == (
+        f"Emulator: no Pulumi.yaml in {str(tmp_path.resolve())!r} or above; run inside the project, or pass "
+        "project_dir (the directory holding Pulumi.yaml) or config"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_emulator_finds_the_project_above_the_current_directory_and_uses_a_temporary_folder(
+    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the temporary data folder goes
+    monkeypatch.chdir(project_dir / "tests" / "local")
+    emu = Emulator(stack="staging")
+    assert (emu.config.stack, emu.data_dir) == ("staging", None)
+    with emu:
+        data_dir = emu.data_dir
+        assert data_dir is not None and data_dir.parent == tmp_path and data_dir.name.startswith("dualcache-emulator-")
+        assert (data_dir / "emulator.sqlite3").is_file()
+        assert emu.outputs.gateway_id == "jobmatch-ai-staging"
+    assert emu.data_dir is None and list(tmp_path.iterdir()) == []  # removed on stop
+    with emu:  # a new start gets a fresh folder, empty again
+        assert emu.data_dir is not None and emu.data_dir != data_dir
+        assert (
+            httpx.get(f"{emu.outputs.api_base_url}/accounts/{emu.outputs.account_id}/storage/kv/namespaces").json()[
+                "result_info"
+            ]["total_count"]
+            == 6
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_emulator_removes_its_temporary_folder_when_start_fails(
+    dev_config: StackConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from dualcache.local import Clock
+
+    class BrokenClock(Clock):
+        def now(self) -> float:
+            raise RuntimeError("clock broken")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    emu = Emulator(config=dev_config, clock=BrokenClock())
+    with pytest.raises(RuntimeError, match="clock broken"):
+        emu.start()
+    assert emu.data_dir is None and list(tmp_path.iterdir()) == []
+
+
+def test_emulator_keeps_a_data_dir_it_was_given(project_dir: Path, tmp_path: Path) -> None:
+    with Emulator(project_dir=project_dir, data_dir=tmp_path / "kept") as emu:
+        assert emu.data_dir == tmp_path / "kept"
+    assert (tmp_path / "kept" / "emulator.sqlite3").is_file() and emu.data_dir == tmp_path / "kept"
+
+
+def test_emulated_finds_the_project_from_a_subdirectory(
+    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(project_dir / "infra")
+    with emulated(stack="prod") as outputs:
+        assert (outputs.stack, outputs.gateway_id) == ("prod", "jobmatch-ai-prod")
+        assert len(list(tmp_path.iterdir())) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_emulator_refuses_a_stack_file_typo_before_any_io(tmp_path: Path) -> None:
+    from dualcache import ConfigError
+
+    (tmp_path / "Pulumi.yaml").write_text("name: jobmatch-ai\n")
+    (tmp_path / "Pulumi.qa.yaml").write_text(
+        'config:\n  jobmatch-ai:accountId: "0123456789abcdef0123456789abcdef"\n'
+        "  jobmatch-ia:gateway:\n    cacheTtl: 60\n"
+    )
+    with pytest.raises(ConfigError, match=r"unknown config namespace 'jobmatch-ia' in .*Pulumi\.qa\.yaml"):
+        Emulator(stack="qa", project_dir=tmp_path, data_dir=tmp_path / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pulumi.qa.yaml", "Pulumi.yaml"]
+
+
+def _readme_emulator_example(project_dir: Path) -> str:
+    readme = (project_dir / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("the emulator also runs in-process") :]
+    block = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    assert "from dualcache.local import Emulator" in block and "emulated(" in block
+    return block
+
+
+def test_readme_emulator_example_runs_as_written(
+    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(project_dir / "tests")  # inside the project, not at its root
+    namespace: dict[str, object] = {}
+    exec(compile(_readme_emulator_example(project_dir), "README.md", "exec"), namespace)
+    emu = namespace["emu"]
+    assert isinstance(emu, Emulator) and emu.config.stack == "dev"
+    assert namespace["outputs"].__class__.__name__ == "StackOutputs"
+    assert list(tmp_path.iterdir()) == []  # both temporary folders removed
+    assert not (project_dir / "tests" / ".dualcache").exists()
 
 
 def test_emulator_outputs_before_start_is_a_usage_error(project_dir: Path, tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ def test_policies_with_overrides_changes_only_named_fields() -> None:
             r"\(missing: policies\.embedding\.gateway\)",
             id="unknown-op-is-an-incomplete-custom-one",
         ),
+        pytest.param({"embeddings": {"kv_ttl": True}}, r"kv_ttl=True: True is a boolean", id="kv-ttl-bool"),
+        pytest.param({"embeddings": {"gateway_ttl": False}}, r"gateway_ttl=False: False is a boolean", id="gw-bool"),
         pytest.param({"embeddings": {"ttl": 1}}, r"unknown field\(s\) ttl", id="unknown-field"),
         pytest.param({"embeddings": {"kv_namespace": "NOPE"}}, r"kv_namespace", id="bad-namespace"),
     ],

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dualcache import ConfigError, Namespace, StackConfig, load_stack_config
+from dualcache import ConfigError, Namespace, StackConfig, StackOutputs, load_stack_config
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -68,7 +68,12 @@ def _validate(**values: Any) -> StackConfig:
         pytest.param(
             {"worker": {"workersDev": "maybe"}}, r"jobmatch-ai:worker\.workersDev = 'maybe'", id="workers-dev"
         ),
-        pytest.param({"gateways": {}}, r"unknown key\(s\) jobmatch-ai:gateways", id="unknown-key"),
+        pytest.param(
+            {"gateways": {}},
+            r"'jobmatch-ai:gateways': unknown key; did you mean 'jobmatch-ai:gateway'\? Valid keys of jobmatch-ai: "
+            r"accountId, dataPlane, ",
+            id="unknown-key",
+        ),
         pytest.param(
             {"policies": ["embeddings"]}, r"jobmatch-ai:policies = \['embeddings'\]", id="policies-not-mapping"
         ),
@@ -356,3 +361,331 @@ def test_stackconfig_accepts_custom_operations_set_with_config_paths() -> None:
 def test_stackconfig_rejects_bad_custom_operations_naming_the_key(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _validate(policies=overrides)
+
+
+# -- typos: unknown namespaces and keys, at any depth ------------------------------------------------------------
+
+_VALID_NAMESPACES = "Valid namespaces: jobmatch-ai, cloudflare, pulumi"
+
+
+def test_load_stack_config_rejects_a_misspelt_project_namespace_with_a_suggestion(tmp_path: Path) -> None:
+    # Read as another program's namespace, the whole gateway block would be dropped (the gateway cache off).
+    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ia:gateway": {"cacheTtl": 3600}}
+    project = _project(tmp_path, config, stack="dev")
+    with pytest.raises(ConfigError) as info:
+        load_stack_config(project, "dev")
+    assert str(info.value) == (
+        f"unknown config namespace 'jobmatch-ia' in {project / 'Pulumi.dev.yaml'} (key 'jobmatch-ia:gateway'); "
+        f"did you mean 'jobmatch-ai:'? {_VALID_NAMESPACES}"
+    )
+
+
+def test_load_stack_config_suggests_the_namespace_of_a_known_key(tmp_path: Path) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, "myapp:worker": {"workersDev": True}}
+    with pytest.raises(
+        ConfigError, match=rf"'myapp:worker'\); did you mean 'jobmatch-ai:worker'\? {_VALID_NAMESPACES}"
+    ):
+        load_stack_config(_project(tmp_path, config), "qa")
+
+
+def test_load_stack_config_rejects_an_unknown_provider_key_without_showing_its_value(tmp_path: Path) -> None:
+    token = "tok" + "x" * 40
+    config = {"jobmatch-ai:accountId": ACCOUNT, "cloudflare:apiTokn": token}
+    with pytest.raises(ConfigError) as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    message = str(info.value)
+    assert message == (
+        f"unknown config key 'cloudflare:apiTokn' in {tmp_path / 'Pulumi.qa.yaml'}; did you mean "
+        "'cloudflare:apiToken'? Valid cloudflare: keys: apiKey, apiToken, apiUserServiceKey, baseUrl, email, "
+        "userAgentOperatorSuffix"
+    )
+    assert token not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        pytest.param("cloudflare:accountId", "jobmatch-ai:accountId", id="project-key-in-provider-namespace"),
+        pytest.param("pulumi:disable-default-provider", "pulumi:disable-default-providers", id="engine-key"),
+        pytest.param("jobmatch-ai:gatway", "jobmatch-ai:gateway", id="project-key"),
+        pytest.param("jobmatch-ai:dataplane", "jobmatch-ai:dataPlane", id="case"),
+    ],
+)
+def test_load_stack_config_suggests_the_closest_key_of_a_known_namespace(
+    tmp_path: Path, key: str, suggestion: str
+) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, key: "x"}
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}' in .*; did you mean '{suggestion}'\?"):
+        load_stack_config(_project(tmp_path, config), "qa")
+
+
+def test_load_stack_config_accepts_every_documented_provider_and_engine_key(tmp_path: Path) -> None:
+    config = {
+        "jobmatch-ai:accountId": ACCOUNT,
+        "cloudflare:apiToken": {"secure": "v1:AAAA"},
+        "cloudflare:email": "ops@example.com",
+        "cloudflare:baseUrl": "https://api.cloudflare.com/client/v4",
+        "cloudflare:userAgentOperatorSuffix": "ci",
+        "pulumi:disable-default-providers": ["kubernetes"],
+        "pulumi:autonaming": {"pattern": "${name}"},
+    }
+    assert load_stack_config(_project(tmp_path, config), "qa").account_id == ACCOUNT
+
+
+def test_load_stack_config_lists_every_unknown_key_at_once(tmp_path: Path) -> None:
+    config = {
+        "jobmatch-ai:accountId": ACCOUNT,
+        "jobmatch-ia:gateway": {},
+        "cloudflare:apiTokn": {"secure": "v1:AAAA"},
+        "jobmatch-ai:wroker": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3
+    assert [line.split(" in ")[0] for line in lines] == [
+        "unknown config key 'cloudflare:apiTokn'",
+        "unknown config key 'jobmatch-ai:wroker'",
+        "unknown config namespace 'jobmatch-ia'",
+    ]
+    assert all(str(tmp_path / "Pulumi.qa.yaml") in line for line in lines)
+
+
+def test_load_stack_config_caps_the_list_of_problems(tmp_path: Path) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT} | {f"ns{i}:key": 1 for i in range(30)}
+    with pytest.raises(ConfigError) as info:
+        load_stack_config(_project(tmp_path, config), "qa")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 21 and lines[-1] == "and 10 more"
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "suggestion", "valid"),
+    [
+        pytest.param(
+            {"gateway": {"cacheTTL": 60}},
+            "jobmatch-ai:gateway.cacheTTL = 60",
+            "jobmatch-ai:gateway.cacheTtl",
+            "allowDefaultId, authentication, cacheInvalidateOnUpdate, cacheTtl, collectLogs, id, logManagement, "
+            "logManagementStrategy, rateLimiting",
+            id="gateway",
+        ),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"limit": 5, "interval": 60, "tecnique": "fixed"}}},
+            "jobmatch-ai:gateway.rateLimiting.tecnique = 'fixed'",
+            "jobmatch-ai:gateway.rateLimiting.technique",
+            "interval, limit, technique",
+            id="rate-limiting",
+        ),
+        pytest.param(
+            {"worker": {"route": {"pattern": "a.example.com/*", "zoneId": ACCOUNT, "zone": "x"}}},
+            "jobmatch-ai:worker.route.zone = 'x'",
+            "jobmatch-ai:worker.route.zoneId",
+            "pattern, zoneId",
+            id="worker-route",
+        ),
+        pytest.param(
+            {"dataPlane": {"customDomain": {"hostname": "kv.example.com", "hostnmae": "x"}}},
+            "jobmatch-ai:dataPlane.customDomain.hostnmae = 'x'",
+            "jobmatch-ai:dataPlane.customDomain.hostname",
+            "hostname, zoneId",
+            id="data-plane-domain",
+        ),
+        pytest.param(
+            {"namespaces": {"protcet": True}},
+            "jobmatch-ai:namespaces.protcet = true",
+            "jobmatch-ai:namespaces.protect",
+            "adopt, protect",
+            id="namespaces",
+        ),
+        pytest.param(
+            {"policies": {"embeddings": {"kvttl": 600}}},
+            "jobmatch-ai:policies.embeddings.kvttl = 600",
+            "jobmatch-ai:policies.embeddings.kv_ttl",
+            "collect_log, direct_fallback, gateway, gateway_ttl, kv, kv_namespace, kv_ttl, scope, version",
+            id="policy-field",
+        ),
+    ],
+)
+def test_stackconfig_names_an_unknown_nested_key_with_the_valid_keys_of_its_level(
+    values: dict[str, Any], key: str, suggestion: str, valid: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(**values)
+    level = suggestion.rpartition(".")[0]
+    assert str(info.value) == (
+        f"stack config: {key}: unknown key; did you mean {suggestion!r}? Valid keys of {level}: {valid}"
+    )
+
+
+def test_stackconfig_lists_every_bad_nested_key_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(
+            gateway={"cacheTTL": 60, "colectLogs": True, "rateLimiting": {"limt": 5}},
+            worker={"compatibiltyDate": "2025-03-11"},
+            policies={"embeddings": {"gatewayTtl": 60}},
+        )
+    lines = str(info.value).splitlines()
+    assert [line.split(" = ")[0] for line in lines] == [
+        "stack config: jobmatch-ai:gateway.rateLimiting.limt",
+        "stack config: jobmatch-ai:gateway.cacheTTL",
+        "stack config: jobmatch-ai:gateway.colectLogs",
+        "stack config: jobmatch-ai:worker.compatibiltyDate",
+        "stack config: jobmatch-ai:policies.embeddings.gatewayTtl",
+    ]
+    assert all("unknown key; did you mean" in line for line in lines)
+
+
+def test_load_stack_config_names_the_file_in_a_nested_key_error(tmp_path: Path) -> None:
+    config = {"jobmatch-ai:accountId": ACCOUNT, "jobmatch-ai:gateway": {"cacheTTL": 60}}
+    with pytest.raises(ConfigError, match=r"^.*Pulumi\.qa\.yaml: jobmatch-ai:gateway\.cacheTTL = 60: unknown key"):
+        load_stack_config(_project(tmp_path, config), "qa")
+
+
+# -- types: booleans are not numbers, dates are dates, a rate needs a window -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param({"gateway": {"cacheTtl": True}}, r"jobmatch-ai:gateway\.cacheTtl = true: a boolean", id="ttl"),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"limit": True, "interval": 60}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.limit = true: a boolean where a whole number is expected",
+            id="limit",
+        ),
+        pytest.param(
+            {"gateway": {"rateLimiting": {"limit": 5, "interval": False}}},
+            r"jobmatch-ai:gateway\.rateLimiting\.interval = false: a boolean",
+            id="interval",
+        ),
+        pytest.param(
+            {"gateway": {"logManagement": True}}, r"jobmatch-ai:gateway\.logManagement = true: a boolean", id="logs"
+        ),
+        pytest.param(
+            {"policies": {"job_analysis": {"kv_ttl": True}}},
+            r"jobmatch-ai:policies\.job_analysis\.kv_ttl = true: a boolean where a number of seconds is expected; "
+            r".*kv: false",
+            id="kv-ttl",
+        ),
+        pytest.param(
+            {"policies": {"embeddings": {"gateway_ttl": False}}},
+            r"jobmatch-ai:policies\.embeddings\.gateway_ttl = false: a boolean .*gateway: skip",
+            id="gateway-ttl",
+        ),
+    ],
+)
+def test_stackconfig_never_reads_a_boolean_as_a_number(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _validate(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        pytest.param({"gateway": {"collectLogs": 0}}, "gateway.collectLogs = 0", id="collect-logs"),
+        pytest.param({"gateway": {"authentication": 1}}, "gateway.authentication = 1", id="authentication"),
+        pytest.param({"namespaces": {"protect": 1}}, "namespaces.protect = 1", id="protect"),
+        pytest.param({"worker": {"workersDev": 0}}, "worker.workersDev = 0", id="workers-dev"),
+        pytest.param({"gateway": {"id": "default", "allowDefaultId": 1}}, "gateway.allowDefaultId = 1", id="opt-in"),
+    ],
+)
+def test_stackconfig_never_reads_a_number_as_a_boolean(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(**values)
+    assert str(info.value) == (
+        f"stack config: jobmatch-ai:{key}: a number where a boolean is expected; write true or false"
+    )
+
+
+def test_stackconfig_still_reads_booleans_and_their_strings() -> None:
+    cfg = _validate(gateway={"collectLogs": "false", "authentication": True}, namespaces={"protect": "true"})
+    assert (cfg.gateway.collect_logs, cfg.gateway.authentication, cfg.namespaces.protect) == (False, True, True)
+
+
+def test_stackconfig_still_reads_numbers_and_digit_strings() -> None:
+    cfg = _validate(gateway={"cacheTtl": "3600", "rateLimiting": {"limit": 10, "interval": 60.0}})
+    rate = cfg.gateway.rate_limiting
+    assert (cfg.gateway.cache_ttl, rate.limit, rate.interval) == (3600, 10, 60)
+
+
+@pytest.mark.parametrize(
+    ("date", "why"),
+    [
+        pytest.param("2025-13-11", "month must be in 1..12", id="month-13"),
+        pytest.param("2025-02-30", "day is out of range for month", id="feb-30"),
+        pytest.param("2025-04-31", "day is out of range for month", id="apr-31"),
+        pytest.param("2023-02-29", "day is out of range for month", id="not-a-leap-year"),
+    ],
+)
+@pytest.mark.parametrize("where", ["worker", "dataPlane"])
+def test_stackconfig_refuses_a_compatibility_date_not_in_the_calendar(date: str, why: str, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(**{where: {"compatibilityDate": date}})
+    assert str(info.value) == (
+        f"stack config: jobmatch-ai:{where}.compatibilityDate = {date!r}: is not a calendar date ({why}); use "
+        "YYYY-MM-DD, for example 2025-03-11"
+    )
+
+
+@pytest.mark.parametrize("date", ["2025-3-11", "20250311", "2025-03-11T00:00"])
+def test_stackconfig_refuses_a_compatibility_date_of_another_shape(date: str) -> None:
+    with pytest.raises(ConfigError, match=r"jobmatch-ai:worker\.compatibilityDate = .*String should match pattern"):
+        _validate(worker={"compatibilityDate": date})
+
+
+def test_stackconfig_accepts_a_leap_day() -> None:
+    assert _validate(worker={"compatibilityDate": "2024-02-29"}).worker.compatibility_date == "2024-02-29"
+
+
+def test_stackconfig_refuses_a_rate_limit_per_zero_seconds() -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(gateway={"rateLimiting": {"limit": 100, "interval": 0}})
+    assert str(info.value).startswith(
+        "stack config: jobmatch-ai:gateway.rateLimiting.interval = 0: a limit of 100 requests per 0 seconds is no "
+        "rate; set interval"
+    )
+    with pytest.raises(ConfigError, match=r"rateLimiting\.interval = -60: Input should be greater than or equal to 0"):
+        _validate(gateway={"rateLimiting": {"limit": 100, "interval": -60}})
+
+
+@pytest.mark.parametrize(("limit", "interval", "enabled"), [(0, 0, False), (100, 60, True), (0, 60, False)])
+def test_stackconfig_accepts_rate_limits_that_are_off_or_have_a_window(
+    limit: int, interval: int, enabled: bool
+) -> None:
+    rate = _validate(gateway={"rateLimiting": {"limit": limit, "interval": interval}}).gateway.rate_limiting
+    assert (rate.limit, rate.interval, rate.enabled) == (limit, interval, enabled)
+
+
+# -- the gateway Cloudflare creates on its own -------------------------------------------------------------------
+
+
+def test_stackconfig_refuses_the_default_gateway_id_unless_opted_in() -> None:
+    with pytest.raises(ConfigError) as info:
+        _validate(gateway={"id": "default"})
+    message = str(info.value)
+    assert message.startswith("stack config: jobmatch-ai:gateway.id = 'default': that is the gateway Cloudflare")
+    assert "set gateway.allowDefaultId: true" in message and "jobmatch-ai-dev" in message
+    with pytest.raises(ConfigError, match=r"gateway\.id = 'default'"):
+        _validate(gateway={"id": "default", "allowDefaultId": False})
+
+
+def test_stackconfig_accepts_the_default_gateway_id_when_opted_in_and_its_outputs_load() -> None:
+    cfg = _validate(gateway={"id": "default", "allowDefaultId": True})
+    assert (cfg.gateway_id, cfg.gateway.allow_default_id) == ("default", True)
+    # The outputs such a stack exports name `default`; services load them as any others.
+    outputs = StackOutputs.from_data(
+        {
+            "stack": "dev",
+            "account_id": ACCOUNT,
+            "gateway_id": cfg.gateway_id,
+            "namespaces": {b.value: cfg.offline_namespace_id(b) for b in Namespace},
+            "worker_name": cfg.worker_name,
+        }
+    )
+    assert outputs.gateway_id == "default"
+
+
+def test_stackconfig_opt_in_alone_changes_nothing() -> None:
+    cfg = _validate(gateway={"allowDefaultId": True})
+    assert cfg.gateway_id == "jobmatch-ai-dev"

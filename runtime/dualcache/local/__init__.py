@@ -11,16 +11,20 @@ are loaded on first use, so that ``dualcache``'s command line (which registers `
 ``dualcache.local._cli``) stays cheap to start and works without the extra; using any of them without
 the extra raises :class:`ImportError` naming it.
 
+Both :class:`Emulator` and :func:`emulated` find the project (``Pulumi.yaml``) at or above the current
+directory, as the ``dualcache`` command does, unless given ``project_dir`` or ``config``; without
+``data_dir`` the state lives in a fresh temporary folder, removed when the emulator stops.
+
 Example::
 
-    from dualcache.local import Emulator
+    from dualcache.local import Emulator, emulated
 
-    with Emulator(stack="dev", project_dir=".", data_dir=tmp) as emu:
+    with Emulator(stack="dev") as emu:
         outputs = emu.outputs          # StackOutputs pointing at the emulator (data_plane_url too)
         token = emu.data_plane_token   # the data plane's bearer token (never in the outputs)
         emu.control.advance_clock(3600)
 
-    with emulated(stack="dev", project_dir=".", data_dir=tmp) as outputs:   # just the outputs
+    with emulated(stack="dev", data_dir=".dualcache") as outputs:   # just the outputs; data kept in .dualcache
         ...
 """
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import secrets
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from dualcache._cli import find_project_dir
 from dualcache._exceptions import ConfigError, UsageError
 from dualcache._outputs import StackOutputs
 from dualcache._policy import Namespace
@@ -44,6 +48,8 @@ __all__ = [
     "provision",
     "stack_outputs",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(".dualcache")
 DATA_PLANE_TOKEN_ENV_VAR = "DUALCACHE_DATA_PLANE_TOKEN"
@@ -280,17 +286,20 @@ class Emulator:
     """The emulator in-process: uvicorn on ``host`` and a free port, in a background thread.
 
     Use it as a context manager; entering provisions the stack and returns once the server answers,
-    leaving stops the server and closes SQLite. Data in ``data_dir`` survives; a new Emulator on the same
-    directory sees it. While one runs, its data folder is locked: another Emulator (or ``dualcache dev``)
-    on it is refused with a :class:`ConfigError`.
+    leaving stops the server and closes SQLite. Data in a ``data_dir`` you give survives; a new Emulator on
+    the same directory sees it. Without one, each start gets a fresh temporary folder, removed on stop.
+    While one runs, its data folder is locked: another Emulator (or ``dualcache dev``) on it is refused
+    with a :class:`ConfigError`.
 
     Besides the Cloudflare APIs it serves the data-plane API (``outputs.data_plane_url``) over the same KV
     store, guarded by ``data_plane_token``.
 
     Args:
         stack: The stack whose settings (``Pulumi.<stack>.yaml``) are used.
-        project_dir: Directory holding ``Pulumi.yaml`` (needed unless ``config`` is given).
-        data_dir: Where the SQLite state lives (default ``.dualcache``).
+        project_dir: Directory holding ``Pulumi.yaml``; ``None`` (without ``config``) = the nearest one at or
+            above the current directory, as the ``dualcache`` command finds it.
+        data_dir: Where the SQLite state lives; ``None`` = a fresh temporary folder per start, removed on stop
+            (``dualcache dev`` uses ``.dualcache``, :data:`DEFAULT_DATA_DIR`).
         token: API token the emulator requires (``None`` = none).
         config: A :class:`StackConfig` to use instead of reading the stack file.
         openai_upstream: Forward ``openai/*`` to this OpenAI-compatible base URL.
@@ -303,6 +312,7 @@ class Emulator:
         url: ``http://HOST:PORT`` once started.
         outputs: The :class:`StackOutputs` pointing at this emulator.
         config: The :class:`StackConfig` in use.
+        data_dir: The data folder: the one given, or while running the temporary one (else ``None``).
         token: The API token (``None`` = no authentication).
         data_plane_token: The data plane's bearer token (known before start; never in ``outputs``).
         control: An :class:`EmulatorControl` for the control endpoints.
@@ -313,7 +323,7 @@ class Emulator:
         self,
         stack: str = "dev",
         project_dir: str | Path | None = None,
-        data_dir: str | Path = DEFAULT_DATA_DIR,
+        data_dir: str | Path | None = None,
         token: str | None = None,
         config: StackConfig | None = None,
         openai_upstream: str | None = None,
@@ -327,12 +337,20 @@ class Emulator:
             check_data_plane_token(data_plane_token)
         if config is None:
             if project_dir is None:
-                raise ConfigError("Emulator needs project_dir (the directory holding Pulumi.yaml) or config")
+                try:
+                    project_dir = find_project_dir()
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"Emulator: {exc.args[0].split(';')[0]}; run inside the project, or pass project_dir (the "
+                        "directory holding Pulumi.yaml) or config"
+                    ) from None
             config = load_stack_config(project_dir, stack)
         self.config = config
         self.token = token or None
         self.data_plane_token = data_plane_token or new_data_plane_token()
-        self.data_dir = Path(data_dir)
+        self._own_data_dir = data_dir is None
+        """Whether the data folder is a temporary one of this Emulator's (made on start, removed on stop)."""
+        self.data_dir: Path | None = None if data_dir is None else Path(data_dir)
         self.host = host
         self._port = port
         self._clock = clock
@@ -372,6 +390,9 @@ class Emulator:
         if self._thread is not None:
             raise UsageError("the Emulator is already running")
         sock = bind_socket(self.host, self._port)  # first: a port in use leaves no data folder behind
+        if self._own_data_dir:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="dualcache-emulator-"))
+        assert self.data_dir is not None
         lock = DataDirLock(self.data_dir)
         store: Store | None = None
         try:
@@ -391,6 +412,7 @@ class Emulator:
                 store.close()
             lock.release()
             sock.close()
+            self._remove_own_data_dir()
             raise
         self._lock = lock
         port = sock.getsockname()[1]
@@ -442,8 +464,18 @@ class Emulator:
             self._sock.close()  # uvicorn closed its server; this releases our reference
         if self._lock is not None:
             self._lock.release()
+            self._remove_own_data_dir()
         self._server = self._thread = self._control = self._state = self._sock = None
         self._outputs = self._lock = None
+
+    def _remove_own_data_dir(self) -> None:
+        # Only a folder this Emulator made (data_dir=None); a folder the caller gave is theirs and is kept.
+        if self._own_data_dir and self.data_dir is not None:
+            try:
+                shutil.rmtree(self.data_dir)
+            except OSError as exc:  # a leftover temporary folder is harmless; say so rather than fail the stop
+                logger.warning("could not remove the emulator's temporary data folder %s: %s", self.data_dir, exc)
+            self.data_dir = None
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -458,7 +490,7 @@ class Emulator:
 def emulated(
     stack: str = "dev",
     project_dir: str | Path | None = None,
-    data_dir: str | Path = DEFAULT_DATA_DIR,
+    data_dir: str | Path | None = None,
     token: str | None = None,
     config: StackConfig | None = None,
     openai_upstream: str | None = None,
@@ -468,12 +500,13 @@ def emulated(
     """Run an :class:`Emulator` for the ``with`` block and give the :class:`StackOutputs` pointing at it.
 
     For code that only needs somewhere to point a service (``DualCache.from_outputs(outputs, ...)``);
-    use :class:`Emulator` itself for the control endpoints. Arguments are :class:`Emulator`'s; pass
-    ``data_plane_token`` to reach the data plane (the outputs never carry it).
+    use :class:`Emulator` itself for the control endpoints. Arguments are :class:`Emulator`'s (so the
+    project is found at or above the current directory, and the data lives in a temporary folder, unless
+    given); pass ``data_plane_token`` to reach the data plane (the outputs never carry it).
 
     Example::
 
-        with emulated(project_dir=".", data_dir=tmp) as outputs:
+        with emulated() as outputs:
             async with DualCache.from_outputs(outputs) as cache: ...
     """
     with Emulator(
