@@ -571,6 +571,8 @@ def main(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--max-pages {args.max_pages}: must be >= 1")
     if isinstance(args.per_page, int) and not 1 <= args.per_page <= 1000:
         raise InvalidInputError(f"--per-page {args.per_page}: must be 1..1000")
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        raise InvalidInputError(f"--html {args.html!r}: its folder does not exist")
     if args.since is not None and _parse_time(args.since) is None:
         raise InvalidInputError(f"--since {args.since!r}: must be an ISO-8601 time such as 2026-12-01T00:00:00Z")
     out: list[str] = []
@@ -580,7 +582,10 @@ def main(args: argparse.Namespace) -> int:
         text, html = asyncio.run(_gateway_report(args))
         out.append(text)
         if html is not None:
-            Path(args.html).write_text(html, encoding="utf-8")
+            try:
+                Path(args.html).write_text(html, encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInputError(f"--html {args.html!r}: cannot write it: {exc.strerror or exc}") from None
             out.append(f"chart written to {args.html}")
     print("\n\n".join(out))
     return 0

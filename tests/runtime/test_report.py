@@ -323,6 +323,7 @@ def test_report_cli_end_to_end_against_the_emulator(
         pytest.param(["report", "--gateway-logs", "--since", "last week"], "--since 'last week'", id="since"),
         pytest.param(["report", "--gateway-logs", "--max-pages", "0"], "--max-pages 0", id="max-pages"),
         pytest.param(["report", "--stats", "s.json", "--html", "x.html"], "--html", id="html-without-logs"),
+        pytest.param(["report", "--gateway-logs", "--html", "/no/such/dir/x.html"], "folder does not exist", id="html"),
         pytest.param(
             ["report", "--gateway-logs", "--account-id", "a" * 32, "--gateway-id", "gw"],
             "CLOUDFLARE_API_TOKEN",
