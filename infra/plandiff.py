@@ -888,7 +888,7 @@ def base_manifest_from_git(project_dir: Path, ref: str, stack: str) -> tuple[dic
 
 
 def _current_manifest(stack: str, project_dir: Path) -> dict[str, Any]:
-    from dualcache._cli_infra import plan_manifest
+    from infra.plan import plan_manifest
 
     return validate_manifest(plan_manifest(stack, project_dir), source=f"plan of stack {stack!r}")
 
@@ -927,7 +927,10 @@ def run_diff(args: argparse.Namespace, project_dir: Path) -> int:
     markdown = render_markdown(diff, max_chars=max_chars)
     out: Path | None = getattr(args, "out", None)
     if out is not None:
-        Path(out).write_text(markdown, encoding="utf-8")
+        try:
+            Path(out).write_text(markdown, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--out {str(out)!r}: could not write the summary: {exc.strerror or exc}") from None
     sys.stdout.write(markdown)
     sys.stdout.flush()
     return exit_status(diff)

@@ -468,18 +468,36 @@ def run_demo(
 
 
 def _show_plan(console: Any, project_dir: Path) -> None:
+    # The plan is the project's own `dualcache plan` (its infra/ package), in a subprocess: the library
+    # never imports infra. Without a clone or the infra extra the demo goes on without it.
+    from dualcache._cli_infra import run_infra_command
+    from dualcache._exceptions import ConfigError
+
     try:
-        from dualcache._cli_infra import plan_manifest, render_plan_text
-    except ImportError as exc:
-        console.print(f"[yellow]The dev plan is not available in this build ({exc}); continuing.[/yellow]")
+        done = run_infra_command("plan", ["--stack", "dev", "--project-dir", str(project_dir)], capture=True)
+    except (ConfigError, ImportError) as exc:
+        console.print(f"The dev plan is not available ({exc}); continuing without it.", style="yellow", markup=False)
         return
-    try:
-        text = render_plan_text(plan_manifest("dev", project_dir))
-    except ImportError as exc:
-        console.print(f"[yellow]The dev plan needs the 'infra' extra ({exc}); continuing without it.[/yellow]")
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+        console.print(f"The dev plan failed ({reason}); continuing without it.", style="yellow", markup=False)
         return
     console.rule("The dev stack, as planned offline")
-    console.print(text, markup=False, highlight=False)
+    console.print(_without_warnings(done.stdout), markup=False, highlight=False)
+
+
+def _without_warnings(plan_text: str) -> str:
+    """The plan text without its "Warnings:" block: what `pulumi up` would refuse does not matter offline."""
+    kept: list[str] = []
+    skipping = False
+    for line in plan_text.splitlines(keepends=True):
+        if line == "Warnings:\n":
+            skipping = True
+        elif skipping and not line.strip():
+            skipping = False  # the blank line that ends the block goes with it
+        elif not skipping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def _pct(part: float, whole: float) -> str:
@@ -641,4 +659,4 @@ def register(subparsers: Any) -> None:
         help="how KV is reached: the data-plane Worker API as in production (default), or the Cloudflare REST API",
     )
     add_project_dir_argument(parser)
-    parser.set_defaults(func=_cmd_demo)
+    parser.set_defaults(func=_cmd_demo, extra="demo")

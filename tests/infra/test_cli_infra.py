@@ -1,4 +1,4 @@
-"""``dualcache plan | outputs | wrangler`` and the snapshots they keep current."""
+"""``dualcache plan | outputs | wrangler`` (the project's ``infra.cli``) and the snapshots they keep current."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from _infra_support import ACCOUNT, REPO, STACKS, StackWriter, base_config
 
 from dualcache import ConfigError, Namespace, StackOutputs, load_stack_config
-from dualcache._cli_infra import WRANGLER_SPLIT_MARKER, plan_manifest, plan_warnings, register, render_plan_text
+from infra.cli import WRANGLER_SPLIT_MARKER, plan_manifest, plan_warnings, register, render_plan_text
 from infra.plan import PlanResult, manifest_json
 
 
@@ -32,7 +32,6 @@ def _copy_project(tmp_path: Path) -> Path:
     for name in ("Pulumi.yaml", *(f"Pulumi.{s}.yaml" for s in STACKS)):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "infra" / "snapshots", tmp_path / "infra" / "snapshots")
-    (tmp_path / "infra" / "plan.py").write_text("# marks the project dir; infra is imported from the checkout\n")
     return tmp_path
 
 
@@ -98,8 +97,6 @@ def test_plan_text_shows_resources_protection_import_and_outputs(plans: dict[str
 
 def test_plan_text_shows_secrets_masked(write_stack: StackWriter, capsys: pytest.CaptureFixture[str]) -> None:
     project = write_stack(base_config() | {"jobmatch-ai:gatewayToken": {"secure": "v1:c2VjcmV0"}})
-    (project / "infra").mkdir()
-    (project / "infra" / "plan.py").write_text("# marks the project dir\n")
     assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
     out = capsys.readouterr().out
     assert "CF_AIG_TOKEN           secret_text   [secret]" in out
@@ -110,8 +107,6 @@ def test_plan_warns_about_a_missing_token_and_workers_dev_subdomain(
     write_stack: StackWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = write_stack(base_config())
-    (project / "infra").mkdir()
-    (project / "infra" / "plan.py").write_text("# marks the project dir\n")
     assert _run(["plan", "--stack", "test", "--project-dir", str(project)]) == 0
     out = capsys.readouterr().out
     # Runs without the token, binds a stand-in shown as [secret], and says what a real preview/up needs.
@@ -141,7 +136,7 @@ socket.socket.connect = refuse
 socket.socket.connect_ex = refuse
 socket.getaddrinfo = refuse
 socket.create_connection = refuse
-from dualcache._cli import main
+from infra.cli import main
 sys.exit(main(["plan", "--stack", sys.argv[1], "--json"]))
 """
 
@@ -375,7 +370,8 @@ def test_wrangler_rejects_outputs_of_another_stack(tmp_path: Path) -> None:
 
 def test_import_dualcache_does_not_import_pulumi() -> None:
     code = (
-        "import sys, dualcache, dualcache._cli_infra\n"
+        "import sys, dualcache, dualcache._cli\n"
+        "dualcache._cli._build_parser()\n"  # every command module of the runtime's CLI
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'pulumi', 'pulumi_cloudflare', 'infra'})\n"
         "print(heavy)\n"
         "sys.exit(1 if heavy else 0)\n"

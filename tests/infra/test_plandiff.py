@@ -694,13 +694,13 @@ def test_run_diff_against_a_git_revision_shows_the_stack_change(
 
 @pytest.fixture(scope="module")
 def dev_manifest() -> dict[str, Any]:
-    from dualcache._cli_infra import plan_manifest
+    from infra.cli import plan_manifest
 
     return plan_manifest("dev", PROJECT_DIR)
 
 
 def _main(*argv: str) -> int:
-    from dualcache._cli import main
+    from infra.cli import main
 
     return main(["plan", "--stack", "dev", "--project-dir", str(PROJECT_DIR), *argv])
 
@@ -777,7 +777,7 @@ def _edit_dev_stack(project: Path) -> None:
 def test_cli_plan_diff_of_real_stack_edits_against_the_snapshot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dualcache._cli import main
+    from infra.cli import main
 
     _copy_project(tmp_path)
     _edit_dev_stack(tmp_path)

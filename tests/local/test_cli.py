@@ -146,6 +146,17 @@ def test_cli_dev_rejects_bad_arguments(tmp_path: Path, project_dir: Path, argv: 
         run_dev(_args(tmp_path, project_dir, *argv))
 
 
+def test_cli_dev_refuses_a_data_path_that_is_not_a_folder(tmp_path: Path, project_dir: Path) -> None:
+    state = tmp_path / "state.txt"
+    state.write_text("kept\n")
+    with pytest.raises(ConfigError, match=re.escape(f"--data {str(state)!r} is not a directory")):
+        run_dev(_args(tmp_path, project_dir, "--data", str(state)))
+    with pytest.raises(ConfigError, match=re.escape(f"{str(state)!r} is not a directory, so the folder cannot be")):
+        run_dev(_args(tmp_path, project_dir, "--data", str(state / "inner" / "deeper")))
+    assert state.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.txt"]
+
+
 def test_cli_dev_reports_an_occupied_port_and_writes_nothing(tmp_path: Path, project_dir: Path) -> None:
     with Emulator(project_dir=project_dir, data_dir=tmp_path / "first") as first:  # another emulator holds it
         port = int(first.url.rsplit(":", 1)[1])

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "One emulator per DIR: a second one on the same folder is refused."
         ),
     )
-    parser.add_argument("--stack", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)")
+    parser.add_argument(
+        "--stack", "-s", default="dev", help="stack whose Pulumi.<stack>.yaml settings to use (default: dev)"
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -98,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "instead of the local models",
     )
     add_project_dir_argument(parser)
-    parser.set_defaults(func=run_dev)
+    parser.set_defaults(func=run_dev, extra="local")
 
 
 def _token_from_file(path: Path, flag: str) -> str:
@@ -142,6 +144,16 @@ def _data_plane_token(flag: str | None, file: Path | None = None) -> tuple[str, 
     return new_data_plane_token(), ""
 
 
+def _check_data_dir(data: Path) -> None:
+    """Refuse a ``--data`` that is not a folder (or cannot become one) before anything is bound or written."""
+    existing = next((p for p in (data, *data.parents) if p.exists() or p.is_symlink()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == data:
+        raise ConfigError(f"--data {str(data)!r} is not a directory; give a folder for the emulator's state")
+    raise ConfigError(f"--data {str(data)!r}: {str(existing)!r} is not a directory, so the folder cannot be created")
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Run the emulator in the foreground; return 0 after Ctrl-C / SIGTERM."""
     from dualcache.local import require_local_extra
@@ -165,6 +177,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port number (0..65535)")
+    _check_data_dir(Path(args.data))
     if args.openai_upstream and not str(args.openai_upstream).startswith(("http://", "https://")):
         raise ConfigError(f"--openai-upstream {redact_url(args.openai_upstream)!r} is not an http(s) URL")
     api_token, api_token_source = _api_token(args.token, args.token_file)
