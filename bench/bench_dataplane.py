@@ -46,7 +46,9 @@ def demo_requests(scale: float, seed: int) -> None:
     print("  goal: 0 Cloudflare API requests per 1,000 with the data plane (AI calls go to the gateway)\n")
 
 
-async def over_data_plane(server: benchkit.Server, callers: list[int], hits: int, samples: int, keys: int) -> None:
+async def over_data_plane(
+    server: benchkit.Server, callers: list[int], hits: int, samples: int, keys: int
+) -> list[benchkit.HitsRow]:
     items = benchkit.texts(keys)
     records = await benchkit.seed_records(items)
     async with benchkit.data_plane_cache(server, records) as cache:
@@ -58,6 +60,7 @@ async def over_data_plane(server: benchkit.Server, callers: list[int], hits: int
     benchkit.print_floor(f"2. {server.name}", floor)
     benchkit.print_hits_table(f"3. {server.name}: {keys} cached keys, every call a KV hit", rows)
     print()
+    return rows
 
 
 def main() -> int:
@@ -66,7 +69,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7, help="the demo's workload seed (default 7, as `dualcache demo`)")
     parser.add_argument("--callers", default="1,10,100,1000", help="concurrent callers, comma-separated")
     parser.add_argument("--hits", type=int, default=2000, help="hits per N (at least N)")
-    parser.add_argument("--samples", type=int, default=1000, help="interleaved hit/raw GET pairs")
+    parser.add_argument("--samples", type=int, default=1000, help="interleaved hit / raw GET / KV client rounds")
     parser.add_argument("--keys", type=int, default=1000, help="cached keys the callers hit")
     parser.add_argument("--no-workerd", action="store_true", help="skip the real Worker in workerd")
     args = parser.parse_args()
@@ -74,9 +77,14 @@ def main() -> int:
     benchkit.quiet_logs()
     print(f"dualcache data-plane benchmarks (python {sys.version.split()[0]}, dualcache from {dualcache.__file__})\n")
     demo_requests(args.scale, args.seed)
+    tables: list[tuple[str, list[benchkit.HitsRow]]] = []
     with benchkit.servers(no_workerd=args.no_workerd) as found:
         for server in found:
-            asyncio.run(over_data_plane(server, callers, args.hits, args.samples, args.keys))
+            tables.append(
+                (server.name, asyncio.run(over_data_plane(server, callers, args.hits, args.samples, args.keys)))
+            )
+    print("3. side by side")
+    benchkit.print_side_by_side(tables)
     return 0
 
 

@@ -69,7 +69,7 @@ async def memory_scaling(records: dict[str, bytes], items: list[str], callers: l
 
 async def http_scaling(
     server: benchkit.Server, records: dict[str, bytes], items: list[str], callers: list[int], hits: int, samples: int
-) -> benchkit.FloorRow:
+) -> tuple[benchkit.FloorRow, list[benchkit.HitsRow]]:
     async with benchkit.data_plane_cache(server, records) as cache:
         assert cache.outputs is not None and cache.outputs.data_plane_url is not None
         floor = await benchkit.hit_vs_floor(
@@ -77,7 +77,7 @@ async def http_scaling(
         )
         rows = await benchkit.scaling(cache, items, callers, hits)
     benchkit.print_hits_table(f"{server.name}, through the data plane, {len(items)} cached keys", rows)
-    return floor
+    return floor, rows
 
 
 async def _hit_us(text: str, n: int, runs: int, **kwargs: Any) -> dict[str, float]:
@@ -224,7 +224,7 @@ def main() -> int:
     parser.add_argument("--hits", type=int, default=2000, help="hits per N over HTTP (at least N)")
     parser.add_argument("--memory-hits", type=int, default=20_000, help="hits per N on the memory backend")
     parser.add_argument("--keys", type=int, default=1000, help="cached keys the callers hit")
-    parser.add_argument("--samples", type=int, default=1000, help="interleaved hit/raw GET pairs")
+    parser.add_argument("--samples", type=int, default=1000, help="interleaved hit / raw GET / KV client rounds")
     parser.add_argument("--loop", type=int, default=20_000, help="sequential hits per in-process run")
     parser.add_argument("--no-workerd", action="store_true", help="skip the real Worker in workerd")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
@@ -239,12 +239,15 @@ def main() -> int:
     print("1. Hits per second, p50/p99, provider calls at N concurrent callers (goal: 0 provider calls)")
     asyncio.run(memory_scaling(records, items, callers, args.memory_hits))
     floors: list[tuple[str, benchkit.FloorRow]] = []
+    tables: list[tuple[str, list[benchkit.HitsRow]]] = []
     peer: tuple[float, int] | str = "skipped (--no-litellm)"
     with benchkit.servers(no_workerd=args.no_workerd) as found:
         for server in found:
-            floors.append(
-                (server.name, asyncio.run(http_scaling(server, records, items, callers, args.hits, args.samples)))
-            )
+            floor, rows = asyncio.run(http_scaling(server, records, items, callers, args.hits, args.samples))
+            floors.append((server.name, floor))
+            tables.append((server.name, rows))
+        print("  side by side, through the data plane")
+        benchkit.print_side_by_side(tables)
         hits = asyncio.run(in_process(items[0], args.loop, 5))
         built = construction(found[0])
         if not args.no_litellm:

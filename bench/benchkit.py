@@ -195,6 +195,10 @@ class HitsRow:
     """Calls that raised (a miss whose provider could not be reached)."""
     gate_peak: int | None
     """Most KV requests in flight at once at the KV pool's admission gate (``None``: no gate in this tree)."""
+    kv_requests: int | None = None
+    """KV requests admitted at the KV gate during the run (single GETs and bulk gets; ``None``: no gate)."""
+    coalesced: int | None = None
+    """KV reads answered by a shared bulk get (``None``: this tree's data-plane client does not coalesce)."""
 
 
 async def hits_at(cache: DualCache, items: Sequence[str], callers: int, hits: int) -> HitsRow:
@@ -204,6 +208,8 @@ async def hits_at(cache: DualCache, items: Sequence[str], callers: int, hits: in
     gate = kv_gate(cache)
     if gate is not None:
         gate.peak = gate.in_flight
+    admitted_before = None if gate is None else gate.admitted
+    coalesced_before = coalesced_reads(cache)
     before = cache.stats.snapshot()["embeddings"]
     per_caller = max(1, hits // callers)
     latencies: list[float] = []
@@ -237,7 +243,16 @@ async def hits_at(cache: DualCache, items: Sequence[str], callers: int, hits: in
         kv_skipped=after.get("kv_skipped", 0) - before.get("kv_skipped", 0),
         failed=failed,
         gate_peak=None if gate is None else gate.peak,
+        kv_requests=None if gate is None or admitted_before is None else gate.admitted - admitted_before,
+        coalesced=None if coalesced_before is None else (coalesced_reads(cache) or 0) - coalesced_before,
     )
+
+
+def coalesced_reads(cache: DualCache) -> int | None:
+    """Reads of the embeddings namespace answered by shared bulk gets so far (``None``: the tree's KV client has
+    no read coalescing)."""
+    counts = getattr(cache.kv(Namespace.EMBEDDINGS_CACHE).backend, "read_counts", None)
+    return None if counts is None else int(counts()["coalesced"])
 
 
 def print_hits_table(title: str, rows: Sequence[HitsRow]) -> None:
@@ -245,14 +260,34 @@ def print_hits_table(title: str, rows: Sequence[HitsRow]) -> None:
     print(f"  {title}")
     print(
         f"    {'callers':>8} {'hits':>7} {'hits/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'provider calls':>15} "
-        f"{'not KV hits':>12} {'KV errors':>10} {'KV skipped':>11} {'failed':>7} {'KV gate peak':>13}"
+        f"{'not KV hits':>12} {'KV errors':>10} {'KV skipped':>11} {'failed':>7} {'KV gate peak':>13} "
+        f"{'KV requests':>12} {'coalesced':>10}"
     )
     for r in rows:
         print(
             f"    {r.callers:>8} {r.hits:>7} {r.per_second:>9,.0f} {r.p50_ms:>9.2f} {r.p99_ms:>9.2f} "
             f"{r.provider_calls:>15} {r.not_from_kv:>12} {r.kv_errors:>10} {r.kv_skipped:>11} {r.failed:>7} "
-            f"{'-' if r.gate_peak is None else r.gate_peak:>13}"
+            f"{'-' if r.gate_peak is None else r.gate_peak:>13} {'-' if r.kv_requests is None else r.kv_requests:>12} "
+            f"{'-' if r.coalesced is None else r.coalesced:>10}"
         )
+
+
+def print_side_by_side(tables: Sequence[tuple[str, Sequence[HitsRow]]]) -> None:
+    """Print the same N of several servers on one line each: hits/s, p50/p99, misses, provider calls."""
+    if not tables:
+        return
+    width = 46
+    print("    " + f"{'':>8} " + " | ".join(f"{name[:width]:^{width}}" for name, _ in tables))
+    cols = f"{'hits/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'misses':>7} {'provider':>9}"
+    print("    " + f"{'callers':>8} " + " | ".join(f"{cols:>{width}}" for _ in tables))
+    for i, first in enumerate(tables[0][1]):
+        cells = []
+        for _, rows in tables:
+            r = rows[i]
+            cell = f"{r.per_second:>8,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.not_from_kv:>7} {r.provider_calls:>9}"
+            cells.append(f"{cell:>{width}}")
+        print("    " + f"{first.callers:>8} " + " | ".join(cells))
+    print("    (misses: calls not answered by a KV hit; provider: calls that reached a model; goal 0 for both)")
 
 
 async def scaling(cache: DualCache, items: Sequence[str], callers: Sequence[int], hits: int) -> list[HitsRow]:
@@ -272,7 +307,11 @@ class FloorRow:
     value_bytes: int
     hit_p99_us: float
     floor_p99_us: float
-    """Length of the stored value the raw GET read back."""
+    store_us: float | None = None
+    """Median of the cache's own KV client reading the same key (``KVStore.get``): the hit minus the engine."""
+    paired_us: float | None = None
+    """Median of the per-round differences hit - raw GET (each round times both back to back, so slow drift
+    of a shared machine cancels out): the hit's own cost above its floor."""
 
     @property
     def ratio(self) -> float:
@@ -281,31 +320,37 @@ class FloorRow:
 
 
 async def hit_vs_floor(cache: DualCache, text: str, data_plane_url: str, token: str, samples: int) -> FloorRow:
-    """Time ``cache.embed(text)`` (a hit) and one raw data-plane GET of its record, interleaved.
+    """Time ``cache.embed(text)`` (a hit), one raw data-plane GET of its record and the KV client's own read of
+    it (``KVStore.get``), interleaved.
 
     The raw GET goes through the cache's own KV client (same pool, limits, timeouts, HTTP version), to the
     same server, for the same value: what is left is the runtime's own cost on a hit.
     """
     client = kv_client(cache)
     binding = Namespace.EMBEDDINGS_CACHE.value
-    url = f"{data_plane_url.rstrip('/')}/kv/{binding}/values/{quote(embed_key_of(text, cache), safe='')}"
-    headers = {"Authorization": f"Bearer {token}"}
+    key = embed_key_of(text, cache)
+    url = f"{data_plane_url.rstrip('/')}/kv/{binding}/values/{quote(key, safe='')}"
+    headers = {"Authorization": f"Bearer {token}"}  # what the KV client sends: the bearer token, nothing else
     first = await client.get(url, headers=headers)
     if first.status_code != 200:
         raise RuntimeError(f"raw GET of the record answered {first.status_code}: is {text!r} cached?")
-    for _ in range(30):  # warm both paths
-        await cache.embed(text)
-        await client.get(url, headers=headers)
-    hit, floor = [], []
+    store = cache.kv(Namespace.EMBEDDINGS_CACHE)
+    calls: tuple[Callable[[], Awaitable[Any]], ...] = (
+        lambda: cache.embed(text),
+        lambda: client.get(url, headers=headers),
+        lambda: store.get(key),
+    )
+    for _ in range(30):  # warm every path
+        for call in calls:
+            await call()
+    times: tuple[list[float], ...] = ([], [], [])
     for i in range(samples):
-        order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate which goes first, so drift hits both alike
-        for which in order:
+        # Rotate which goes first, so drift (and the neighbours on a shared machine) hit all alike.
+        for which in (i % 3, (i + 1) % 3, (i + 2) % 3):
             started = time.perf_counter()
-            if which == 0:
-                await cache.embed(text)
-            else:
-                await client.get(url, headers=headers)
-            (hit if which == 0 else floor).append(time.perf_counter() - started)
+            await calls[which]()
+            times[which].append(time.perf_counter() - started)
+    hit, floor, own = times
     return FloorRow(
         hit_us=statistics.median(hit) * 1e6,
         floor_us=statistics.median(floor) * 1e6,
@@ -313,6 +358,8 @@ async def hit_vs_floor(cache: DualCache, text: str, data_plane_url: str, token: 
         value_bytes=len(first.content),
         hit_p99_us=percentile(hit, 0.99) * 1e6,
         floor_p99_us=percentile(floor, 0.99) * 1e6,
+        store_us=statistics.median(own) * 1e6,
+        paired_us=statistics.median(h - f for h, f in zip(hit, floor, strict=True)) * 1e6,
     )
 
 
@@ -320,9 +367,19 @@ def print_floor(label: str, row: FloorRow) -> None:
     """Print a :class:`FloorRow`."""
     print(
         f"  {label}: embed hit {row.hit_us:,.0f} µs vs raw GET {row.floor_us:,.0f} µs = {row.ratio:.2f}x "
-        f"(goal <= 1.10x; medians of {row.samples} interleaved pairs; p99 {row.hit_p99_us:,.0f} vs "
+        f"(goal <= 1.10x; medians of {row.samples} interleaved rounds; p99 {row.hit_p99_us:,.0f} vs "
         f"{row.floor_p99_us:,.0f} µs; a {row.value_bytes:,} B record)"
     )
+    if row.paired_us is not None:
+        print(
+            f"    per-round difference (median of hit - raw GET, drift cancelled): {row.paired_us:,.0f} µs = "
+            f"{1 + row.paired_us / row.floor_us:.2f}x"
+        )
+    if row.store_us is not None:
+        print(
+            f"    of which the KV client (KVStore.get of the same key) {row.store_us:,.0f} µs = "
+            f"{row.store_us / row.floor_us:.2f}x the raw GET; the engine's share {row.hit_us - row.store_us:,.0f} µs"
+        )
 
 
 # -- servers -----------------------------------------------------------------------------------------

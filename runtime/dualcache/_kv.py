@@ -23,7 +23,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,17 @@ from dualcache._exceptions import (
 from dualcache._keys import check_key
 from dualcache._policy import KV_MIN_TTL, Namespace
 from dualcache._redact import auth_headers, redact_url, scrubbed
-from dualcache._transport import Abandoner, BudgetExceeded, is_admission_timeout, run_bounded
+from dualcache._transport import (
+    Abandoner,
+    AdmissionTimeout,
+    BudgetExceeded,
+    HeldPlace,
+    admission_of,
+    current_ticket,
+    held_place,
+    is_admission_timeout,
+    run_bounded,
+)
 
 __all__ = [
     "DATA_PLANE_BULK_BODY_MAX",
@@ -567,6 +577,272 @@ def write_timeout(nbytes: int, base: float | None, throughput: float = KV_WRITE_
     return base + nbytes / throughput
 
 
+class _Alone:
+    """A bulk answer that cannot stand for a single ``GET``'s: the caller reads the key on its own."""
+
+    __slots__ = ()
+
+
+_ALONE = _Alone()
+
+
+class _Waiter:
+    """One coalesced read: its key, whether it wants metadata, its own future, its bounded call's ticket."""
+
+    __slots__ = ("admitted", "deadline", "future", "key", "metadata", "ticket")
+
+    def __init__(self, key: str, metadata: bool, future: asyncio.Future[Any], ticket: Any, deadline: float) -> None:
+        self.key = key
+        self.metadata = metadata
+        self.future = future
+        self.ticket = ticket
+        self.deadline = deadline
+        self.admitted = False
+
+
+def _copy_error(exc: BackendError) -> BackendError:
+    # Each coalesced caller raises its own copy: one exception object raised in many tasks would pile their
+    # tracebacks onto it. Same type, message, attributes and cause; no traceback.
+    copy = type(exc).__new__(type(exc))
+    copy.__dict__.update(exc.__dict__)
+    copy.args = exc.args
+    copy.__cause__ = exc.__cause__
+    copy.__suppress_context__ = True
+    return copy
+
+
+class _ReadCoalescer:
+    """Micro-batching of the single reads of one binding (``get``, ``get_with_metadata``) into bulk gets.
+
+    A read goes out on its own, in its caller's task, when nothing of this binding is in flight or queued and
+    the KV gate has a free place (the single-caller path is a plain ``GET``). Otherwise it joins a queue, and
+    one dispatcher task takes a place at the gate for each batch of at most ``bulk_get_max`` queued reads
+    (waiting there while the gate is full, so the queue grows behind it) and sends the batch as one
+    ``POST /bulk/get`` (a batch of one key as a plain ``GET``), from a task of its own.
+
+    Per caller: its own future (a cancelled caller cancels no one else, and never the request); its own
+    deadline at the queue (its bounded call's gate deadline, else the request timeout): a read still queued
+    then fails as an admission timeout (nothing sent: a skip); its ticket is marked admitted when its batch
+    gets a place, so its read budget counts from then, as for a single read. A failed batch fails each of its
+    callers with a copy of the error (a miss each, counted per call by :class:`KVStore`).
+
+    How many queued reads are in flight at once (the window, in keys; a batch goes out while fewer are) adapts
+    to the server, as TCP's congestion window does: while the window is what holds reads back, each batch that
+    answers within a quarter of its callers' read budget widens it (by one batch per window's worth of keys);
+    a batch that takes more than half of that budget, or fails, halves it. A server that answers one request at
+    a time (miniflare) so gets about one batch at a time, each within its budget, while the reads behind it
+    wait in the queue (whose deadline is not their read budget); one that answers in parallel gets up to
+    :attr:`WINDOW_MAX` keys. The window never shrinks below one batch. An answer that
+    cannot be trusted to equal the single ``GET``'s bytes (see :meth:`_HTTPKVBackend._bulk_read`), and every
+    answer of a batch the server refused for one of its values (a plain 400), is read again on its own.
+
+    Attributes:
+        window: Queued reads allowed in flight now, in keys (``batch_max`` .. :attr:`WINDOW_MAX`).
+        in_flight: Read requests of this binding in flight (single and bulk).
+        requests: Read requests sent for queued reads (single and bulk).
+        bulk_requests: Of those, bulk gets.
+        coalesced: Reads answered by a bulk get.
+    """
+
+    WINDOW_MAX = 800
+    """Most queued reads of one binding in flight at once (in keys), however fast the server answers."""
+
+    def __init__(self, backend: _HTTPKVBackend, client: httpx.AsyncClient, batch_max: int, wait: float) -> None:
+        self._backend = backend
+        self._gate = admission_of(client)
+        self._batch_max = batch_max
+        self._wait = wait
+        self._pending: deque[_Waiter] = deque()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+        self._keys = 0  # keys of the batches in flight
+        self._batch_done: asyncio.Future[None] | None = None  # set when the dispatcher waits for the window
+        self._held_back = False  # the dispatcher is waiting for the window
+        self.window = float(batch_max)
+        self.in_flight = 0
+        self.requests = 0
+        self.bulk_requests = 0
+        self.coalesced = 0
+
+    def direct(self) -> bool:
+        """Whether a read now may go out on its own (nothing in flight or queued, a free place at the gate)."""
+        return self.in_flight == 0 and not self._pending and (self._gate is None or self._gate.free)
+
+    async def read(self, key: str, metadata: bool) -> tuple[bytes, Any] | None:
+        """Queue one read and return its answer (see the class)."""
+        loop = asyncio.get_running_loop()
+        ticket = current_ticket()
+        deadline = loop.time() + self._wait
+        if ticket is not None and not ticket.admitted:
+            deadline = min(deadline, ticket.deadline)
+        waiter = _Waiter(key, metadata, loop.create_future(), ticket, deadline)
+        self._pending.append(waiter)
+        if self._dispatcher is None:
+            # Started on the next turn of the loop: the reads arriving in this one join the same batch.
+            self._dispatcher = loop.create_task(self._dispatch(), context=held_place(None))
+        expiry = loop.call_at(deadline, self._expire, waiter)
+        try:
+            answer: tuple[bytes, Any] | None | _Alone = await waiter.future
+        finally:
+            expiry.cancel()
+        if isinstance(answer, _Alone):
+            self.in_flight += 1
+            try:
+                return await self._backend._get_one(key, metadata)
+            finally:
+                self.in_flight -= 1
+        return answer
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if waiter.admitted or waiter.future.done():
+            return
+        timeout = AdmissionTimeout(f"kv: no place at the KV gate within {self._wait:.3g}s for a queued read")
+        error = BackendUnavailableError(f"kv get {waiter.key!r}: queued, not sent: {timeout}", backend="kv")
+        error.__cause__ = timeout
+        waiter.future.set_exception(error)
+
+    def _take(self) -> list[_Waiter]:
+        batch: list[_Waiter] = []
+        keys: set[str] = set()
+        pending = self._pending
+        while pending:
+            waiter = pending[0]
+            if waiter.future.done():  # expired or cancelled while queued
+                pending.popleft()
+                continue
+            if waiter.key not in keys:
+                if len(keys) >= self._batch_max:
+                    break
+                keys.add(waiter.key)
+            batch.append(pending.popleft())
+        return batch
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        gate = self._gate
+        try:
+            while self._pending:
+                live = [w.deadline for w in self._pending if not w.future.done()]
+                if not live:
+                    self._pending.clear()  # every queued read expired or was cancelled
+                    break
+                if self._keys and self._keys >= self.window:
+                    # As many reads in flight as the server bears: the queue grows until a batch ends.
+                    # (A future of this loop, not an Event kept across loops: a backend may outlive a loop.)
+                    done = self._batch_done = loop.create_future()
+                    self._held_back = True
+                    try:
+                        async with asyncio.timeout(max(max(live) - loop.time(), 0.0)):
+                            await done
+                    except TimeoutError:
+                        pass  # every queued read is past its deadline by now
+                    finally:
+                        self._held_back = False
+                        self._batch_done = None
+                    continue
+                place: HeldPlace | None = None
+                if gate is not None:
+                    try:
+                        # As long as the last queued read may still wait; each one fails on its own deadline.
+                        await gate.acquire(max(max(live) - loop.time(), 0.0))
+                    except AdmissionTimeout:
+                        continue  # every queued read is past its deadline by now (each fails on its own timer)
+                    place = HeldPlace(gate)
+                batch = self._take()
+                if not batch:
+                    if gate is not None:
+                        gate.release()
+                    continue
+                now = loop.time()
+                for waiter in batch:
+                    waiter.admitted = True
+                    if waiter.ticket is not None:
+                        waiter.ticket.admit(now)
+                self.in_flight += 1
+                self._keys += len({w.key for w in batch})  # given back by _send, which sends these keys
+                sender = loop.create_task(self._send(batch, place), context=held_place(place))
+                self._senders.add(sender)
+                sender.add_done_callback(self._senders.discard)
+        finally:
+            self._dispatcher = None
+
+    async def _send(self, batch: list[_Waiter], place: HeldPlace | None) -> None:
+        keys = list(dict.fromkeys(w.key for w in batch))
+        metadata = any(w.metadata for w in batch)
+        answers: dict[str, tuple[bytes, Any] | None | _Alone]
+        error: BackendError | None = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budgets = [w.ticket.budget for w in batch if w.ticket is not None and w.ticket.budget is not None]
+        budget = min(budgets, default=self._wait)
+        slow, ok = True, False  # until it answers, in time
+        try:
+            self.requests += 1
+            if len(keys) == 1:
+                answers = {keys[0]: await self._backend._get_one(keys[0], metadata)}
+            else:
+                self.bulk_requests += 1
+                answers = await self._backend._bulk_read(keys, metadata)
+                self.coalesced += len(batch)
+            slow, ok = loop.time() - started > budget / 4, True
+        except BackendError as exc:
+            if len(keys) > 1 and _is_value_rejection(exc):
+                answers = dict.fromkeys(keys, _ALONE)  # the server refused one value: each key on its own
+                ok = True
+            else:
+                answers, error = {}, exc
+        except BaseException as exc:
+            # Cancelled (the backend is closing) or a foreign failure: each caller gets its own miss.
+            cause = scrubbed(exc)
+            for waiter in batch:
+                if not waiter.future.done():
+                    failure = BackendUnavailableError(f"kv get {waiter.key!r}: batch failed: {cause}", backend="kv")
+                    failure.__cause__ = cause
+                    waiter.future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return  # every caller has its error; nobody awaits this task
+        finally:
+            self.in_flight -= 1
+            self._keys -= len(keys)
+            self._adapt(len(keys), slow, not ok or loop.time() - started > budget / 2)
+            if self._batch_done is not None and not self._batch_done.done():
+                self._batch_done.set_result(None)
+            if place is not None and not place.taken:
+                place.admission.release()
+        for waiter in batch:
+            if waiter.future.done():
+                continue
+            if error is not None:
+                waiter.future.set_exception(_copy_error(error))
+                continue
+            answer = answers[waiter.key]
+            if answer is not None and not isinstance(answer, _Alone):
+                if not waiter.metadata:
+                    answer = (answer[0], None)
+                elif isinstance(answer[1], _Alone):
+                    answer = _ALONE
+            waiter.future.set_result(answer)
+
+    def _adapt(self, keys: int, slow: bool, too_slow: bool) -> None:
+        if too_slow:
+            self.window = max(float(self._batch_max), self.window / 2)
+        elif not slow and self._held_back:
+            self.window = min(float(self.WINDOW_MAX), self.window + self._batch_max * keys / self.window)
+
+    async def aclose(self) -> None:
+        """Cancel the dispatcher and the batches in flight (their callers fail) and wait for them."""
+        tasks = [*self._senders, *([self._dispatcher] if self._dispatcher is not None else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for waiter in self._pending:
+            if not waiter.future.done():
+                waiter.future.set_exception(BackendUnavailableError("kv: the backend was closed", backend="kv"))
+        self._pending.clear()
+
+
 class _HTTPKVBackend:
     """One KV namespace over the KV REST API's shapes: the one implementation behind
     :class:`CloudflareKVBackend` (the REST API) and :class:`DataPlaneKVBackend` (dualcache's Worker).
@@ -652,6 +928,9 @@ class _HTTPKVBackend:
     """Whether a value's ``GET`` carries its metadata in ``cf-kv-metadata`` (the data plane does; the REST
     API documents no such header, so there it takes a second round trip)."""
 
+    _reads: _ReadCoalescer | None = None
+    """The read coalescer of this backend, or ``None`` when every read is its own request."""
+
     async def _get(self, key: str) -> httpx.Response | None:
         response = await self._request("GET", f"/values/{self._quote(key)}", f"get {key!r}")
         if response.status_code == 404:
@@ -659,18 +938,14 @@ class _HTTPKVBackend:
         raise_for_status(response, backend="kv", what=f"get {key!r}")
         return response
 
-    async def get(self, key: str) -> bytes | None:
-        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
-        response = await self._get(key)
-        return None if response is None else response.content
-
-    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
-        """See :class:`KVBackend`: the value and its metadata, from the ``cf-kv-metadata`` header where the
-        API sends one, else from the metadata endpoint (a second round trip)."""
+    async def _get_one(self, key: str, metadata: bool) -> tuple[bytes, Any] | None:
+        """One read of ``key`` on its own: ``(value, metadata)`` (``None`` unless ``metadata``), or ``None``."""
         found = await self._get(key)
         if found is None:
             return None
         value = found.content
+        if not metadata:
+            return value, None
         if self.metadata_header:
             header = found.headers.get("cf-kv-metadata")
             if header is None:
@@ -683,6 +958,64 @@ class _HTTPKVBackend:
         if response.status_code == 404:
             return value, None
         return value, self._result(response, f"metadata {key!r}")
+
+    async def _read(self, key: str, metadata: bool) -> tuple[bytes, Any] | None:
+        reads = self._reads
+        if reads is None:
+            return await self._get_one(key, metadata)
+        if not reads.direct():
+            return await reads.read(key, metadata)
+        # Nothing of this binding in flight or queued, and a free place at the gate: today's single GET, in the
+        # caller's own task (no hand-off, no extra wake-up on the single-caller hit path).
+        reads.in_flight += 1
+        try:
+            return await self._get_one(key, metadata)
+        finally:
+            reads.in_flight -= 1
+
+    async def get(self, key: str) -> bytes | None:
+        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+        found = await self._read(key, False)
+        return None if found is None else found[0]
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
+        """See :class:`KVBackend`: the value and its metadata, from the ``cf-kv-metadata`` header where the
+        API sends one, else from the metadata endpoint (a second round trip)."""
+        return await self._read(key, True)
+
+    async def _bulk_read(self, keys: list[str], metadata: bool) -> dict[str, tuple[bytes, Any] | None | _Alone]:
+        """One ``POST /bulk/get`` of distinct ``keys`` for coalesced single reads: per key its ``(value,
+        metadata)``, ``None`` when missing, or :data:`_ALONE` when the answer cannot be trusted to be the bytes a
+        single ``GET`` returns (not text, holding U+FFFD, not in the answer): that key is then read on its own.
+        With ``metadata``, an answer without the metadata shape has :data:`_ALONE` as its metadata (only the
+        readers that want metadata read alone)."""
+        body: dict[str, Any] = {"keys": keys, "type": "text"}
+        if metadata:
+            body["withMetadata"] = True
+        response = await self._request("POST", "/bulk/get", f"bulk get of {len(keys)} keys", json=body)
+        result = self._result(response, "bulk get")
+        values = result.get("values") if isinstance(result, dict) else None
+        if not isinstance(values, dict):
+            raise BadResponseError("kv bulk get: result.values is not an object", backend="kv")
+        out: dict[str, tuple[bytes, Any] | None | _Alone] = {}
+        for key in keys:
+            if key not in values:
+                out[key] = _ALONE
+                continue
+            value, meta = values[key], None
+            if metadata and value is not None:
+                if isinstance(value, dict) and "value" in value:
+                    value, meta = value["value"], value.get("metadata")
+                else:
+                    meta = _ALONE  # a server that ignores withMetadata: its metadata readers read alone
+            if value is None:
+                out[key] = None
+            elif isinstance(value, str) and "\ufffd" not in value:
+                out[key] = (value.encode("utf-8"), meta)
+            else:
+                # Not text, or text decoding may have replaced bytes (a binary value in a Worker): read it raw.
+                out[key] = _ALONE
+        return out
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """See :class:`KVBackend`: one ``POST /bulk/get`` with ``type: text``.
@@ -873,12 +1206,19 @@ class DataPlaneKVBackend(_HTTPKVBackend):
     request budget applies. A missing or wrong token is a 401, an
     :class:`~dualcache.AuthenticationError` (a miss for ``DualCache``).
 
+    Concurrent single reads are coalesced (``coalesce_reads``): while a read of the binding is in flight or
+    the KV gate is full, the next ones queue and go out together as bulk gets of up to 100 keys, each caller
+    getting the value and metadata a single ``GET`` would have returned (see :meth:`read_counts`).
+
     Args:
         client: The shared ``httpx.AsyncClient`` (owned by the caller; not closed here).
         data_plane_url: The Worker's base URL (``StackOutputs.data_plane_url``).
         binding: The namespace's binding name, one of the six (``SESSIONS``, ..., ``API_CACHE``).
         token: The data-plane token (the Worker's ``DUALCACHE_TOKEN`` secret).
-        timeout: Per-request timeout in seconds (writes get more, sized for their body).
+        timeout: Per-request timeout in seconds (writes get more, sized for their body); also the longest a
+            coalesced read waits in its queue when it is not a bounded call of :class:`KVStore`.
+        coalesce_reads: Whether concurrent ``get``/``get_with_metadata`` calls share bulk gets; ``False``: one
+            request per read.
 
     Raises:
         ConfigError: ``binding`` is not one of the six binding names.
@@ -897,9 +1237,12 @@ class DataPlaneKVBackend(_HTTPKVBackend):
         binding: str,
         token: SecretStr | str | None,
         timeout: float = 5.0,
+        coalesce_reads: bool = True,
     ) -> None:
         if binding not in _BINDINGS:
             raise ConfigError(f"binding={binding!r} is not a namespace binding; valid bindings: {', '.join(_BINDINGS)}")
+        if not isinstance(coalesce_reads, bool):
+            raise ConfigError(f"coalesce_reads={coalesce_reads!r}: must be True or False")
         super().__init__(
             client,
             base_url=f"{data_plane_url.rstrip('/')}/kv/{quote(binding, safe='')}",
@@ -908,6 +1251,27 @@ class DataPlaneKVBackend(_HTTPKVBackend):
             budget=None,
             budget_wait=None,
         )
+        if coalesce_reads:
+            self._reads = _ReadCoalescer(self, client, self.bulk_get_max, timeout)
+
+    def read_counts(self) -> dict[str, int]:
+        """What the read coalescer did: ``requests`` (read requests sent for queued reads), ``bulk_requests``
+        (of those, bulk gets), ``coalesced`` (reads answered by a bulk get) and ``in_flight`` (read requests of
+        this binding in flight now); all 0 with ``coalesce_reads=False``."""
+        reads = self._reads
+        if reads is None:
+            return dict.fromkeys(("requests", "bulk_requests", "coalesced", "in_flight"), 0)
+        return {
+            "requests": reads.requests,
+            "bulk_requests": reads.bulk_requests,
+            "coalesced": reads.coalesced,
+            "in_flight": reads.in_flight,
+        }
+
+    async def aclose(self) -> None:
+        """Fail the reads still queued and cancel the batches in flight; the client belongs to the caller."""
+        if self._reads is not None:
+            await self._reads.aclose()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1080,10 +1444,11 @@ class KVStore:
                     reason="admission",
                 ) from exc
             if isinstance(exc, BackendUnavailableError):
-                self._failed(breaker)
+                if breaker is not None:
+                    breaker.failure()
             elif breaker is not None:
                 breaker.success()  # KV answered (a 4xx, a malformed body): the target is up
-            self.counts["errors"] += 1
+            self.counts["errors"] += 1  # once per failed call (an unavailable target was counted twice)
             raise
         except (InvalidInputError, UsageError):
             if breaker is not None:

@@ -36,8 +36,11 @@ __all__ = [
     "AdmissionTimeout",
     "AdmissionTransport",
     "BudgetExceeded",
+    "HeldPlace",
     "admission_of",
     "build_client",
+    "current_ticket",
+    "held_place",
     "is_admission_timeout",
     "run_bounded",
 ]
@@ -51,17 +54,59 @@ T = TypeVar("T")
 class _Ticket:
     """What the gate knows of the bounded call it serves: its deadline, and whether (and when) it got in.
 
-    ``on_admit``, when set, is resolved by the gate at admission, so the caller can start the request's own
-    budget from that moment (a call that queues, see :func:`run_bounded`'s ``queue``).
+    ``budget`` is the call's own time budget (from admission when it queues). ``on_admit``, when set, is called
+    once at admission with the loop time, so the caller can start the request's own budget from that moment (a
+    call that queues, see :func:`run_bounded`'s ``queue``).
     """
 
     deadline: float
+    budget: float | None = None
     admitted: bool = False
     admitted_at: float = 0.0
-    on_admit: asyncio.Future[None] | None = None
+    on_admit: Callable[[float], None] | None = None
+
+    def admit(self, now: float) -> None:
+        """Mark the call admitted at loop time ``now`` (the first admission counts; later ones are retries)."""
+        if self.admitted:
+            return
+        self.admitted = True
+        self.admitted_at = now
+        on_admit, self.on_admit = self.on_admit, None
+        if on_admit is not None:
+            on_admit(now)
 
 
 _TICKET: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("dualcache_ticket", default=None)
+
+
+def current_ticket() -> _Ticket | None:
+    """The ticket of the bounded call running in this context (:func:`run_bounded`), or ``None``."""
+    return _TICKET.get()
+
+
+class HeldPlace:
+    """A place at a gate taken ahead of its request (:meth:`Admission.acquire`), handed to the one request
+    sent in the context where :func:`held_place` set it: the gate lets that request through without a second
+    wait. Whoever took the place releases it when no request took it (``taken`` still false).
+    """
+
+    __slots__ = ("admission", "taken")
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.taken = False
+
+
+_HELD: contextvars.ContextVar[HeldPlace | None] = contextvars.ContextVar("dualcache_held_place", default=None)
+
+
+def held_place(place: HeldPlace | None) -> contextvars.Context:
+    """A copy of the current context with no ticket and ``place`` as its held place (for a task that sends on
+    behalf of several bounded calls, whose own tickets it must not inherit)."""
+    context = contextvars.copy_context()
+    context.run(_TICKET.set, None)
+    context.run(_HELD.set, place)
+    return context
 
 
 class AdmissionTimeout(httpx.PoolTimeout):
@@ -109,7 +154,12 @@ class Admission:
     def __repr__(self) -> str:
         return f"Admission({self.layer!r}, limit={self.limit}, in_flight={self.in_flight})"
 
-    async def acquire(self, timeout: float | None, request: httpx.Request) -> None:
+    @property
+    def free(self) -> bool:
+        """Whether a request would be admitted at once."""
+        return not self._sem.locked()
+
+    async def acquire(self, timeout: float | None, request: httpx.Request | None = None) -> None:
         """Wait for a place, at most ``timeout`` seconds (``None``: no limit).
 
         Raises:
@@ -192,19 +242,21 @@ class AdmissionTransport(httpx.AsyncBaseTransport):
         return self._inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Admit, send, and hand the place to the response body."""
-        timeouts = request.extensions.get("timeout") or {}
-        wait: float | None = timeouts.get("pool")
-        ticket = _TICKET.get()
-        if ticket is not None:
-            left = ticket.deadline - asyncio.get_running_loop().time()
-            wait = left if wait is None else min(wait, left)
-        await self.admission.acquire(wait, request)
-        if ticket is not None:
-            ticket.admitted = True
-            ticket.admitted_at = asyncio.get_running_loop().time()
-            if ticket.on_admit is not None and not ticket.on_admit.done():
-                ticket.on_admit.set_result(None)
+        """Admit (or take the place held for this request, see :class:`HeldPlace`), send, and hand the place
+        to the response body."""
+        held = _HELD.get()
+        if held is not None and held.admission is self.admission and not held.taken:
+            held.taken = True
+        else:
+            timeouts = request.extensions.get("timeout") or {}
+            wait: float | None = timeouts.get("pool")
+            ticket = _TICKET.get()
+            if ticket is not None:
+                left = ticket.deadline - asyncio.get_running_loop().time()
+                wait = left if wait is None else min(wait, left)
+            await self.admission.acquire(wait, request)
+            if ticket is not None:
+                ticket.admit(asyncio.get_running_loop().time())
         try:
             if self._inner is None:
                 assert self._factory is not None
@@ -340,34 +392,47 @@ async def run_bounded(
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    admit: asyncio.Future[None] | None = None
-    if queue is None:
-        ticket = _Ticket(deadline=started + budget * GATE_SHARE)
-    else:
-        admit = loop.create_future()
-        ticket = _Ticket(deadline=started + queue, on_admit=admit)
+    # One waiter woken by the task's end or by the deadline timer (moved to admission + budget when the call
+    # queues): one wake-up per call, where waiting on the task and on an admission future took two.
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    ticket = _Ticket(deadline=started + (budget * GATE_SHARE if queue is None else queue), budget=budget)
+    timer = [loop.call_at(started + budget if queue is None else started + queue + budget, wake)]
+    if queue is not None:
+
+        def admitted(now: float) -> None:
+            # Admitted: the request itself gets its budget from now on.
+            if not waiter.done():
+                timer[0].cancel()
+                timer[0] = loop.call_at(now + budget, wake)
+
+        ticket.on_admit = admitted
     context = contextvars.copy_context()
     context.run(_TICKET.set, ticket)
-    task: asyncio.Task[T] = loop.create_task(coro, context=context)
+    task: asyncio.Task[T] = loop.create_task(_waking(coro, wake), context=context)
     try:
-        if admit is None:
-            done, _ = await asyncio.wait((task,), timeout=budget)
-        else:
-            assert queue is not None
-            waits: tuple[asyncio.Future[Any], ...] = (task, admit)
-            done_any, _ = await asyncio.wait(waits, timeout=queue + budget, return_when=asyncio.FIRST_COMPLETED)
-            done = {f for f in done_any if f is task}
-            if task not in done and admit.done():
-                # Admitted: the request itself gets its budget from now on.
-                left = ticket.admitted_at + budget - loop.time()
-                done, _ = await asyncio.wait((task,), timeout=max(left, 0.0))
+        await waiter
     except asyncio.CancelledError:
+        timer[0].cancel()
+        ticket.on_admit = None
         abandoner.abandon(task, ticket)
         raise
-    finally:
-        if admit is not None and not admit.done():
-            admit.cancel()
-    if task not in done:
+    timer[0].cancel()
+    ticket.on_admit = None
+    if not task.done():
         abandoner.abandon(task, ticket)
         raise BudgetExceeded(f"no answer within {budget:.3g}s")
     return task.result()
+
+
+async def _waking(coro: Coroutine[Any, Any, T], wake: Callable[[], None]) -> T:
+    """``coro``, waking its bounded caller in the very step it ends (a done callback would take one more turn
+    of the loop), so the task is done by the time the caller looks."""
+    try:
+        return await coro
+    finally:
+        wake()

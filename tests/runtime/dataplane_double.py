@@ -44,10 +44,13 @@ class FakeDataPlane:
         requests: Every request received, in order (authenticated or not).
     """
 
-    def __init__(self, token: str, clock: Callable[[], float], *, binary_bulk: str = "replace") -> None:
+    def __init__(
+        self, token: str, clock: Callable[[], float], *, binary_bulk: str = "replace", bulk_metadata: bool = True
+    ) -> None:
         self.token = token
         self.clock = clock
         self.binary_bulk = binary_bulk
+        self.bulk_metadata = bulk_metadata  # False: a bulk get that ignores withMetadata (plain values)
         self.requests: list[httpx.Request] = []
         self.data: dict[str, dict[str, tuple[bytes, Any, int | None]]] = {b: {} for b in BINDINGS}
 
@@ -159,11 +162,13 @@ class FakeDataPlane:
                 values[key] = None
                 continue
             try:
-                values[key] = item[0].decode("utf-8")
+                text = item[0].decode("utf-8")
             except UnicodeDecodeError:
                 if self.binary_bulk == "reject":
                     raise _Refused(400, 10026, f"value of key {key!r} is binary", field="value") from None
-                values[key] = item[0].decode("utf-8", errors="replace")
+                text = item[0].decode("utf-8", errors="replace")
+            with_metadata = body.get("withMetadata") is True and self.bulk_metadata
+            values[key] = {"value": text, "metadata": item[1]} if with_metadata else text
         return _envelope({"values": values})
 
     def _bulk_put(self, binding: str, items: list[dict[str, Any]]) -> httpx.Response:
