@@ -105,6 +105,7 @@ def main(project_dir: Path | None = None, *, deploying: bool = False) -> None:
             data_plane_url=stack.data_plane_url,
             data_plane_worker_name=data_plane_name,
             policies=stack.policies,
+            gateway_api=stack.gateway.api,
         )
         return outputs.model_dump(mode="json")
 

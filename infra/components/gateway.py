@@ -56,6 +56,13 @@ class Gateway(pulumi.ComponentResource):
             rate_limiting_technique=limit.technique,
             log_management=s.log_management,
             log_management_strategy=s.log_management_strategy,
+            # The gateway's retry defaults, declared so they are not dashboard state. dualcache's runtime
+            # overrides them per request (cf-aig-max-attempts etc., see dualcache._gateway.plan_gateway_retries);
+            # they apply to every other caller (pulumi-cloudflare >= 6.15: retry_max_attempts 1..5,
+            # retry_delay in ms, retry_backoff constant|linear|exponential).
+            retry_max_attempts=s.retry.max_attempts,
+            retry_delay=s.retry.delay,
+            retry_backoff=s.retry.backoff,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.gateway_id = self.gateway.ai_gateway_id

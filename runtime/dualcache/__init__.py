@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
     from dualcache._budget import RequestBudget
     from dualcache._budgets import LayerLimits, PoolLimits, Timeouts
     from dualcache._cache import DualCache, KVBackendFactory, Models
-    from dualcache._gateway import RetryPolicy
+    from dualcache._gateway import RetryPolicy, UpstreamResult
     from dualcache._kv import (
         CloudflareKVBackend,
         DataPlaneKVBackend,
@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "KVBackendFactory": "dualcache._cache",
     "Models": "dualcache._cache",
     "RetryPolicy": "dualcache._gateway",
+    "UpstreamResult": "dualcache._gateway",
     "CloudflareKVBackend": "dualcache._kv",
     "DataPlaneKVBackend": "dualcache._kv",
     "KVBackend": "dualcache._kv",
@@ -162,6 +163,7 @@ __all__ = [
     "StackOutputs",
     "Stats",
     "Timeouts",
+    "UpstreamResult",
     "UsageError",
     "WriteBehindPolicy",
     "__version__",

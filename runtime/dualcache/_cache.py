@@ -32,7 +32,7 @@ from dualcache._budgets import PoolLimits, Timeouts
 from dualcache._embed_ops import EmbedOperations
 from dualcache._engine import _check_id, _check_text
 from dualcache._exceptions import ConfigError, InvalidInputError
-from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, UpstreamClient
+from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, UpstreamClient, UpstreamResult
 from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
@@ -74,6 +74,9 @@ class Models:
             sent) or ``"cls"`` (sent; its vectors are not compatible with mean ones).
         embedding_max_chars: The text sent to the model is cut to this many characters (the seed: 2,000);
             the key hashes the full text.
+        embedding_encoding: For an OpenAI embeddings model (any ``embeddings`` not starting with ``@cf/``):
+            the ``encoding_format`` asked, ``"base64"`` (the OpenAI SDK's default) or ``"float"``. Not part
+            of the KV key (both decode to the same vectors), part of the gateway's (the bodies differ).
 
     Raises:
         ConfigError: a pooling other than mean or cls, a ``embedding_max_chars`` < 1, or an empty model.
@@ -88,8 +91,11 @@ class Models:
     resume_parsing_image: str = "gpt-4o"
     embedding_pooling: str = "mean"
     embedding_max_chars: int = EMBED_INPUT_MAX_CHARS
+    embedding_encoding: str = "base64"
 
     def __post_init__(self) -> None:
+        if self.embedding_encoding not in ("base64", "float"):
+            raise ConfigError(f"Models.embedding_encoding={self.embedding_encoding!r}: must be 'base64' or 'float'")
         for name in (
             "embeddings",
             "job_analysis",
@@ -184,6 +190,10 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: Pool and admission sizes of each layer.
         breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
         monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
+        on_upstream: Called with ``(operation, result)`` after every answered provider call (an
+            :class:`~dualcache.UpstreamResult`: route, ``cache_status``, ``log_id`` = ``cf-aig-log-id``, the
+            ``cf-aig-*`` headers), to correlate answers with the gateway's logs; an exception it raises is
+            logged, never passed to the caller.
     """
 
     def __init__(
@@ -217,7 +227,11 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: PoolLimits | None = None,
         breaker: BreakerPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
+        on_upstream: Callable[[Operation, UpstreamResult], object] | None = None,
     ) -> None:
+        if on_upstream is not None and not callable(on_upstream):
+            raise ConfigError(f"on_upstream must be callable, got {type(on_upstream).__name__}")
+        self._on_upstream = on_upstream
         if outputs is not None and not isinstance(outputs, StackOutputs):
             raise ConfigError(f"outputs must be a StackOutputs, got {type(outputs).__name__}")
         for name, value in (("timeouts", timeouts), ("limits", limits), ("breaker", breaker)):
@@ -301,6 +315,7 @@ class DualCache(EmbedOperations, JsonOperations):
             provider_client=self._provider_http,
             timeouts=self.timeouts,
             breaker=self._breaker_policy,
+            gateway_api=outputs.gateway_api if outputs else "legacy",
         )
 
     # -- construction -------------------------------------------------------------------------------

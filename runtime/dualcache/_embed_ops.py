@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dualcache._answers import check_vectors
 from dualcache._engine import CacheEngine, _check_text
 from dualcache._exceptions import InvalidInputError
-from dualcache._gateway import Provider, UpstreamResult
+from dualcache._gateway import Provider, UpstreamResult, embedding_request
 from dualcache._keys import embed_key, embedding_fingerprint
 from dualcache._kv import KVEntry
 from dualcache._policy import Operation, OperationPolicy, Policies
@@ -104,12 +104,10 @@ class EmbedOperations(CacheEngine):
                 return status, list(vector)
         return status, vector
 
-    def _embed_payload(self, text: str | list[str]) -> dict[str, Any]:
-        """The Workers AI body: ``pooling`` only when it is not the bge models' default (mean)."""
-        payload: dict[str, Any] = {"text": text}
-        if self.models.embedding_pooling != "mean":
-            payload["pooling"] = self.models.embedding_pooling
-        return payload
+    def _embed_request(self, text: str | list[str]) -> tuple[Provider, str, dict[str, Any]]:
+        """``(provider, path, body)`` of an embeddings call (Workers AI, or OpenAI: see ``embedding_request``)."""
+        m = self.models
+        return embedding_request(m.embeddings, text, pooling=m.embedding_pooling, encoding=m.embedding_encoding)
 
     def _embedding_entry(self, key: str, text: str, vector: list[float], ttl: int | None) -> KVEntry:
         record = build_embedding_record(text, vector, self.models.embeddings, self._clock())
@@ -136,7 +134,7 @@ class EmbedOperations(CacheEngine):
         """
         self._check_open()
         _check_text(text)
-        self._upstream.check_configured(Provider.WORKERS_AI)
+        self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
@@ -150,12 +148,12 @@ class EmbedOperations(CacheEngine):
         async def compute() -> tuple[list[float], Outcome]:
             mark = self._begin_compute()
             try:
-                payload = self._embed_payload(text[: self.models.embedding_max_chars])
+                provider, path, payload = self._embed_request(text[: self.models.embedding_max_chars])
                 dims = expected_dimensions(self.models.embeddings)
                 result = await self._upstream_call(
                     op,
-                    Provider.WORKERS_AI,
-                    self.models.embeddings,
+                    provider,
+                    path,
                     payload,
                     policy=policy,
                     check=lambda r: self._vectors(r, 1, dims),
@@ -192,7 +190,7 @@ class EmbedOperations(CacheEngine):
             _check_text(t, f"texts[{i}]")
         if not texts:
             return []
-        self._upstream.check_configured(Provider.WORKERS_AI)
+        self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
@@ -314,11 +312,12 @@ class EmbedOperations(CacheEngine):
                 for i in range(0, len(inputs), _EMBED_BATCH):
                     chunk = inputs[i : i + _EMBED_BATCH]
                     dims, n = expected_dimensions(self.models.embeddings), len(chunk)
+                    provider, path, payload = self._embed_request(chunk)
                     result = await self._upstream_call(
                         op,
-                        Provider.WORKERS_AI,
-                        self.models.embeddings,
-                        self._embed_payload(chunk),
+                        provider,
+                        path,
+                        payload,
                         policy=policy,
                         check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
                     )

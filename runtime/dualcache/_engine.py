@@ -124,6 +124,7 @@ class CacheEngine:
     _breaker_policy: BreakerPolicy
     _monotonic: Callable[[], float]
     _upstream: UpstreamClient
+    _on_upstream: Callable[[Operation, UpstreamResult], object] | None
     _flights: SingleFlight
     _reads: SharedReads
     _writes: WriteBehind | None
@@ -171,6 +172,10 @@ class CacheEngine:
             InvalidInputError: ``binding`` names no namespace.
         """
         self._check_open()
+        # A Namespace is a str: its name finds its store without building the enum (every hit comes here).
+        known: KVStore | None = self._stores.get(binding) if isinstance(binding, str) else None  # type: ignore[call-overload]
+        if known is not None:
+            return known
         try:
             namespace = Namespace(binding)
         except ValueError:
@@ -239,7 +244,7 @@ class CacheEngine:
 
     async def _read_shared(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
         """``_kv_read`` of ``key``, shared with the concurrent readers of the same key (see ``SharedReads``)."""
-        if not self._flights.enabled:
+        if not self._flights.enabled or store.answers_at_once:  # nobody can join a read that never suspends
             return await self._kv_read(op, store, key)
         while (waiting := self._reads.join(flight_key)) is not None:
             answer: tuple[bytes | None, bool] | None = await asyncio.shield(waiting)
@@ -409,6 +414,11 @@ class CacheEngine:
                 result.log_id,
             )
             self.stats.observe(op, "gateway" if result.gateway_hit else "provider", time.perf_counter() - started)
+            if self._on_upstream is not None:
+                try:
+                    self._on_upstream(op, result)
+                except Exception:  # an observer must never fail the call it observes
+                    logger.exception("%s: the on_upstream hook raised; the answer is still served", op.value)
             return result
         finally:
             self.stats.upstream(op, record.attempts)

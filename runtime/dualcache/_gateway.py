@@ -3,27 +3,52 @@
 Pure decisions first (policy -> ``cf-aig-*`` headers, which route to take, whether to retry and how
 long to wait), then one thin async client that sends requests and follows those decisions.
 
-Routes (cloudflare-facts §2.1):
+Routes. The gateway has two URL shapes, chosen per stack by ``StackOutputs.gateway_api``:
 
-* Workers AI through the gateway: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}``;
-  direct: ``{api_base_url}/accounts/{account}/ai/run/{model}``. Both with ``Authorization: Bearer
-  <Cloudflare API token>``.
-* OpenAI through the gateway: ``{gateway_base_url}/{account}/{gateway}/openai/{path}``; direct:
-  ``{openai_base_url}/{path}`` (``https://api.openai.com/v1``). Both with the OpenAI key.
+* ``legacy`` (the ``gateway.ai.cloudflare.com`` URLs, cloudflare-facts §2.1):
+
+  * Workers AI: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}`` with ``Authorization: Bearer
+    <Cloudflare API token>``;
+  * OpenAI: ``{gateway_base_url}/{account}/{gateway}/openai/{path}`` with the OpenAI key.
+
+* ``rest`` (the AI REST API on ``api.cloudflare.com``, the gateway named by a ``cf-aig-gateway-id`` header):
+
+  * Workers AI: ``{api_base_url}/accounts/{account}/ai/run/{model}``. Cloudflare documents that this path
+    "continues to work" and that Workers AI requests name their gateway with ``cf-aig-gateway-id``; it does
+    not say in so many words that the header turns the model-in-path route into a gateway request. Both
+    cases are handled: the answer is parsed the same way with or without the envelope, and an answer
+    without ``cf-aig-cache-status`` is simply not a gateway hit.
+  * OpenAI chat: ``{api_base_url}/accounts/{account}/ai/v1/chat/completions`` with the model named
+    ``openai/<model>`` and ``Authorization: Bearer <Cloudflare API token>``: the call is billed through
+    Unified Billing (or the gateway's stored provider key); the OpenAI key is not sent there.
+  * OpenAI embeddings: the REST API documents ``/ai/v1/embeddings`` for Workers AI models only, so an
+    OpenAI embedding keeps the legacy gateway URL (with the OpenAI key) in both shapes.
+
+Direct routes (no gateway): Workers AI ``{api_base_url}/accounts/{account}/ai/run/{model}`` without
+``cf-aig-gateway-id``; OpenAI ``{openai_base_url}/{path}`` (``https://api.openai.com/v1``) with the OpenAI key.
+
+Retries have one owner per route (see :func:`plan_gateway_retries`): on the gateway route the gateway
+retries upstream failures as the request's ``cf-aig-max-attempts`` / ``cf-aig-retry-delay`` /
+``cf-aig-request-timeout`` headers say, and the client sends one attempt; on the direct route the client
+retries within :class:`RetryPolicy`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import dataclasses
 import json
 import logging
 import math
 import re
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any, assert_never
+from typing import Any, Literal, NamedTuple, assert_never
 from urllib.parse import quote
 
 import httpx
@@ -41,13 +66,16 @@ from dualcache._exceptions import (
 )
 from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
+from dualcache._outputs import GATEWAY_APIS, GatewayApi
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
 from dualcache._redact import SecretHeaders, auth_headers, redact_url, scrubbed
 from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
 __all__ = [
     "DEFAULT_OPENAI_BASE_URL",
+    "GATEWAY_MAX_ATTEMPTS",
     "CallRecord",
+    "GatewayRetryPlan",
     "Provider",
     "RetryAction",
     "RetryPolicy",
@@ -56,8 +84,12 @@ __all__ = [
     "UpstreamResult",
     "choose_routes",
     "decide_retry",
+    "decode_base64_embedding",
+    "embedding_request",
     "gateway_headers",
+    "normalize_openai_embeddings",
     "parse_json_object",
+    "plan_gateway_retries",
     "should_fall_back",
 ]
 
@@ -65,6 +97,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+GATEWAY_MAX_ATTEMPTS = 5
+"""Most ``cf-aig-max-attempts`` the gateway takes (request-handling docs: "maximum of 5")."""
+_GATEWAY_DELAY_MIN_MS = 100  # the smallest delay the dashboard offers; the header's lower bound is not documented
+_GATEWAY_DELAY_MAX_MS = 5_000  # cf-aig-retry-delay: "in milliseconds (max 5000)"
+_REST_OPENAI_PATHS = frozenset({"chat/completions"})
+"""OpenAI paths the REST API serves for third-party models (``/ai/v1/...``); others keep the legacy URL."""
 
 
 class Provider(StrEnum):
@@ -92,11 +130,17 @@ def gateway_headers(
     gateway_token: SecretStr | None = None,
     user_id: str | None = None,
     cache_key: str | None = None,
+    gateway_id: str | None = None,
+    retries: GatewayRetryPlan | None = None,
 ) -> dict[str, str]:
     """Return the ``cf-aig-*`` headers a gateway request of ``operation`` carries under ``policy``.
 
-    * gateway ``cache``: ``cf-aig-cache-ttl`` (and ``cf-aig-cache-key`` when ``cache_key`` is given);
+    * exactly one explicit cache decision, never the gateway's (or the dashboard's) default: gateway
+      ``cache``: ``cf-aig-cache-ttl: <policy ttl>`` (and ``cf-aig-cache-key`` when ``cache_key`` is given);
       gateway ``skip``: ``cf-aig-skip-cache: true``;
+    * ``cf-aig-gateway-id`` when ``gateway_id`` is given (the REST shape names its gateway this way);
+    * ``cf-aig-max-attempts``, ``cf-aig-retry-delay``, ``cf-aig-backoff`` and ``cf-aig-request-timeout``
+      when ``retries`` is given (see :func:`plan_gateway_retries`);
     * ``cf-aig-authorization`` when a gateway token is given;
     * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
       when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
@@ -114,6 +158,10 @@ def gateway_headers(
             headers["cf-aig-skip-cache"] = "true"
         case _ as unreachable:
             assert_never(unreachable)
+    if gateway_id is not None:
+        headers["cf-aig-gateway-id"] = gateway_id
+    if retries is not None:
+        headers |= retries.headers()
     if gateway_token is not None and gateway_token.get_secret_value():
         headers |= auth_headers(gateway_token, header="cf-aig-authorization")
     metadata: dict[str, str] = {"operation": operation.value}
@@ -160,14 +208,21 @@ class RetryPolicy:
         total_timeout: Seconds all attempts on one route may take, waits included: each attempt's timeout
             is cut to what is left, so one route never takes much longer than this (a call that falls
             back from the gateway to the direct route may take twice this).
+        owner: Who retries on the gateway route. ``"gateway"`` (the default): the request asks the gateway
+            for ``max_attempts`` attempts (``cf-aig-max-attempts``, at most 5) and the client sends it once;
+            ``"client"``: the request asks the gateway for one attempt and the client retries. Either way
+            retries never multiply. The direct route has no gateway: the client retries there.
     """
 
     max_attempts: int = 3
     base_delay: float = 0.2
     max_delay: float = 5.0
     total_timeout: float = 90.0  # room for one full 60 s attempt (the default upstream_timeout) plus retries
+    owner: Literal["gateway", "client"] = "gateway"
 
     def __post_init__(self) -> None:
+        if self.owner not in ("gateway", "client"):
+            raise ConfigError(f"RetryPolicy.owner={self.owner!r}: must be 'gateway' or 'client'")
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ConfigError(f"RetryPolicy.max_attempts={self.max_attempts!r}: must be an integer >= 1")
         for name, value, allow_zero in (
@@ -185,6 +240,82 @@ class RetryPolicy:
             ):
                 bound = ">= 0" if allow_zero else "> 0"
                 raise ConfigError(f"RetryPolicy.{name}={value!r}: must be a finite number of seconds {bound}")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRetryPlan:
+    """What one gateway request asks the gateway to do about upstream failures (see :func:`plan_gateway_retries`).
+
+    Attributes:
+        max_attempts: ``cf-aig-max-attempts`` (1..5).
+        retry_delay_ms: ``cf-aig-retry-delay``, milliseconds (100..5000).
+        backoff: ``cf-aig-backoff``; always ``constant``, so the gateway's waits are known exactly (the
+            docs name the exponential and linear methods but not their formulas).
+        request_timeout_ms: ``cf-aig-request-timeout``, milliseconds: how long one upstream attempt may
+            take to its first byte.
+        client_attempts: How many attempts the client itself makes on the gateway route.
+    """
+
+    max_attempts: int
+    retry_delay_ms: int
+    backoff: Literal["constant"]
+    request_timeout_ms: int
+    client_attempts: int
+
+    def headers(self) -> dict[str, str]:
+        """The four ``cf-aig-*`` request headers of this plan."""
+        return {
+            "cf-aig-max-attempts": str(self.max_attempts),
+            "cf-aig-retry-delay": str(self.retry_delay_ms),
+            "cf-aig-backoff": self.backoff,
+            "cf-aig-request-timeout": str(self.request_timeout_ms),
+        }
+
+    @property
+    def worst_case_upstream_attempts(self) -> int:
+        """Most upstream attempts the gateway route of one call can cause.
+
+        ``client_attempts`` times the gateway's attempts. The docs call ``cf-aig-max-attempts`` both a
+        number of attempts ("maximum of 5 tries") and of retries ("Retry attempts (max 5)"); read as
+        retries, the gateway makes one more attempt than the header says, so this counts that reading.
+        """
+        return self.client_attempts * (self.max_attempts + 1)
+
+
+def plan_gateway_retries(retry: RetryPolicy, budget: float) -> GatewayRetryPlan:
+    """Derive the gateway's retry headers for a gateway route of ``budget`` seconds, so retries add up.
+
+    With ``retry.owner == "gateway"`` the gateway gets ``min(retry.max_attempts, 5)`` attempts and the client
+    makes one; with ``"client"`` the gateway gets one attempt and the client makes ``retry.max_attempts``.
+    The gateway waits ``retry_delay_ms`` (``retry.base_delay``, clamped to 100..5000 ms) between attempts,
+    constant; the waits are kept to at most half the budget (fewer attempts otherwise). Each attempt may
+    take the budget less those waits (``cf-aig-request-timeout``), as a client attempt may take what is
+    left of its budget: a slow but healthy answer is not cut, and retries serve fast failures (5xx, 429).
+
+    Worst case of one call (also in the README's reliability section): the client waits at most ``budget``
+    on the gateway route (it abandons the request then, and falls back to the direct route when the policy
+    allows it), then at most the direct route's budget; the upstream sees at most
+    :attr:`GatewayRetryPlan.worst_case_upstream_attempts` attempts from the gateway route (a gateway may
+    keep retrying after the client gave up: "on the final retry attempt, your gateway will wait until the
+    request completes") plus ``retry.max_attempts`` on the direct route.
+
+    Raises:
+        ConfigError: ``budget`` is not a positive finite number of seconds.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) or budget <= 0:
+        raise ConfigError(f"gateway route budget={budget!r}: must be a positive finite number of seconds")
+    delay_ms = min(_GATEWAY_DELAY_MAX_MS, max(_GATEWAY_DELAY_MIN_MS, round(retry.base_delay * 1000)))
+    attempts = min(retry.max_attempts, GATEWAY_MAX_ATTEMPTS) if retry.owner == "gateway" else 1
+    while attempts > 1 and (attempts - 1) * delay_ms > budget * 500:  # waits within half the budget (ms)
+        attempts -= 1
+    timeout_ms = max(1, math.floor(budget * 1000) - (attempts - 1) * delay_ms)
+    return GatewayRetryPlan(
+        max_attempts=attempts,
+        retry_delay_ms=delay_ms,
+        backoff="constant",
+        request_timeout_ms=timeout_ms,
+        client_attempts=1 if retry.owner == "gateway" else retry.max_attempts,
+    )
 
 
 class RetryAction(Enum):
@@ -226,6 +357,72 @@ def decide_retry(
     if elapsed + delay >= policy.total_timeout:
         return RetryAction.GIVE_UP, 0.0
     return RetryAction.RETRY, delay
+
+
+def embedding_request(
+    model: str, texts: str | list[str], *, pooling: str = "mean", encoding: str = "base64"
+) -> tuple[Provider, str, dict[str, Any]]:
+    """Return ``(provider, path, body)`` of an embeddings request of ``texts`` to ``model``.
+
+    A Workers AI model (``@cf/...``) takes ``{"text": ...}`` (``pooling`` only when it is not the bge models'
+    default, mean) at the model's path; any other model is OpenAI's ``embeddings`` with ``model``, ``input``
+    and ``encoding_format``. ``encoding`` is ``base64`` (what the OpenAI SDK sends by default, a quarter of
+    the bytes) or ``float``: the answer is decoded the same either way (:func:`normalize_openai_embeddings`),
+    and the KV key never depends on it, while the gateway's cache key does (the upstream body differs).
+
+    Raises:
+        ConfigError: ``encoding`` is not ``float`` or ``base64``.
+    """
+    if encoding not in ("float", "base64"):
+        raise ConfigError(f"embedding encoding {encoding!r}: must be 'float' or 'base64'")
+    if model.startswith("@cf/"):
+        payload: dict[str, Any] = {"text": texts}
+        if pooling != "mean":
+            payload["pooling"] = pooling
+        return Provider.WORKERS_AI, model, payload
+    return Provider.OPENAI, "embeddings", {"model": model, "input": texts, "encoding_format": encoding}
+
+
+def decode_base64_embedding(value: str, *, backend: str = "openai") -> list[float]:
+    """Decode one OpenAI ``encoding_format: base64`` embedding: little-endian float32 components.
+
+    Raises:
+        BadResponseError: not base64, or not a whole, non-zero number of float32 values.
+    """
+    bad: BadResponseError | None = None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        bad = BadResponseError(f"{backend} embeddings: an embedding is not valid base64", backend=backend)
+    if bad is not None:
+        raise bad
+    if not raw or len(raw) % 4:
+        raise BadResponseError(
+            f"{backend} embeddings: a base64 embedding of {len(raw)} bytes is not a whole number of float32 values",
+            backend=backend,
+        )
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def normalize_openai_embeddings(body: Any, *, backend: str = "openai") -> dict[str, Any]:
+    """Return an OpenAI embeddings answer in Workers AI's shape, ``{"shape": [n, d], "data": [[...], ...]}``.
+
+    Items are put in ``index`` order; a base64 item (``encoding_format: base64``) is decoded to floats, a
+    float item kept as it is, so both encodings give the same vectors (float32 values either way once stored).
+
+    Raises:
+        BadResponseError: no ``data`` list of embedding objects, or an item neither a list nor base64.
+    """
+    items = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise BadResponseError(f"{backend} embeddings: no 'data' list of embedding objects", backend=backend)
+    ordered = sorted(items, key=lambda i: i.get("index", 0) if isinstance(i.get("index", 0), int) else 0)
+    vectors: list[Any] = []
+    for item in ordered:
+        embedding = item.get("embedding")
+        vectors.append(decode_base64_embedding(embedding, backend=backend) if isinstance(embedding, str) else embedding)
+    dims = len(vectors[0]) if vectors and isinstance(vectors[0], list) else 0
+    return {"shape": [len(vectors), dims], "data": vectors, "model": body.get("model"), "usage": body.get("usage")}
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -283,10 +480,15 @@ class UpstreamResult:
     """An upstream answer.
 
     Attributes:
-        data: The parsed JSON (for Workers AI, the ``result`` of its envelope).
+        data: The parsed JSON (for Workers AI, the ``result`` of its envelope; for OpenAI embeddings,
+            Workers AI's ``{"shape", "data"}`` shape with base64 items decoded, see
+            :func:`normalize_openai_embeddings`).
         route: The route that answered.
         cache_status: ``cf-aig-cache-status`` (``HIT``/``MISS``) when the gateway answered, else ``None``.
-        log_id: ``cf-aig-log-id`` when present.
+        log_id: ``cf-aig-log-id`` when present: the gateway log entry of this request (opaque: a ULID on
+            older accounts, a UUIDv7 on newer ones), for correlating a result with the gateway's logs.
+        headers: Every ``cf-aig-*`` response header (``cf-aig-log-id``, ``cf-aig-request-id``,
+            ``cf-aig-cache-status``, ``cf-aig-step`` ...), lower-cased: the gateway's metadata of this answer.
     """
 
     data: Any
@@ -302,6 +504,13 @@ class UpstreamResult:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class _Target(NamedTuple):
+    url: str
+    headers: SecretHeaders
+    payload: Mapping[str, Any]
+    gateway_id: str | None  # cf-aig-gateway-id to send (the REST shape), else None
 
 
 class UpstreamClient:
@@ -327,6 +536,11 @@ class UpstreamClient:
         timeouts: Budgets: ``gateway`` bounds the gateway route of one call, ``provider`` the direct route
             (retries included; the tighter of these and ``retry.total_timeout`` wins).
         breaker: Circuit-breaker policy of the gateway and of each provider's direct route.
+        gateway_api: The gateway's URL shape: ``"legacy"`` (``gateway.ai.cloudflare.com``) or ``"rest"``
+            (``api.cloudflare.com/.../ai/...`` with ``cf-aig-gateway-id``); see the module docstring.
+
+    Raises:
+        ConfigError: ``gateway_api`` is not one of the two shapes.
     """
 
     def __init__(
@@ -349,7 +563,12 @@ class UpstreamClient:
         provider_client: httpx.AsyncClient | None = None,
         timeouts: Timeouts | None = None,
         breaker: BreakerPolicy | None = None,
+        gateway_api: GatewayApi = "legacy",
     ) -> None:
+        if gateway_api not in GATEWAY_APIS:
+            raise ConfigError(f"gateway_api={gateway_api!r}: must be one of {', '.join(GATEWAY_APIS)}")
+        self.gateway_api: GatewayApi = gateway_api
+        self.gateway_id = gateway_id if gateway_base_url and gateway_id and account_id else None
         self._client = client
         self._clients = {Route.GATEWAY: gateway_client or client, Route.DIRECT: provider_client or client}
         self.timeouts = timeouts or Timeouts()
@@ -414,38 +633,67 @@ class UpstreamClient:
                 if self._api_token is None:
                     raise ConfigError("Workers AI needs a Cloudflare API token: pass api_token=...")
             case Provider.OPENAI:
-                if self._openai_key is None:
+                # On the REST shape the gateway route of an OpenAI chat call authenticates with the Cloudflare
+                # token; the OpenAI key is then needed only for the direct route and for embeddings.
+                rest_ready = self.gateway_api == "rest" and self.gateway_id is not None and self._api_token is not None
+                if self._openai_key is None and not rest_ready:
                     raise ConfigError("OpenAI needs an API key: pass openai_api_key=...")
             case _ as unreachable:
                 assert_never(unreachable)
 
-    def _target(self, provider: Provider, route: Route, path: str) -> tuple[str, SecretHeaders]:
+    def _usable(self, provider: Provider, route: Route, path: str) -> bool:
+        """Whether ``route`` to ``provider`` has the credential it needs (only OpenAI's may be missing)."""
+        if provider is not Provider.OPENAI:
+            return True
+        if route is Route.GATEWAY and self.gateway_api == "rest" and path in _REST_OPENAI_PATHS:
+            return self._api_token is not None
+        return self._openai_key is not None
+
+    def _target(self, provider: Provider, route: Route, path: str, payload: Mapping[str, Any]) -> _Target:
         # The headers are a SecretHeaders (its repr masks the token) built by auth_headers, whose frame ends
         # here: no frame that awaits the request holds the raw token (see dualcache._redact).
+        account = quote(self.account_id or "", safe="")
+        rest = route is Route.GATEWAY and self.gateway_api == "rest"
         match provider:
             case Provider.WORKERS_AI:
                 auth = auth_headers(self._api_token)
                 match route:
+                    case Route.GATEWAY if rest:
+                        url = f"{self.api_base_url}/accounts/{account}/ai/run/{path}"
+                        return _Target(url, auth, payload, self.gateway_id)
                     case Route.GATEWAY:
-                        return f"{self.gateway_url}/workers-ai/{path}", auth
+                        return _Target(f"{self.gateway_url}/workers-ai/{path}", auth, payload, None)
                     case Route.DIRECT:
-                        return (
-                            f"{self.api_base_url}/accounts/{quote(self.account_id or '', safe='')}/ai/run/{path}",
-                            auth,
-                        )
+                        return _Target(f"{self.api_base_url}/accounts/{account}/ai/run/{path}", auth, payload, None)
                     case _ as unreachable:
                         assert_never(unreachable)
             case Provider.OPENAI:
-                auth = auth_headers(self._openai_key)
                 match route:
+                    case Route.GATEWAY if rest and path in _REST_OPENAI_PATHS:
+                        # Third-party models are named author/model on the REST API (openai/gpt-4o-mini).
+                        model = payload.get("model")
+                        if isinstance(model, str) and "/" not in model:
+                            payload = {**payload, "model": f"openai/{model}"}
+                        url = f"{self.api_base_url}/accounts/{account}/ai/v1/{path}"
+                        return _Target(url, auth_headers(self._api_token), payload, self.gateway_id)
                     case Route.GATEWAY:
-                        return f"{self.gateway_url}/openai/{path}", auth
+                        url = f"{self.gateway_url}/openai/{path}"
+                        return _Target(url, auth_headers(self._openai_key), payload, None)
                     case Route.DIRECT:
-                        return f"{self.openai_base_url}/{path}", auth
+                        return _Target(f"{self.openai_base_url}/{path}", auth_headers(self._openai_key), payload, None)
                     case _ as unreachable:
                         assert_never(unreachable)
             case _ as unreachable:
                 assert_never(unreachable)
+
+    def retry_plan(self) -> GatewayRetryPlan:
+        """The gateway retry headers of this client's gateway route (its budget: :meth:`route_budget`)."""
+        return plan_gateway_retries(self.retry, self.route_budget(Route.GATEWAY))
+
+    def route_budget(self, route: Route) -> float:
+        """Seconds one call may spend on ``route``: the tighter of ``retry.total_timeout`` and the layer's budget."""
+        layer = self.timeouts.gateway if route is Route.GATEWAY else self.timeouts.provider
+        return min(self.retry.total_timeout, layer)
 
     async def call(
         self,
@@ -463,8 +711,10 @@ class UpstreamClient:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
-        breaker, a full pool) and the policy allows it; retries 429/5xx within :class:`RetryPolicy` and
-        the route's budget (:class:`~dualcache.Timeouts`) on each route.
+        breaker, a full pool) and the policy allows it. Retries 429/5xx within :class:`RetryPolicy` and the
+        route's budget (:class:`~dualcache.Timeouts`), one owner per route: on the gateway route the request
+        carries :func:`plan_gateway_retries`' headers and the client sends it ``client_attempts`` times (once
+        when the gateway owns retries); on the direct route the client retries.
 
         ``check`` validates an answer (see ``dualcache._answers``); a bad one (a
         :class:`~dualcache.BadResponseError`) is counted in ``record.faults`` and, from the gateway, tried once
@@ -477,16 +727,33 @@ class UpstreamClient:
             BackendError: every route failed (the last error).
         """
         self.check_configured(provider)
-        routes = choose_routes(gateway_configured=self.gateway_url is not None, direct_configured=True, policy=policy)
+        routes = choose_routes(
+            gateway_configured=self.gateway_url is not None and self._usable(provider, Route.GATEWAY, path),
+            direct_configured=self._usable(provider, Route.DIRECT, path),
+            policy=policy,
+        )
+        if not routes:
+            raise ConfigError(f"OpenAI {path} needs an API key on the routes of this stack: pass openai_api_key=...")
         last: BackendError | None = None
         for route in routes:
-            url, headers = self._target(provider, route, path)
+            target = self._target(provider, route, path, payload)
+            headers = target.headers
+            retry = self.retry
             if route is Route.GATEWAY:
+                plan = self.retry_plan()
                 headers |= gateway_headers(
-                    policy, operation, gateway_token=self._gateway_token, user_id=user_id, cache_key=cache_key
+                    policy,
+                    operation,
+                    gateway_token=self._gateway_token,
+                    user_id=user_id,
+                    cache_key=cache_key,
+                    gateway_id=target.gateway_id,
+                    retries=plan,
                 )
+                if plan.client_attempts != retry.max_attempts:
+                    retry = dataclasses.replace(retry, max_attempts=plan.client_attempts)
             try:
-                result = await self._send(provider, route, url, headers, payload, record)
+                result = await self._send(provider, route, target.url, headers, target.payload, record, retry, path)
             except SkippedError as exc:
                 last = exc
                 record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
@@ -523,13 +790,13 @@ class UpstreamClient:
         headers: SecretHeaders,
         payload: Mapping[str, Any],
         record: CallRecord,
+        retry: RetryPolicy,
+        path: str,
     ) -> UpstreamResult:
         backend = f"{provider.value} ({route.value})"
         client = self._clients[route]
         breaker = self.breaker(route, provider)
-        route_budget = min(
-            self.retry.total_timeout, self.timeouts.gateway if route is Route.GATEWAY else self.timeouts.provider
-        )
+        route_budget = self.route_budget(route)
         started = self._monotonic()
         attempt = 0
         previous: BackendError | None = None
@@ -582,7 +849,7 @@ class UpstreamClient:
             if response is not None:
                 if response.status_code < 400:
                     breaker.success()
-                    return self._parse(provider, route, backend, response)
+                    return self._parse(provider, route, backend, response, path)
                 try:
                     raise_for_status(response, backend=backend, what="request")
                 except BackendError as exc:
@@ -596,7 +863,7 @@ class UpstreamClient:
             status = response.status_code if response is not None else None
             retry_after = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
             action, delay = decide_retry(
-                self.retry,
+                retry,
                 attempt=attempt,
                 status=status,
                 retry_after=retry_after,
@@ -616,7 +883,7 @@ class UpstreamClient:
                     assert_never(unreachable)
 
     @staticmethod
-    def _parse(provider: Provider, route: Route, backend: str, response: httpx.Response) -> UpstreamResult:
+    def _parse(provider: Provider, route: Route, backend: str, response: httpx.Response, path: str) -> UpstreamResult:
         bad: BadResponseError | None = None
         try:
             body = response.json()
@@ -632,9 +899,12 @@ class UpstreamClient:
             if body.get("success") is False:
                 raise BadResponseError(f"{backend}: unsuccessful envelope: {body.get('errors')!r}", backend=backend)
             data = body["result"]
+        elif provider is Provider.OPENAI and path == "embeddings":
+            data = normalize_openai_embeddings(body, backend=backend)
         return UpstreamResult(
             data=data,
             route=route,
             cache_status=response.headers.get("cf-aig-cache-status") if route is Route.GATEWAY else None,
             log_id=response.headers.get("cf-aig-log-id"),
+            headers={k.lower(): v for k, v in response.headers.items() if k.lower().startswith("cf-aig-")},
         )

@@ -22,7 +22,7 @@ from dualcache._exceptions import BackendError, BadResponseError, ConfigError, I
 from dualcache._gateway import Provider, UpstreamResult, parse_json_object
 from dualcache._keys import canonical_json, record_key, sha256_hex
 from dualcache._kv import KVEntry
-from dualcache._params import check_json_content, check_sampling
+from dualcache._params import check_json_content, check_sampling, is_json_safe
 from dualcache._policy import GatewayMode, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import RecordStatus, encode_json_record, judge_json_record, should_read_kv, should_write_kv
 from dualcache._stats import Outcome
@@ -90,6 +90,8 @@ def _check_messages(messages: object) -> list[dict[str, Any]]:
         elif not isinstance(content, list) or not content:
             raise InvalidInputError(f"messages[{i}].content must be a non-empty string or list of parts")
         out.append(dict(m))
+    if is_json_safe(out):  # exact JSON types, checked: json.dumps cannot fail (every call, hits included)
+        return out
     check_json_content(out, "messages")  # lone surrogates, NaN/Infinity: InvalidInputError, before any I/O
     try:
         json.dumps(out)

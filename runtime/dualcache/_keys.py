@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from dualcache._exceptions import InvalidInputError
@@ -68,6 +69,8 @@ MAX_PART_BYTES = 200
 """An escaped id longer than this is replaced by its SHA-256 (``%h`` + 64 hex digits)."""
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~@+=,;!*'()[]{}$&/ ")
+# The same set as one regular expression: a C-speed scan of an id that needs no escaping (every key built).
+_ALL_SAFE = re.compile("[" + re.escape("".join(sorted(_SAFE))) + "]*")
 
 
 def sha256_hex(text: str) -> str:
@@ -77,7 +80,7 @@ def sha256_hex(text: str) -> str:
 
 def escape_part(value: str) -> str:
     """Escape one user-supplied key part (see the module docstring); injective over all strings."""
-    if all(c in _SAFE for c in value):
+    if _ALL_SAFE.fullmatch(value) is not None:
         escaped = value
     else:
         escaped = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
@@ -101,6 +104,8 @@ def check_utf8(name: str, value: str) -> None:
     Raises:
         InvalidInputError: names the argument and the offending position.
     """
+    if value.isascii():  # a flag of the string, no scan: every id and most texts
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -181,12 +186,43 @@ def embedding_fingerprint(
     return sha256_hex(canonical_json(spec))[:16]
 
 
+TEXT_HASH_MEMO_CHARS = 4_000_000
+"""Characters of text (texts of at most 8,192 characters each, oldest out first) whose SHA-256 :func:`embed_key`
+remembers: the texts a cache is asked for again and again are the ones it serves from KV, and a dict lookup of a
+text costs a fraction of hashing it. At most 16 MB of text (4 bytes a character at worst)."""
+_TEXT_HASH_MEMO_MAX_TEXT = 8_192
+_text_hashes: dict[str, str] = {}
+_text_hash_chars = 0
+
+
+def _text_hash(text: str) -> str:
+    global _text_hash_chars
+    if type(text) is not str:  # a subclass may compare (or hash) unlike its text: never remembered
+        return sha256_hex(text)
+    digest = _text_hashes.get(text)
+    if digest is not None:
+        return digest
+    digest = sha256_hex(text)
+    if len(text) <= _TEXT_HASH_MEMO_MAX_TEXT:
+        # Oldest first out (dicts keep insertion order). pop(..., None): under threads another caller may have
+        # evicted the same entry first; the character count then drifts a little, which only bounds it lower.
+        while _text_hash_chars + len(text) > TEXT_HASH_MEMO_CHARS and _text_hashes:
+            oldest = next(iter(_text_hashes), None)
+            if oldest is not None and _text_hashes.pop(oldest, None) is not None:
+                _text_hash_chars -= len(oldest)
+        _text_hashes[text] = digest
+        _text_hash_chars += len(text)
+    return digest
+
+
 def embed_key(text: str, fingerprint: str | None = None) -> str:
     """Return ``embed:{sha256(text)}``, or ``embed:%s{fingerprint}:{sha256(text)}`` for a non-seed
-    configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation."""
+    configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation.
+
+    The text's hash is remembered for the texts asked again (see :data:`TEXT_HASH_MEMO_CHARS`)."""
     if fingerprint is None:
-        return "embed:" + sha256_hex(text)
-    return f"embed:%s{fingerprint}:{sha256_hex(text)}"
+        return "embed:" + _text_hash(text)
+    return f"embed:%s{fingerprint}:{_text_hash(text)}"
 
 
 def analysis_key(user_id: str, job_id: str, *, version: str | None = None) -> str:
@@ -221,8 +257,11 @@ def check_key(key: object) -> str:
         raise InvalidInputError(f"KV key must be a string, got {type(key).__name__} {key!r}")
     if key in ("", ".", ".."):
         raise InvalidInputError(f"KV key {key!r} is not allowed; a key cannot be empty, '.' or '..'")
-    check_utf8("KV key", key)
-    size = len(key.encode("utf-8"))
+    if key.isascii():  # one byte a character: no encoding needed to know the size (every key the cache builds)
+        size = len(key)
+    else:
+        check_utf8("KV key", key)
+        size = len(key.encode("utf-8"))
     if size > KV_MAX_KEY_BYTES:
         raise InvalidInputError(
             f"KV key {key[:40]!r}... is {size} bytes; Cloudflare KV keys are at most {KV_MAX_KEY_BYTES} bytes"

@@ -328,6 +328,17 @@ class MemoryKVBackend:
         item = self._live(key)
         return None if item is None else item[0]
 
+    def _get_now(self, key: str) -> bytes | None:
+        # get() without a coroutine, for KVStore's in-process hit path (the memory backend itself only, never a
+        # subclass, whose get() may do anything): one dict lookup and the expiry check, inlined.
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[2] is not None and item[2] <= self._clock():
+            del self._data[key]
+            return None
+        return item[0]
+
     async def get_with_metadata(self, key: str) -> tuple[bytes, Any] | None:
         """See :class:`KVBackend`."""
         item = self._live(key)
@@ -1381,6 +1392,12 @@ class KVStore:
     def __repr__(self) -> str:
         return f"KVStore(binding={self.binding!r}, backend={self.backend.name!r}, timeout={self.timeout!r})"
 
+    @property
+    def answers_at_once(self) -> bool:
+        """Whether a read returns without ever suspending (the memory backend): no other caller can run, let
+        alone join, while one is in progress, so sharing it would be pure overhead."""
+        return self._unbounded
+
     def write_budget(self, nbytes: int) -> float | None:
         """Seconds a write of ``nbytes`` may take: ``write_timeout + nbytes / write_throughput``."""
         return write_timeout(nbytes, self.write_timeout, self.write_throughput)
@@ -1481,8 +1498,38 @@ class KVStore:
     async def get(self, key: str) -> bytes | None:
         """Return the value of ``key`` as bytes, or ``None``."""
         check_key(key)
+        if self._unbounded:
+            return self._read_at_once(key)
         result: bytes | None = await self._io("get", self.backend.get(key))
         return result
+
+    def _read_at_once(self, key: str) -> bytes | None:
+        """:meth:`_io` of a ``get`` from the memory backend, which answers without awaiting anything: the same
+        counts, breaker and error mapping, without a coroutine and a budget per read (the in-process hit)."""
+        assert isinstance(self.backend, MemoryKVBackend)
+        self.counts["get"] += 1
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            self.counts["skipped"] += 1
+            raise SkippedError(
+                f"kv {self.binding} get: circuit open, not sent",
+                backend="kv",
+                reason="circuit_open",
+                retry_after=breaker.retry_after(),
+            )
+        try:
+            value = self.backend._get_now(key)
+        except Exception as exc:  # only an injected clock can fail here; mapped as _io maps a foreign failure
+            self._failed(breaker)
+            failure = BackendUnavailableError(
+                f"kv {self.binding} get: memory backend failed: {type(exc).__name__}: {scrubbed(exc)}", backend="kv"
+            )
+            failure.__cause__ = scrubbed(exc)
+        else:
+            if breaker is not None:
+                breaker.success()
+            return value
+        raise failure  # outside the except block: no __context__ holding the original
 
     async def get_text(self, key: str) -> str | None:
         """Return the value of ``key`` decoded as UTF-8, or ``None``."""

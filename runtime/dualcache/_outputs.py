@@ -20,19 +20,21 @@ from typing import Any, Literal, Self, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dualcache._exceptions import ConfigError
+from dualcache._names import GATEWAY_APIS, GATEWAY_ID_PATTERN, GatewayApi, is_valid_worker_name
 from dualcache._policy import Namespace, Policies
-from dualcache._stackconfig import GATEWAY_ID_PATTERN, is_valid_worker_name
 from dualcache._untrusted import one_line, parse_json, quote, read_json_file, redact_url
 
 __all__ = [
     "API_HOSTS",
     "DEFAULT_API_BASE_URL",
     "DEFAULT_GATEWAY_BASE_URL",
+    "GATEWAY_APIS",
     "GATEWAY_HOSTS",
     "OUTPUTS_ENV_VAR",
     "OUTPUTS_MAX_BYTES",
     "OUTPUT_NAME",
     "TRUSTED_HOSTS_ENV_VAR",
+    "GatewayApi",
     "StackOutputs",
     "check_base_url",
     "is_loopback_host",
@@ -170,6 +172,9 @@ class StackOutputs(BaseModel):
             trailing slash; ``None`` when the stack has none (the runtime then uses the REST API).
         data_plane_worker_name: The data-plane Worker's script name, or ``None``.
         policies: The per-operation cache policies of this stack.
+        gateway_api: Which URL shape the runtime reaches the gateway by: ``"legacy"`` (the default:
+            ``{gateway_base_url}/{account}/{gateway}/...``) or ``"rest"`` (``{api_base_url}/accounts/{account}/ai/...``
+            with ``cf-aig-gateway-id: {gateway_id}``). From the stack's ``gateway.api``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -187,6 +192,7 @@ class StackOutputs(BaseModel):
     data_plane_url: str | None = None
     data_plane_worker_name: str | None = None
     policies: Policies = Policies()
+    gateway_api: GatewayApi = "legacy"
 
     @field_validator("stack")
     @classmethod

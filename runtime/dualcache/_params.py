@@ -23,7 +23,7 @@ from typing import Any
 
 from dualcache._exceptions import InvalidInputError
 
-__all__ = ["SAMPLING_RANGES", "JSON_MAX_DEPTH", "ParamRange", "check_json_content", "check_sampling"]
+__all__ = ["SAMPLING_RANGES", "JSON_MAX_DEPTH", "ParamRange", "check_json_content", "check_sampling", "is_json_safe"]
 
 JSON_MAX_DEPTH = 64
 """Deepest nesting accepted in a request body (messages, parameters); far above any chat message's."""
@@ -135,7 +135,9 @@ def check_json_content(value: Any, name: str) -> None:
         InvalidInputError: a lone surrogate, NaN or Infinity, a non-string key, a value of another type,
             or nesting deeper than the limit; the message names the path.
     """
-    stack: list[tuple[Any, str, int]] = [(value, name, 0)]
+    if is_json_safe(value):
+        return  # the common case, on every call and every cache hit: no path strings built
+    stack: list[tuple[Any, str, int]] = [(value, name, 0)]  # something is wrong: find it, with its path
     while stack:
         item, path, depth = stack.pop()
         if depth > JSON_MAX_DEPTH:
@@ -157,6 +159,48 @@ def check_json_content(value: Any, name: str) -> None:
             stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
         else:
             raise InvalidInputError(f"{path}: a {type(item).__name__} is not JSON (send str, number, list or dict)")
+
+
+def is_json_safe(value: Any) -> bool:
+    """Whether ``value`` is made of exact JSON types only (dict with str keys, list, tuple, str, int, float, bool,
+    None), every string UTF-8, every float finite, at most :data:`JSON_MAX_DEPTH` deep: then
+    :func:`check_json_content` accepts it and ``json.dumps`` cannot fail on it (no cycle: the depth is bounded).
+    ``False`` says nothing: ask :func:`check_json_content` (subclasses and other mappings may still do)."""
+    return _json_safe(value, 0)
+
+
+def _json_safe(value: Any, depth: int) -> bool:
+    """Whether :func:`check_json_content` accepts ``value``, for exact JSON types (recursion bounded by the depth
+    limit). ``False`` means: walk again with paths, to raise the error or to accept what only the general walk
+    knows (subclasses, other mappings)."""
+    if depth > JSON_MAX_DEPTH:
+        return False
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or _encodes(value)
+    if value is None or kind is bool or kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        for key, sub in value.items():
+            if type(key) is not str or not (key.isascii() or _encodes(key)) or not _json_safe(sub, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for sub in value:
+            if not _json_safe(sub, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_str(text: str, path: str) -> None:

@@ -344,6 +344,10 @@ class Policies(BaseModel):
             InvalidInputError: ``operation`` is not a valid name, or names no operation of these policies
                 (the message lists those that exist).
         """
+        if type(operation) is Operation:  # already validated: a built-in one is a field (every call asks)
+            found: OperationPolicy | None = self.__dict__.get(operation)
+            if found is not None:
+                return found
         op = Operation.parse(operation)
         if op.builtin:
             builtin: OperationPolicy = getattr(self, op.value)
@@ -486,11 +490,14 @@ def _custom_name_problem(name: str) -> str | None:
     return None
 
 
-_BOOL = TypeAdapter(bool)
+_BOOL: TypeAdapter[bool] | None = None  # built on first use: only overrides need it, not every import
 
 
 def _lax_bool(value: Any) -> bool | None:
     """``value`` read as pydantic reads a bool (``"false"`` from ``pulumi config set --path`` too); None if not one."""
+    global _BOOL
+    if _BOOL is None:
+        _BOOL = TypeAdapter(bool)
     try:
         return _BOOL.validate_python(value)
     except ValidationError:

@@ -301,6 +301,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Built once, as json.loads builds its own default decoder once: with hooks, json.loads would build a decoder
+# (and its scanner) per call, a third of a small record's decode.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _ONE_KIND = str.maketrans("{}", "[]")
@@ -337,9 +342,7 @@ def _loads(raw: bytes | str, *, strict_numbers: bool) -> Any:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         if not _nesting_within(text, RECORD_MAX_DEPTH):
             return None
-        if strict_numbers:
-            return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        return json.loads(text, parse_constant=_reject_constant)
+        return (_STRICT_DECODER if strict_numbers else _DECODER).decode(text)
     except (ValueError, UnicodeError, RecursionError, _Rejected):
         # ValueError covers JSONDecodeError and ints past sys.get_int_max_str_digits; RecursionError is
         # a belt over the depth scan above.

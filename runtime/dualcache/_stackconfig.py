@@ -32,6 +32,14 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from dualcache._exceptions import ConfigError
+from dualcache._names import (
+    GATEWAY_APIS,
+    GATEWAY_ID_PATTERN,
+    WORKER_NAME_RE,
+    GatewayApi,
+    is_valid_gateway_id,
+    is_valid_worker_name,
+)
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL, Namespace, OperationPolicy, Policies
 from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yaml_file
 
@@ -40,6 +48,7 @@ __all__ = [
     "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
     "DEFAULT_GATEWAY_ID",
+    "GATEWAY_APIS",
     "GATEWAY_ID_PATTERN",
     "PULUMI_ENGINE_KEYS",
     "PLACEHOLDER_ACCOUNT_ID",
@@ -48,6 +57,8 @@ __all__ = [
     "STACK_FILE_MAX_BYTES",
     "CustomDomainSettings",
     "DataPlaneSettings",
+    "GatewayApi",
+    "GatewayRetrySettings",
     "GatewaySettings",
     "NamespaceSettings",
     "RateLimitSettings",
@@ -95,14 +106,9 @@ DEFAULT_GATEWAY_ID = "default"
 with caching off): a stack may use it only with ``gateway.allowDefaultId: true``."""
 
 _HEX32 = r"^[0-9a-f]{32}$"
-# Script names: the API schema's pattern `^[a-z0-9_][a-z0-9-_]*$` (workers_script_name), and at most
-# 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
-_WORKER_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
-# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
-# create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
-GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
-"""The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""
-_GATEWAY_ID_RE = re.compile(GATEWAY_ID_PATTERN)
+# Worker names and gateway ids: Cloudflare's rules live in dualcache._names (no pydantic, no YAML), which the
+# outputs contract shares; re-exported here.
+_WORKER_NAME = WORKER_NAME_RE
 _GATEWAY_ID_RULE = (
     f"1..64 characters matching {GATEWAY_ID_PATTERN} (lowercase letters, digits and '_', single '-' between)"
 )
@@ -126,16 +132,6 @@ _POLICY_NUMBER_FIELDS = frozenset(
     for name, field in OperationPolicy.model_fields.items()
     if field.annotation in (int, float) or {int, float} & set(typing.get_args(field.annotation))
 )
-
-
-def is_valid_gateway_id(value: str) -> bool:
-    """Whether ``value`` is an id Cloudflare accepts for an AI Gateway (:data:`GATEWAY_ID_PATTERN`, 1..64)."""
-    return 1 <= len(value) <= 64 and _GATEWAY_ID_RE.match(value) is not None
-
-
-def is_valid_worker_name(value: str) -> bool:
-    """Whether ``value`` is a Workers script name: 1..63 of ``a-z0-9_-``, not starting or ending with ``-``."""
-    return isinstance(value, str) and _WORKER_NAME.match(value) is not None and not value.endswith("-")
 
 
 def _check_worker_name(value: str | None) -> str | None:
@@ -220,12 +216,33 @@ class RateLimitSettings(_Settings):
         return self.limit > 0 and self.interval > 0
 
 
+class GatewayRetrySettings(_Settings):
+    """The gateway's own retry defaults (``cloudflare.AiGateway`` ``retry_max_attempts`` / ``retry_delay`` /
+    ``retry_backoff``), for requests that do not say otherwise.
+
+    dualcache's runtime sends ``cf-aig-max-attempts`` and the other retry headers on every request, which
+    override these; they are declared so the gateway's behaviour for every other caller (the API Worker) is
+    in the stack file, not in dashboard state. The default is one attempt (no gateway retries): a caller that
+    retries on its own and sends no headers then never has its retries multiplied by the gateway's. (The
+    provider's schema calls the field "maximum number of retry attempts (1-5)"; its minimum of 1 reads as
+    attempts, the first included, since 0 retries could not be declared otherwise.) Bounds: attempts 1..5,
+    delay in milliseconds 0..5000 (the provider takes 0..60000, the docs say "maximum of 5 seconds").
+    """
+
+    max_attempts: StrictInt = Field(default=1, ge=1, le=5)
+    delay: StrictInt = Field(default=500, ge=0, le=5_000)
+    backoff: Literal["constant", "linear", "exponential"] = "constant"
+
+
 class GatewaySettings(_Settings):
-    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments)."""
+    """Settings of the stack's AI Gateway (``cloudflare.AiGateway`` arguments), and the URL shape (``api``)
+    the runtime reaches it by (exported in the stack output as ``gateway_api``)."""
 
     id: str | None = None
     allow_default_id: StrictBool = False
     """Set (``allowDefaultId: true``) to let ``id`` be ``default``, the gateway Cloudflare auto-creates."""
+    api: GatewayApi = "legacy"
+    retry: GatewayRetrySettings = GatewayRetrySettings()
     cache_ttl: StrictInt = 0
     cache_invalidate_on_update: StrictBool = True
     collect_logs: StrictBool = True

@@ -113,7 +113,7 @@ class Stats:
     """
 
     def __init__(self, prices: PriceTable | None = None, policies: Policies | None = None) -> None:
-        self.prices = prices or PriceTable()
+        self.prices = prices or PriceTable()  # the setter below: it also empties the price memo
         self._policies = policies or Policies()
         self._counts: dict[str, dict[str, int]] = {}
         self._cost: dict[str, float] = {}
@@ -125,6 +125,24 @@ class Stats:
         total = sum(c["requests"] for c in self._counts.values())
         return f"Stats(requests={total})"
 
+    @property
+    def prices(self) -> PriceTable:
+        """The price table; a new one prices the requests counted from then on."""
+        return self._prices
+
+    @prices.setter
+    def prices(self, table: PriceTable) -> None:
+        self._prices = table
+        # Price of one request per operation name (0.0 for an unknown price, which is never summed into a
+        # figure anyway): a PriceTable is frozen, so its answers only change with the table itself.
+        self._price_of: dict[str, float] = {}
+
+    def _price(self, name: str) -> float:
+        price = self._price_of.get(name)
+        if price is None:
+            price = self._price_of[name] = self._prices.price(name) or 0.0
+        return price
+
     def _row(self, operation: Operation | str) -> dict[str, int]:
         name = str(operation)
         counts = self._counts.get(name)
@@ -135,16 +153,18 @@ class Stats:
 
     def record(self, operation: Operation | str, outcome: Outcome, n: int = 1) -> None:
         """Count ``n`` requests of ``operation`` that ended in ``outcome``."""
-        counts = self._row(operation)
-        name = str(operation)
+        # Once a row exists, everything here is a dict lookup: this runs on every hit. An Operation is a str, so
+        # it finds its row (and its price) by name without being converted.
+        counts = self._counts.get(operation)
+        if counts is None:
+            counts = self._row(operation)
         counts["requests"] += n
-        counts[outcome.value] += n
-        price = (self.prices.price(name) or 0.0) * n  # an unknown price is reported as unknown, not summed
+        counts[outcome._value_] += n  # the member's value, without the enum's value property
         match outcome:
-            case Outcome.PROVIDER:
-                self._cost[name] += price
             case Outcome.KV_HIT | Outcome.COALESCED | Outcome.GATEWAY_HIT:
-                self._saved[name] += price
+                self._saved[operation] += self._price(operation) * n  # an unknown price counts 0, shown unknown
+            case Outcome.PROVIDER:
+                self._cost[operation] += self._price(operation) * n
             case Outcome.FAILED:
                 pass
             case _ as unreachable:

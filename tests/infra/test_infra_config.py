@@ -86,7 +86,7 @@ _ADOPT = "jobmatch-ai:namespaces"
         pytest.param(
             {"jobmatch-ai:gateway": {"cacheTTL": 60}},
             r"jobmatch-ai:gateway\.cacheTTL = 60: unknown key; did you mean 'jobmatch-ai:gateway\.cacheTtl'\? "
-            r"Valid keys of jobmatch-ai:gateway: allowDefaultId, authentication, cacheInvalidateOnUpdate, cacheTtl, ",
+            r"Valid keys of jobmatch-ai:gateway: allowDefaultId, api, authentication, cacheInvalidateOnUpdate, ",
             id="unknown-nested-key",
         ),
         pytest.param(

@@ -36,6 +36,9 @@ def test_program_declares_one_gateway_with_the_stacks_settings(plans: dict[str, 
         "rateLimitingLimit": s.rate_limiting.limit,
         "rateLimitingInterval": s.rate_limiting.interval,
         "rateLimitingTechnique": s.rate_limiting.technique,
+        "retryMaxAttempts": s.retry.max_attempts,
+        "retryDelay": s.retry.delay,
+        "retryBackoff": s.retry.backoff,
     }
     if s.log_management is not None:
         expected |= {"logManagement": s.log_management, "logManagementStrategy": s.log_management_strategy}

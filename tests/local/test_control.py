@@ -19,7 +19,7 @@ BGE = "workers-ai/@cf/baai/bge-base-en-v1.5"
 def test_control_stats_have_the_documented_keys(emu: Emulator) -> None:
     stats = emu.control.stats()
     assert set(stats["kv"]) == {"get", "get_metadata", "put", "delete", "list", "bulk_get", "bulk_write", "bulk_delete"}
-    assert set(stats["gateway"]) == {"hits", "misses", "skips", "rate_limited", "refused"}
+    assert set(stats["gateway"]) == {"hits", "misses", "skips", "rate_limited", "refused", "retries"}
     assert stats["upstream"] == {} and stats["direct"] == {}
     assert stats["requests"] == 0
 

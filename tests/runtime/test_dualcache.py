@@ -71,7 +71,12 @@ class Env:
             transport=httpx.MockTransport(self.cloud),
             clock=clock,
             sleep=sleep,
-            retry=kwargs.pop("retry", RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=5.0, total_timeout=30.0)),
+            # owner="client": FakeCloud's gateway does not retry (cf-aig-max-attempts), so the client's retries
+            # on the gateway route are what these tests look at (the gateway-owned default: test_gateway_retries).
+            retry=kwargs.pop(
+                "retry",
+                RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=5.0, total_timeout=30.0, owner="client"),
+            ),
             openai_base_url="https://openai.test/v1",
             **kwargs,
         )
@@ -379,7 +384,7 @@ async def test_gateway_failure_without_direct_fallback_raises(clock: FakeClock) 
 
 
 async def test_retries_are_bounded_in_time_before_attempts(clock: FakeClock) -> None:
-    retry = RetryPolicy(max_attempts=10, base_delay=0.02, max_delay=0.05, total_timeout=0.15)
+    retry = RetryPolicy(max_attempts=10, base_delay=0.02, max_delay=0.05, total_timeout=0.15, owner="client")
     e = Env(clock, retry=retry, real_sleep=True)
     e.cloud.always_fail = {"gateway": 503, "direct": 503}
     async with e.cache:
@@ -394,7 +399,9 @@ async def test_retries_are_bounded_in_time_before_attempts(clock: FakeClock) -> 
 
 
 async def test_retries_are_bounded_in_attempts(clock: FakeClock) -> None:
-    e = Env(clock, retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=1.0, total_timeout=100.0))
+    e = Env(
+        clock, retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=1.0, total_timeout=100.0, owner="client")
+    )
     e.cloud.always_fail = {"gateway": 502, "direct": 502}
     async with e.cache:
         with pytest.raises(BackendUnavailableError):

@@ -198,3 +198,36 @@ def test_gateway_cache_key_includes_the_version_only_when_set() -> None:
     plain = gateway_cache_key("spam_detection", "workers-ai", "m", body)
     assert gateway_cache_key("spam_detection", "workers-ai", "m", body, version=None) == plain
     assert gateway_cache_key("spam_detection", "workers-ai", "m", body, version="2") != plain
+
+
+def test_embed_key_remembers_hashes_within_its_character_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dualcache._keys as keys
+
+    monkeypatch.setattr(keys, "TEXT_HASH_MEMO_CHARS", 100)  # a small bound, to see the oldest leave
+    monkeypatch.setattr(keys, "_text_hashes", {})
+    monkeypatch.setattr(keys, "_text_hash_chars", 0)
+    texts = [f"text {i:05d}" for i in range(30)]  # 10 characters each
+    for text in texts:
+        assert embed_key(text) == "embed:" + hashlib.sha256(text.encode()).hexdigest()
+    assert list(keys._text_hashes) == texts[-10:] and keys._text_hash_chars == 100
+    long = "y" * (keys._TEXT_HASH_MEMO_MAX_TEXT + 1)  # too long to remember: hashed every time
+    assert embed_key(long, "f" * 16) == f"embed:%s{'f' * 16}:" + hashlib.sha256(long.encode()).hexdigest()
+    assert long not in keys._text_hashes
+
+    class Odd(str):
+        def __eq__(self, other: object) -> bool:  # equal to everything: must never be served another's hash
+            return True
+
+        __hash__ = str.__hash__
+
+    assert embed_key(Odd("other")) == "embed:" + hashlib.sha256(b"other").hexdigest()
+
+
+@given(st.text(max_size=40))
+def test_escape_part_leaves_exactly_the_safe_characters(value: str) -> None:
+    from dualcache._keys import _SAFE
+
+    if all(c in _SAFE for c in value) and len(value) <= MAX_PART_BYTES:
+        assert escape_part(value) == value
+    elif len(value) <= MAX_PART_BYTES // 12:  # short enough that even fully escaped it is not hashed
+        assert escape_part(value) != value

@@ -279,3 +279,42 @@ async def test_kvstore_concurrent_gets_coalesce_into_bulk_gets_with_the_same_ans
     assert after["coalesced"] - counts["coalesced"] >= 200
     assert sent <= 1 + 3 + 14
     assert after["in_flight"] == 0
+
+
+async def test_kvstore_memory_read_counts_and_obeys_its_breaker() -> None:
+    # The memory backend is read at once (no coroutine, no timer): still counted, and still behind the breaker.
+    from dualcache import BreakerPolicy, BreakerState, CircuitBreaker, SkippedError
+
+    now = [0.0]
+    breaker = CircuitBreaker("kv T", BreakerPolicy(failures=1, cooldown=30.0), clock=lambda: now[0])
+    store = KVStore(MemoryKVBackend(), binding="T", breaker=breaker)
+    await store.put("k", b"v")
+    assert (await store.get("k"), await store.get("absent")) == (b"v", None)
+    assert store.counts["get"] == 2
+    breaker.failure()  # one failure opens this breaker
+    with pytest.raises(SkippedError, match="kv T get: circuit open"):
+        await store.get("k")
+    assert (store.counts["get"], store.counts["skipped"], store.counts["errors"]) == (3, 1, 0)
+    now[0] = 31.0  # the cool-down is over: the probe read goes through and closes the breaker
+    assert await store.get("k") == b"v"
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_kvstore_memory_read_failure_is_a_counted_backend_error() -> None:
+    # Only an injected clock can fail a memory read: mapped like any foreign failure, never raised as itself.
+    fail = [False]
+
+    def clock() -> float:
+        if fail[0]:
+            raise OSError("clock unavailable")
+        return 0.0
+
+    store = KVStore(MemoryKVBackend(clock=clock), binding="T")
+    await store.put("k", b"v", ttl=60)
+    fail[0] = True
+    with pytest.raises(BackendUnavailableError, match="kv T get: memory backend failed: OSError") as caught:
+        await store.get("k")
+    assert caught.value.__context__ is None
+    assert store.counts["errors"] == 1
+    fail[0] = False
+    assert await store.get("k") == b"v"

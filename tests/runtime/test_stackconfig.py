@@ -466,8 +466,8 @@ def test_load_stack_config_caps_the_list_of_problems(tmp_path: Path) -> None:
             {"gateway": {"cacheTTL": 60}},
             "jobmatch-ai:gateway.cacheTTL = 60",
             "jobmatch-ai:gateway.cacheTtl",
-            "allowDefaultId, authentication, cacheInvalidateOnUpdate, cacheTtl, collectLogs, id, logManagement, "
-            "logManagementStrategy, rateLimiting",
+            "allowDefaultId, api, authentication, cacheInvalidateOnUpdate, cacheTtl, collectLogs, id, logManagement, "
+            "logManagementStrategy, rateLimiting, retry",
             id="gateway",
         ),
         pytest.param(

@@ -39,3 +39,17 @@ def test_stats_served_without_provider_counts_hits_and_coalesced_and_unknown_pri
     assert list(stats.snapshot())[-2:] == ["rank_jobs", "not_declared"]
     stats.reset()
     assert list(stats.snapshot())[-1] == "rank_jobs"
+
+
+def test_stats_record_prices_with_the_table_in_place_when_counted() -> None:
+    from dualcache import Outcome, PriceTable
+
+    stats = Stats(PriceTable(embeddings=0.5))
+    stats.record(Operation.EMBEDDINGS, Outcome.KV_HIT, 2)
+    stats.record("embeddings", Outcome.PROVIDER)  # a plain name counts in the same row
+    stats.prices = PriceTable(embeddings=2.0)  # prices the requests counted from now on
+    stats.record(Operation.EMBEDDINGS, Outcome.COALESCED)
+    snap = stats.snapshot()["embeddings"]
+    assert (snap["requests"], snap["kv_hits"], snap["provider_calls"], snap["coalesced"]) == (4, 2, 1, 1)
+    assert (snap["cost"], snap["saved"]) == (0.5, 3.0)
+    assert list(stats.snapshot()).count("embeddings") == 1

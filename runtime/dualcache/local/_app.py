@@ -8,7 +8,8 @@ Routing works on the raw (still percent-encoded) path, so a KV key holding ``/``
 
 One module per API: :mod:`._kv_api` (Workers KV REST), :mod:`._gateway_api` (AI Gateway management),
 :mod:`._model_api` (Workers AI ``/ai/run`` and the providers behind the gateway), :mod:`._proxy` (the gateway
-proxy), :mod:`._data_plane` (the data-plane Worker) and :mod:`._control` (``/__emulator``); shared pieces are in
+proxy), :mod:`._ai_rest` (the AI REST API through a gateway, and the gateway's retries), :mod:`._data_plane` (the
+data-plane Worker) and :mod:`._control` (``/__emulator``); shared pieces are in
 :mod:`._common` and :mod:`._state`. This module routes a request to them.
 """
 
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dualcache.local._ai_rest import _AiRest
 from dualcache.local._common import CODE_ROUTE, DATA_PLANE_PATH, HTTPError, _raw_segments, cf_error, envelope
 from dualcache.local._control import _refuse_cross_site, control
 from dualcache.local._data_plane import _DataPlaneAPI
@@ -52,9 +54,18 @@ class _Handler:
         self.models = _Models(state)
         self.data_plane = _DataPlaneAPI(state)
         self.gateway_proxy = _Proxy(state, self.models)
+        self.ai_rest = _AiRest(state, self.models, self.gateway_proxy)
         # The /client/v4/accounts/{id}/... APIs, asked in order; the first answer that is not None is served.
         self.logs = LogsAPI(state)
-        self.api_routes: list[ApiRoute] = [self.kv.route, self.logs.route, self.gateways.route, self.models.route]
+        # ai_rest (the AI REST API through a gateway) before models: /ai/run/{model} with cf-aig-gateway-id is
+        # a gateway request, without it the direct Workers AI route.
+        self.api_routes: list[ApiRoute] = [
+            self.kv.route,
+            self.logs.route,
+            self.gateways.route,
+            self.ai_rest.route,
+            self.models.route,
+        ]
 
     async def __call__(self, request: Request) -> Response:
         if not self.state.host_allowed(request.headers.get("host")):

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dualcache._policy import GATEWAY_MAX_TTL, GATEWAY_MIN_TTL
+from dualcache.local._ai_rest import gateway_invoke
 from dualcache.local._common import (
     CODE_BAD_REQUEST,
     CODE_GATEWAY_AUTH,
@@ -147,7 +148,7 @@ class _Proxy:
                 )
                 return self.models.reply_response(reply, headers)
         state.count("gateway", "skips" if skip else "misses")
-        reply = await self.models.invoke(provider, model, data, request, path=rest)
+        reply = await gateway_invoke(self.models, gateway, provider, model, data, request, path=rest)
         if cacheable and reply.status == 200:
             state.store.cache_put(
                 account_id,

@@ -151,6 +151,9 @@ def gateway_settings(config: StackConfig) -> dict[str, Any]:
         "rate_limiting_limit": gw.rate_limiting.limit,
         "rate_limiting_technique": gw.rate_limiting.technique,
         "authentication": gw.authentication,
+        "retry_max_attempts": gw.retry.max_attempts,
+        "retry_delay": gw.retry.delay,
+        "retry_backoff": gw.retry.backoff,
     }
     if gw.log_management is not None:
         settings["log_management"] = gw.log_management
@@ -205,6 +208,7 @@ def stack_outputs(config: StackConfig, base_url: str) -> StackOutputs:
         "data_plane_url": f"{base}/{DATA_PLANE_PATH}",
         "data_plane_worker_name": data_plane_worker_name(config),
         "policies": config.policies,
+        "gateway_api": config.gateway.api,
     }
     return StackOutputs.from_data(data, source="the emulator's outputs", trusted_hosts=[f"http://{host}"])
 

@@ -152,7 +152,7 @@ def _empty_stats() -> dict[str, Any]:
         "kv": dict.fromkeys(KV_OPERATIONS, 0),
         # KV operations through the data plane (the Worker's API), its refused requests and health checks.
         "data_plane": {**dict.fromkeys(KV_OPERATIONS, 0), "unauthorized": 0, "health": 0},
-        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused"), 0),
+        "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused", "retries"), 0),
         "upstream": Counter(),
         "direct": Counter(),
         "faults": dict.fromkeys(FAULT_TARGETS, 0),
