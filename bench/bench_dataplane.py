@@ -3,7 +3,7 @@
     PYTHONPATH=runtime:. .venv/bin/python bench/bench_dataplane.py [--scale 1.0] [--callers 1,10,100,1000]
         [--hits 2000] [--samples 1000] [--no-workerd]
 
-A script, not a test: it prints figures and asserts none. Prints (issue 8, "Measure"):
+A script, not a test: it prints figures and asserts none. Prints:
 
 1. Cloudflare API requests per 1,000 demo requests with KV over the REST API and over the data plane (goal
    0), and data-plane requests per 1,000: the demo's own workload (``dualcache demo``) replayed both ways by

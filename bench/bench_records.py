@@ -4,8 +4,8 @@
 
 Prints:
 1. bytes per stored 768-d embedding: raw float32, the compact record (v2, base64 float32; also f16),
-   and the seed's JSON list of floats (goal: compact <= 1.5x raw);
-2. decode µs per hit: ``judge_embedding_record`` of a seed record vs a compact one (best of N);
+   and the version 1 JSON list of floats (goal: compact <= 1.5x raw);
+2. decode µs per hit: ``judge_embedding_record`` of a version 1 record vs a compact one (best of N);
 3. in-process ``embed`` hits per second and µs per hit on the memory backend at 100, 1,000 and 10,000
    hot keys (each key read in turn, round robin, so the working set is the key count), for both
    formats, with the memo as it was (256 entries), with the default byte budget, and off.
@@ -82,7 +82,7 @@ def sizes(rng: random.Random) -> None:
             "compact v2, f16 (base64)",
             len(encode_json_record(build_embedding_record(text, vector, MODEL, 0, dtype=VectorDtype.F16))),
         ),
-        ("seed JSON list of floats", len(encode_json_record(build_seed_embedding_record(text, vector, MODEL, 0)))),
+        ("v1 JSON list of floats", len(encode_json_record(build_seed_embedding_record(text, vector, MODEL, 0)))),
     ]
     _row("", "bytes", "x raw float32")
     for label, size in rows:
@@ -96,7 +96,7 @@ def decode(rng: random.Random, repeat: int) -> None:
     print("   and a decode-memo hit (DualCache._judge_embedding on unchanged bytes: compare, copy the list)")
     vector, text = _vector(rng), _text(0)
     records = {
-        "seed JSON list": encode_json_record(build_seed_embedding_record(text, vector, MODEL, 0)),
+        "v1 JSON list": encode_json_record(build_seed_embedding_record(text, vector, MODEL, 0)),
         "compact v2 f32": encode_json_record(build_embedding_record(text, vector, MODEL, 0)),
         "compact v2 f16": encode_json_record(build_embedding_record(text, vector, MODEL, 0, dtype=VectorDtype.F16)),
     }
@@ -163,14 +163,14 @@ async def memo_table(passes: int, rng: random.Random) -> None:
     ]
     sizes_ = (100, 1_000, 10_000)
     _row("format / memo", *(f"N={n:,}" for n in sizes_))
-    for fmt in ("seed", "compact"):
+    for fmt in ("v1", "compact"):
         for label, memo in configs:
             cells = []
             for n in sizes_:
                 per_hit = await _hits(n, fmt, memo, passes, vectors)
                 cells.append(f"{per_hit * 1e6:.1f} | {1 / per_hit / 1000:.1f}k")
             _row(f"{fmt}: {label}", *cells)
-    print("  (the default budget keeps about 2,300 compact 768-d records, ~29 KB an entry; ~1,600 seed records)")
+    print("  (the default budget keeps about 2,300 compact 768-d records, ~29 KB an entry; ~1,600 version 1 records)")
     print()
 
 

@@ -4,14 +4,14 @@
 
 KV goes through the emulator's data plane, as in production. Prints:
 1. HTTP round trips and texts sent upstream for ``embed_many`` of 100 texts with 50 cached (and of the
-   102-text batch with two duplicates the issue measured LiteLLM with);
+   102-text batch with two duplicates that LiteLLM was measured with);
 2. upstream calls for 50 concurrent identical misses, single-flight on and off;
 3. the in-process hit on the memory backend, CPU µs per sequential hit of a warm key (goal <= 15 µs):
    ``embed``, ``analyze_job``, ``detect_spam``, next to the memory backend's own ``get`` and a dict lookup; with
    ``--compare``, the same figures of another tree (its ``runtime/`` folder, run in a fresh interpreter) in a
    column beside them. ``--hits-only`` prints this section alone (no emulator).
 
-The peer figures printed for comparison are the issue's measurements of LiteLLM 1.110.2 (in-memory cache).
+The peer figures printed for comparison are earlier measurements of LiteLLM 1.110.2 (in-memory cache).
 Hits at N callers and the hit against a raw GET are measured by bench/bench_scale.py and
 bench/bench_dataplane.py.
 """

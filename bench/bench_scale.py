@@ -3,7 +3,7 @@
     PYTHONPATH=runtime:. .venv/bin/python bench/bench_scale.py [--callers 1,10,100,1000] [--hits 2000]
         [--memory-hits 20000] [--keys 1000] [--samples 1000] [--no-workerd] [--no-litellm]
 
-Prints (issue 13, "Measure"), for the ``dualcache`` it imported (run it once per tree to compare trees):
+Prints, for the ``dualcache`` it imported (run it once per tree to compare trees):
 
 1. Hits per second and p50/p99 latency at 1, 10, 100 and 1,000 concurrent callers, with the provider calls
    made at each N (goal 0: every key is cached): on the memory backend (in process) and over HTTP through the

@@ -94,9 +94,9 @@ EXIT_CHANGES: Final = 2
 _CLOUDFLARE_TYPES = "cloudflare:"
 REPLACE_ON_CHANGE: Final[Mapping[str, frozenset[str]]] = {
     # `account_id` carries `RequiresReplace` on every account-scoped resource of the Terraform provider
-    # (cloudflare-facts §4.2; TF schema.go of ai_gateway, workers_kv_namespace, workers_script).
+    # (TF schema.go of ai_gateway, workers_kv_namespace, workers_script).
     "*": frozenset({"account_id"}),
-    # TF `id` (Pulumi `ai_gateway_id`) is replace-on-change (cloudflare-facts §4.2).
+    # TF `id` (Pulumi `ai_gateway_id`) is replace-on-change (TF schema.go of ai_gateway).
     "cloudflare:index/aiGateway:AiGateway": frozenset({"account_id", "ai_gateway_id"}),
     # TF schema.go of workers_script: `script_name` has `RequiresReplace`.
     "cloudflare:index/workersScript:WorkersScript": frozenset({"account_id", "script_name"}),
@@ -120,7 +120,7 @@ packages) are never replaced by an input change, so nothing applies to them. Nam
 """
 
 MAY_REPLACE_ON_CHANGE: Final[Mapping[str, frozenset[str]]] = {
-    # cloudflare-facts §4.3: newer wheels add `jurisdiction` ("creation-time only") and `mode` (KV
+    # pulumi-cloudflare's WorkersKvNamespace: newer wheels add `jurisdiction` ("creation-time only") and `mode` (KV
     # Instant). The TF schema read (a96c5fa) predates both, so their plan modifiers are unknown: a change
     # may be a replacement or a rejected update. The diff says "may force replacement" rather than guess.
     "cloudflare:index/workersKvNamespace:WorkersKvNamespace": frozenset({"jurisdiction", "mode"}),

@@ -65,7 +65,7 @@ def test_exported_members_include_the_kv_client_surface() -> None:
 
 
 def test_exported_members_include_the_answer_schemas() -> None:
-    # Model output is validated against these (issue 14): a custom operation registers its own schema.
+    # Model output is validated against these: a custom operation registers its own schema.
     for name in ("AnswerSchemas", "JobAnalysisAnswer", "SpamVerdictAnswer"):
         assert name in dualcache.__all__, name
 
@@ -84,3 +84,15 @@ def test_exported_members_include_the_observability_surface() -> None:
         assert name in dualcache.__all__, name
     for method in ("observe", "latency", "save", "snapshot"):
         assert callable(getattr(dualcache.Stats, method)), method
+
+
+def test_exported_members_include_the_user_limits_surface() -> None:
+    for name in ("UserLimits", "UserLimiter", "UserLimitExceededError"):
+        assert name in dualcache.__all__, name
+    assert issubclass(dualcache.UserLimitExceededError, dualcache.DualCacheError)
+
+
+def test_exported_members_include_the_pricing_surface() -> None:
+    for name in ("Prices", "TokenPrices", "Usage"):
+        assert name in dualcache.__all__, name
+    assert dualcache.TokenPrices.per_million(1.0).input == 1e-6

@@ -49,7 +49,8 @@ class DataPlaneWorkerArgs:
 
 
 def data_plane_bindings(args: DataPlaneWorkerArgs) -> list[cloudflare.WorkersScriptBindingArgs]:
-    """The Worker's bindings: the six namespaces, ``DUALCACHE_TOKEN``, and what ``GET /health`` reads.
+    """The Worker's bindings: the six namespaces, ``DUALCACHE_TOKEN``, what ``GET /health`` reads, and the
+    Workers Rate Limiting bindings of ``dataPlane.rateLimits`` (none unless the stack declares some).
 
     ``/health`` is the health Worker's (infra/worker/health.js): Workers AI as ``AI`` and the plain-text
     ``AI_GATEWAY_SLUG`` and ``CLOUDFLARE_ACCOUNT_ID``.
@@ -67,6 +68,17 @@ def data_plane_bindings(args: DataPlaneWorkerArgs) -> list[cloudflare.WorkersScr
     result.append(
         cloudflare.WorkersScriptBindingArgs(name="CLOUDFLARE_ACCOUNT_ID", type="plain_text", text=args.account_id)
     )
+    # Workers Rate Limiting bindings (`POST /ratelimit/{NAME}`), when the stack's dataPlane.rateLimits declares any:
+    # pulumi-cloudflare's binding type "ratelimit" with namespace_id and simple {limit, period} (period 10 or 60).
+    for name, limiter in args.settings.rate_limits.items():
+        result.append(
+            cloudflare.WorkersScriptBindingArgs(
+                name=name,
+                type="ratelimit",
+                namespace_id=limiter.namespace_id,
+                simple=cloudflare.WorkersScriptBindingSimpleArgs(limit=limiter.limit, period=limiter.period),
+            )
+        )
     return result
 
 
@@ -94,7 +106,7 @@ class DataPlaneWorker(pulumi.ComponentResource):
         super().__init__("dualcache:infra:DataPlaneWorker", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        # main_module makes the upload an ES module (cloudflare-facts §4.4), as for the API Worker.
+        # main_module makes the upload an ES module (pulumi-cloudflare's WorkersScript), as for the API Worker.
         self.script = cloudflare.WorkersScript(
             f"{name}-script",
             account_id=args.account_id,

@@ -50,7 +50,7 @@ class Gateway(pulumi.ComponentResource):
             cache_invalidate_on_update=s.cache_invalidate_on_update,
             collect_logs=s.collect_logs,
             authentication=s.authentication,
-            # 0 and 0 is "no limit" (the API accepts integers >= 0; cloudflare-facts §2.7).
+            # 0 and 0 is "no limit" (the gateway management API accepts integers >= 0).
             rate_limiting_limit=limit.limit,
             rate_limiting_interval=limit.interval,
             rate_limiting_technique=limit.technique,

@@ -37,7 +37,7 @@ class KvNamespaces(pulumi.ComponentResource):
     With ``namespaces.protect`` (prod) every namespace is ``protect=True`` and ``retain_on_delete=True``: a
     mistaken ``pulumi destroy`` fails, and removing one from the program only drops it from the state, so no
     data is lost. A namespace listed under ``namespaces.adopt`` is imported by id (``import_``,
-    ``<account_id>/<namespace_id>``, cloudflare-facts §4.3) instead of created.
+    ``<account_id>/<namespace_id>``, as pulumi-cloudflare's WorkersKvNamespace imports) instead of created.
 
     Attributes:
         namespaces: The ``cloudflare.WorkersKvNamespace`` of each binding.

@@ -86,7 +86,7 @@ class ApiWorker(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
         # main_module makes the upload an ES module; without it the code would go up as a service worker
-        # and `export default` would fail (cloudflare-facts §4.4).
+        # and `export default` would fail (pulumi-cloudflare's WorkersScript).
         self.script = cloudflare.WorkersScript(
             f"{name}-script",
             account_id=args.account_id,

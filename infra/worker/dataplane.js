@@ -44,6 +44,7 @@ const DP_CODES = {
   type: 10028,
   cursor: 10029,
   prefix: 10030,
+  ratelimiter: 10031,
 };
 
 class DataPlaneError extends Error {
@@ -491,6 +492,28 @@ function route(rest) {
   return fixed ? { table: fixed } : null;
 }
 
+// A Workers Rate Limiting binding's name: upper-case, as the stack config declares it, never a KV binding.
+const DP_RATE_LIMITER_NAME = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+function isRateLimiter(binding) {
+  return binding !== null && typeof binding === "object" && typeof binding.limit === "function";
+}
+
+// POST /ratelimit/{B} {"key": "..."}: one env[B].limit({key}); result {"success": bool}. The binding counts per
+// Cloudflare location and is eventually consistent (a permissive limiter), and says nothing of when it reopens.
+async function rateLimit(request, env, name) {
+  if (!DP_RATE_LIMITER_NAME.test(name) || KV_BINDINGS.includes(name) || !isRateLimiter(env[name])) {
+    throw new DataPlaneError(404, DP_CODES.ratelimiter, `rate limiter not found: ${name} is not a rate limiting binding of this Worker`);
+  }
+  const body = await readJson(request, 4096);
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new DataPlaneError(400, DP_CODES.invalid, 'the body must be {"key": "..."}', { field: "body" });
+  }
+  const key = checkKey(body.key);
+  const outcome = await env[name].limit({ key });
+  return Response.json(envelope({ success: outcome.success === true }));
+}
+
 async function handleDataPlane(request, env) {
   const url = new URL(request.url);
   if (url.pathname === "/health") return handleHealth(request, env);
@@ -499,6 +522,16 @@ async function handleDataPlane(request, env) {
     return unauthorized();
   }
   try {
+    const limiter = /^\/ratelimit\/([^/]+)$/.exec(url.pathname);
+    if (limiter) {
+      if (request.method !== "POST") {
+        const response = errorResponse(405, { code: DP_CODES.method, message: "use POST on this path" });
+        response.headers.set("allow", "POST");
+        await drain(request);
+        return response;
+      }
+      return await rateLimit(request, env, limiter[1]);
+    }
     const match = /^\/kv\/([^/]+)\/(.+)$/.exec(url.pathname);
     const found = match ? route(match[2]) : null;
     if (!found) {

@@ -2,6 +2,9 @@
 //
 //   DUALCACHE_TOKEN=... node infra/worker/dev.mjs      (no DUALCACHE_TOKEN: a Worker without the secret)
 //
+// DUALCACHE_RATE_LIMITS='{"USER_LIMITS": {"limit": 100, "period": 60}}' also binds those Workers Rate Limiting
+// bindings (miniflare's `ratelimits`; period 10 or 60), as the stack's dataPlane.rateLimits declares them.
+//
 // The module is health.js + "\n" + dataplane.js, exactly what the stack uploads. The six KV namespaces are
 // in memory. Prints the Worker's URL as its first stdout line, then answers commands read from stdin, one a
 // line, with one stdout line each:
@@ -28,6 +31,15 @@ export function dataPlaneModule() {
   return `${read("health.js")}\n${read("dataplane.js")}`;
 }
 
+// {"NAME": {"limit", "period"}} from DUALCACHE_RATE_LIMITS into miniflare's {"NAME": {"simple": {...}}}.
+function rateLimits() {
+  const raw = process.env.DUALCACHE_RATE_LIMITS;
+  if (!raw) return {};
+  return Object.fromEntries(
+    Object.entries(JSON.parse(raw)).map(([name, { limit, period }]) => [name, { simple: { limit, period } }]),
+  );
+}
+
 async function main() {
   _enableControlEndpoints();
   const token = process.env.DUALCACHE_TOKEN;
@@ -38,6 +50,7 @@ async function main() {
     modules: [{ type: "ESModule", path: join(HERE, "dataplane.js"), contents: dataPlaneModule() }],
     kvNamespaces: Object.fromEntries(BINDINGS.map((name) => [name, name])),
     bindings: token ? { DUALCACHE_TOKEN: token } : {},
+    ratelimits: rateLimits(),
     // No request log: it costs a round trip to Node per request, and its lines would name keys.
     logRequests: false,
   });

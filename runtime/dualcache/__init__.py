@@ -23,6 +23,7 @@ from dualcache._exceptions import (
     RateLimitedError,
     SkippedError,
     UsageError,
+    UserLimitExceededError,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers treat the name alike)
@@ -47,9 +48,11 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
         MemoryKVBackend,
         SQLiteKVBackend,
     )
+    from dualcache._limits import UserLimiter, UserLimits
     from dualcache._metrics import PrometheusCollector, register_metrics
     from dualcache._outputs import StackOutputs
     from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
+    from dualcache._pricing import Prices, TokenPrices, Usage
     from dualcache._stackconfig import StackConfig, load_stack_config
     from dualcache._stats import LatencyHistogram, Outcome, PriceTable, Stats
     from dualcache._writebehind import WriteBehindPolicy
@@ -84,6 +87,8 @@ _LAZY: dict[str, str] = {
     "SQLiteKVBackend": "dualcache._kv",
     "PrometheusCollector": "dualcache._metrics",
     "register_metrics": "dualcache._metrics",
+    "UserLimiter": "dualcache._limits",
+    "UserLimits": "dualcache._limits",
     "StackOutputs": "dualcache._outputs",
     "GatewayMode": "dualcache._policy",
     "Namespace": "dualcache._policy",
@@ -91,6 +96,9 @@ _LAZY: dict[str, str] = {
     "OperationPolicy": "dualcache._policy",
     "Policies": "dualcache._policy",
     "Scope": "dualcache._policy",
+    "Prices": "dualcache._pricing",
+    "TokenPrices": "dualcache._pricing",
+    "Usage": "dualcache._pricing",
     "StackConfig": "dualcache._stackconfig",
     "load_stack_config": "dualcache._stackconfig",
     "LatencyHistogram": "dualcache._stats",
@@ -152,6 +160,7 @@ __all__ = [
     "PoolLimits",
     "PriceTable",
     "PrometheusCollector",
+    "Prices",
     "RateLimitedError",
     "RequestBudget",
     "RetryPolicy",
@@ -163,8 +172,13 @@ __all__ = [
     "StackOutputs",
     "Stats",
     "Timeouts",
+    "TokenPrices",
     "UpstreamResult",
+    "Usage",
     "UsageError",
+    "UserLimitExceededError",
+    "UserLimiter",
+    "UserLimits",
     "WriteBehindPolicy",
     "__version__",
     "load_stack_config",

@@ -1,4 +1,4 @@
-"""Checks of what models answer, before an answer is returned or cached (issue 14 item 3).
+"""Checks of what models answer, before an answer is returned or cached.
 
 * Vectors: :func:`check_vectors` wants one vector per input, each of the model's dimension
   (:func:`~dualcache._records.expected_dimensions`, when the model is in the table) and only finite numbers
@@ -14,7 +14,7 @@
 
 A bad answer raises :class:`~dualcache.BadResponseError`. What follows is the policy's: an answer from the
 gateway route is tried once more on the direct route when the policy allows it (the gateway may have cached
-the bad answer, so asking it again would give the same), job analysis falls back to OpenAI as the seed's
+the bad answer, so asking it again would give the same), job analysis falls back to OpenAI as the existing
 hybrid does, and otherwise the call fails; the bad answer is counted in ``errors`` and never cached. A stored
 record that fails the same checks is a miss, overwritten by the fresh answer.
 """
@@ -100,7 +100,7 @@ _Score = Field(default=None, ge=0, le=100, strict=True)
 class JobAnalysisAnswer(BaseModel):
     """A job compatibility analysis: a score, and what the prompt asked for besides.
 
-    The seed's analyses are ``{analysis: {...}, overallScore: 85}``; the README's prompt asks for ``score``,
+    The existing Worker's analyses are ``{analysis: {...}, overallScore: 85}``; the README's prompt asks for ``score``,
     ``strengths`` and ``gaps``. So an answer must carry a score (``score`` or ``overallScore``, a number
     0..100); the fields named here must have their types; other fields are kept (the caller's prompt
     chooses them). ``{}`` or an answer without a score is not an analysis.
@@ -109,7 +109,7 @@ class JobAnalysisAnswer(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     score: float | None = _Score
-    overallScore: float | None = _Score  # noqa: N815 - the seed's field name
+    overallScore: float | None = _Score  # noqa: N815 - the existing Worker's field name
     analysis: dict[str, Any] | str | None = None
     summary: str | None = None
     strengths: list[Any] | None = None

@@ -2,7 +2,7 @@
 
 The whole Cloudflare API allows **1,200 requests per 5 minutes per token** (and per user), shared with
 ``pulumi up``, wrangler and the dashboard; past it, *every* call of the token gets 429 for the next
-5 minutes (reference/cloudflare-facts.md, reference/cloudflare-2026.md §2). A :class:`RequestBudget`
+5 minutes (Cloudflare's API rate limits). A :class:`RequestBudget`
 is the one gate in front of such a token:
 
 * a **sliding window** of the requests this process sent, capped at ``api_limit - headroom``

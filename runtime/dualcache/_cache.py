@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +36,11 @@ from dualcache._gateway import DEFAULT_OPENAI_BASE_URL, RetryPolicy, Sleep, Upst
 from dualcache._json_ops import JsonOperations
 from dualcache._keys import record_key, user_prefix
 from dualcache._kv import Clock, KVBackend, KVStore
+from dualcache._limits import DataPlaneRateLimiter, UserLimiter, UserLimits
+from dualcache._otel import resolve_telemetry
 from dualcache._outputs import DEFAULT_API_BASE_URL, OUTPUTS_ENV_VAR, StackOutputs
 from dualcache._policy import Namespace, Operation, Policies, Scope
+from dualcache._pricing import Prices
 from dualcache._records import DEFAULT_DECODE_MEMO_BYTES, EMBED_INPUT_MAX_CHARS
 from dualcache._singleflight import SharedReads, SingleFlight
 from dualcache._stats import PriceTable, Stats
@@ -62,17 +65,17 @@ _POOLINGS = ("mean", "cls")
 
 @dataclass(frozen=True, slots=True)
 class Models:
-    """The model each operation uses (the seed's choices by default), and how embeddings are computed.
+    """The model each operation uses (the existing Worker's choices by default), and how embeddings are computed.
 
     The embedding key covers everything that changes a vector: ``embeddings`` (and so its dimension),
     ``embedding_pooling``, ``embedding_max_chars`` and the policy's ``version``. A change of any of them
     is a miss (a new key), never a vector of another shape; the old records expire by their TTL. The
-    seed's configuration (the defaults, no version) keeps the seed's keys, ``embed:{sha256(text)}``.
+    default configuration (no version) keeps the default (unversioned) keys, ``embed:{sha256(text)}``.
 
     Attributes:
         embedding_pooling: Workers AI's ``pooling`` for the bge models: ``"mean"`` (their default, not
             sent) or ``"cls"`` (sent; its vectors are not compatible with mean ones).
-        embedding_max_chars: The text sent to the model is cut to this many characters (the seed: 2,000);
+        embedding_max_chars: The text sent to the model is cut to this many characters (default 2,000);
             the key hashes the full text.
         embedding_encoding: For an OpenAI embeddings model (any ``embeddings`` not starting with ``@cf/``):
             the ``encoding_format`` asked, ``"base64"`` (the OpenAI SDK's default) or ``"float"``. Not part
@@ -123,6 +126,44 @@ def _secret(value: str | SecretStr | None, name: str) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
+def _check_user_limits(
+    user_limits: Mapping[str, UserLimits | Mapping[str, Any]] | None, policies: Policies, stats: Stats
+) -> dict[str, UserLimits]:
+    """The per-user limits by operation name, each checked against the policies and the prices."""
+    if user_limits is None:
+        return {}
+    if not isinstance(user_limits, Mapping):
+        raise ConfigError(f"user_limits must map operation names to UserLimits, got {type(user_limits).__name__}")
+    checked: dict[str, UserLimits] = {}
+    for name, limits in user_limits.items():
+        try:
+            op = Operation.parse(name)
+            policy = policies.for_operation(op)
+        except InvalidInputError as exc:
+            raise ConfigError(f"user_limits[{name!r}]: {exc}") from None
+        if isinstance(limits, Mapping):
+            try:
+                limits = UserLimits(**limits)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"user_limits[{name!r}]: {exc}; fields: requests, per, dollars, dollars_per"
+                ) from None
+        if not isinstance(limits, UserLimits):
+            raise ConfigError(f"user_limits[{name!r}] must be a UserLimits, got {type(limits).__name__}")
+        if op is Operation.SPAM_DETECTION or (not op.builtin and policy.scope is Scope.GLOBAL):
+            raise ConfigError(
+                f"user_limits[{name!r}]: calls of {op.value!r} never carry a user id (scope 'global'), so a "
+                "per-user limit would count nothing; limit a user-scoped operation"
+            )
+        if limits.dollars is not None and stats.prices.price(op) is None:
+            raise ConfigError(
+                f"user_limits[{name!r}].dollars={limits.dollars!r}: {op.value!r} has no price in the PriceTable, "
+                f"so its spend cannot be counted; pass prices=PriceTable({op.value}=...) or drop dollars"
+            )
+        checked[op.value] = limits
+    return checked
+
+
 class DualCache(EmbedOperations, JsonOperations):
     """Dual-layer caching of AI calls: Workers KV, then the AI Gateway, then the provider.
 
@@ -158,14 +199,14 @@ class DualCache(EmbedOperations, JsonOperations):
             ``None`` (see :class:`~dualcache.RequestBudget`). Never used for the data plane.
         account_id: Cloudflare account id when no outputs are given.
         api_base_url: Cloudflare API base when no outputs are given.
-        policies: Cache policies; default: those of ``outputs``, else SPEC.md's defaults.
+        policies: Cache policies; default: those of ``outputs``, else the built-in defaults.
         kv: Builds the KV backend of a namespace; default: the data plane or Cloudflare REST with outputs
             (see ``outputs``), else SQLite.
         transport: httpx transport for every HTTP request (tests pass ``httpx.MockTransport``); each
             layer still gets its own admission gate in front of it.
         clock: Unix-time clock (record timestamps, default KV backends' expiry).
         data_dir: Folder of the SQLite KV file (default ``.dualcache``).
-        prices: Price table for cost and saved; the seed's figures by default.
+        prices: Price table for cost and saved; default: the per-request estimates of ``PriceTable()``.
         retry: Retry bounds for provider calls.
         kv_timeout: Seconds a KV read may take before it counts as a miss; overrides
             ``timeouts.kv_read`` (default 1 s) when given.
@@ -189,7 +230,23 @@ class DualCache(EmbedOperations, JsonOperations):
         timeouts: The time budget of each layer (defaults tabled in :class:`~dualcache.Timeouts`).
         limits: Pool and admission sizes of each layer.
         breaker: When the circuit breakers (one per KV namespace, the gateway, each provider) open.
-        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one).
+        monotonic: Monotonic clock of the breakers and retry budgets (tests pass a fake one), and of the
+            default ``user_limiter``.
+        user_limits: Per-user limits and budgets by operation name, e.g. ``{"job_analysis":
+            UserLimits(requests=20, per=60, dollars=1.0)}`` (a mapping of ``UserLimits`` fields works too).
+            Every call with a user id counts, cached answers included; one over a limit raises
+            :class:`~dualcache.UserLimitExceededError` before any I/O. See :class:`~dualcache.UserLimits`.
+        user_limiter: Where those limits are counted: a :class:`~dualcache.UserLimiter` (per-process
+            counters, bounded memory; the default, on ``monotonic``). A limit with ``binding=`` counts its
+            requests in the data plane's rate limiting binding instead (it needs the data plane), falling
+            back to this counter when the data plane cannot be reached (``limit_fallbacks``).
+        token_prices: Per-token prices per model or operation (:class:`~dualcache.Prices`): the cost of a call
+            whose answer reports its usage, the prompt cache's saving, and ``cf-aig-custom-cost`` on gateway
+            requests. Calls it does not price (or answers without usage) keep the ``prices`` per request.
+        tracing: OpenTelemetry spans (the ``otel`` extra): ``None`` (default) traces when a tracer provider was
+            given or set globally before this cache was built; ``False`` never; ``True`` always (the global
+            provider; an ``ImportError`` naming the extra without it).
+        tracer_provider: The OpenTelemetry ``TracerProvider`` to trace with (default: the global one).
         on_upstream: Called with ``(operation, result)`` after every answered provider call (an
             :class:`~dualcache.UpstreamResult`: route, ``cache_status``, ``log_id`` = ``cf-aig-log-id``, the
             ``cf-aig-*`` headers), to correlate answers with the gateway's logs; an exception it raises is
@@ -227,6 +284,11 @@ class DualCache(EmbedOperations, JsonOperations):
         limits: PoolLimits | None = None,
         breaker: BreakerPolicy | None = None,
         monotonic: Callable[[], float] | None = None,
+        user_limits: Mapping[str, UserLimits | Mapping[str, Any]] | None = None,
+        user_limiter: UserLimiter | None = None,
+        token_prices: Prices | None = None,
+        tracing: bool | None = None,
+        tracer_provider: Any = None,
         on_upstream: Callable[[Operation, UpstreamResult], object] | None = None,
     ) -> None:
         if on_upstream is not None and not callable(on_upstream):
@@ -262,19 +324,47 @@ class DualCache(EmbedOperations, JsonOperations):
         self.policies = policies or (outputs.policies if outputs else Policies())
         self.models = models or Models()
         self.stats = Stats(prices, self.policies)
+        self._user_limits = _check_user_limits(user_limits, self.policies, self.stats)
+        if user_limiter is not None and not isinstance(user_limiter, UserLimiter):
+            raise ConfigError(f"user_limiter must be a UserLimiter, got {type(user_limiter).__name__}")
+        self._user_limiter = user_limiter or UserLimiter(clock=self._monotonic)
+        self._rate_limiter: DataPlaneRateLimiter | None = None
+        if token_prices is not None and not isinstance(token_prices, Prices):
+            raise ConfigError(f"token_prices must be a Prices, got {type(token_prices).__name__}")
+        self._token_prices = token_prices or None  # an empty Prices prices nothing: the fast path
+        self._telemetry = resolve_telemetry(tracing, tracer_provider)
         self.answer_schemas = AnswerSchemas.builtin()
         self._computing = 0  # computations that may write a record (see _forgotten_since)
         self._forgets: list[tuple[KVStore, str, bool]] = []
         self._clock: Clock = clock or time.time
         self._api_token = _secret(api_token, "api_token")
         self._data_plane_token = _secret(data_plane_token, "data_plane_token")
+        bound = sorted(name for name, lim in self._user_limits.items() if lim.binding is not None)
+        if bound:
+            url = outputs.data_plane_url if outputs is not None else None
+            if url is None or self._data_plane_token is None:
+                raise ConfigError(
+                    f"user_limits[{bound[0]!r}].binding={self._user_limits[bound[0]].binding!r}: counting in a rate "
+                    "limiting binding needs the stack's data plane (outputs with a data_plane_url, and "
+                    "data_plane_token=); drop binding= to count in this process"
+                )
         if rest_budget is not None and not isinstance(rest_budget, RequestBudget):
             raise ConfigError(f"rest_budget must be a RequestBudget, got {type(rest_budget).__name__}")
         self._rest_budget = rest_budget
         self._data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        # One pool per layer, so slow model calls never hold the connections KV hits need (issue 13).
+        # One pool per layer, so slow model calls never hold the connections KV hits need.
         self._transport = transport
         self._kv_http = build_client("kv", self.limits.kv, self.timeouts.kv_http(), transport=transport)
+        if bound:
+            assert outputs is not None and outputs.data_plane_url is not None and self._data_plane_token is not None
+            self._rate_limiter = DataPlaneRateLimiter(
+                self._kv_http,
+                data_plane_url=outputs.data_plane_url,
+                token=self._data_plane_token,
+                timeout=self.timeouts.kv_read,  # a limit check is on the hit path, as a KV read is
+                breaker=self._breaker_policy,
+                clock=self._monotonic,
+            )
         self._gateway_http = build_client(
             "gateway", self.limits.gateway, self.timeouts.attempt(self.timeouts.gateway), transport=transport
         )
@@ -317,6 +407,9 @@ class DualCache(EmbedOperations, JsonOperations):
             breaker=self._breaker_policy,
             gateway_api=outputs.gateway_api if outputs else "legacy",
         )
+        if self._telemetry is not None:
+            self._upstream.route_span = self._telemetry.route
+            self._telemetry.instrument(self)
 
     # -- construction -------------------------------------------------------------------------------
 

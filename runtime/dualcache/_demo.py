@@ -1,6 +1,6 @@
 """``dualcache demo``: the offline demo — emulator in-process, the dev plan, a day of traffic, the figures.
 
-The workload is shaped like the seed's usage table (per day: 600 embeddings — 500 job descriptions and
+The workload is shaped like a job-matching service's day (per day: 600 embeddings — 500 job descriptions and
 100 resumes —, 200 job analyses, 100 generations, 20 PDF and 10 image resumes, 50 spam checks), with
 the reuse that makes caching pay: job descriptions shared by many users (and reposted under new ids),
 users revisiting the jobs they analysed, and bursts of concurrent identical requests (a resume upload
@@ -51,9 +51,9 @@ DAILY_VOLUME: dict[str, int] = {
     "resume_image": 10,
     "spam_detection": 50,
 }
-"""The seed's usage table, per day."""
+"""Requests per day of a job-matching service, per kind."""
 
-# The seed's cost analysis (per month of 30 days: embeddings $18 -> $5-7, job analysis $180 -> $45-63,
+# The expected costs (per month of 30 days: embeddings $18 -> $5-7, job analysis $180 -> $45-63,
 # generation $60 -> $60), as per-day figures: (cost without caches, with caches low, high, hit rate text).
 SEED_ESTIMATES: dict[str, tuple[float, float, float, str]] = {
     "embeddings": (0.60, 5 / 30, 7 / 30, "60-70%"),
@@ -112,7 +112,7 @@ class DemoResult:
         planned: Requests per operation the workload contained.
         days: Days replayed.
         prices: The price table used, per operation.
-        scale: Fraction of the seed's daily volume replayed (the seed's estimates are scaled alike).
+        scale: Fraction of the daily volume replayed (the expected figures are scaled alike).
         kv: How KV was reached, one of :data:`KV_PATHS`.
     """
 
@@ -210,7 +210,7 @@ def build_workload(seed: int, days: int, *, scale: float = 1.0) -> list[list[Ste
     Args:
         seed: Seed of the generator.
         days: Days of traffic.
-        scale: Fraction of the seed's daily volume (1.0 = the seed's table; tests use less).
+        scale: Fraction of the daily volume (1.0 = :data:`DAILY_VOLUME`; tests use less).
     """
     rng = random.Random(seed)
     users = [f"user-{i:03d}" for i in range(_scaled(50, scale))]
@@ -438,7 +438,7 @@ def run_demo(
         seed: Seed of the workload generator.
         days: Days of traffic.
         project_dir: Directory holding ``Pulumi.yaml`` (the dev stack's settings).
-        scale: Fraction of the seed's daily volume.
+        scale: Fraction of the daily volume.
         kv: How KV is reached, one of :data:`KV_PATHS` (see :func:`replay`).
         data_dir: The emulator's data folder (default: a temporary one).
         on_progress: See :func:`replay`.
@@ -505,18 +505,18 @@ def _pct(part: float, whole: float) -> str:
 
 
 def render_tables(result: DemoResult) -> tuple[Any, Any]:
-    """Return two rich Tables: traffic per layer, and cost with and without the caches beside the seed's."""
+    """Return two rich Tables: traffic per layer, and cost with and without the caches beside the expected figures."""
     from rich.table import Table
 
     traffic = Table(title=f"Traffic, {result.days} day(s): KV -> AI Gateway -> provider")
     for name in ("operation", "requests", "KV hit rate", "gateway hit rate", "coalesced", "provider calls", "errors"):
         traffic.add_column(name, justify="left" if name == "operation" else "right")
-    cost = Table(title="Cost (US$) with and without the caches, beside the seed's estimates")
-    for name in ("operation", "without caches", "with caches", "saved", "seed's hit rate", "seed's without -> with"):
+    cost = Table(title="Cost (US$) with and without the caches, beside the expected savings")
+    for name in ("operation", "without caches", "with caches", "saved", "expected hit rate", "expected cost"):
         cost.add_column(name, justify="left" if name == "operation" else "right")
     totals = Counter[str]()
     cost_without = cost_with = 0.0
-    d = result.days * result.scale  # the seed's figures are per day at full volume
+    d = result.days * result.scale  # the expected figures are per day at full volume
     for op, c in result.snapshot.items():
         req = int(c["requests"])
         without, with_ = float(c["cost"]) + float(c["saved"]), float(c["cost"])
@@ -585,7 +585,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         console = Console(width=120)  # piped output: wide enough for the tables
     console.rule("dualcache demo — offline, against the local emulator")
     console.print(
-        f"seed {args.seed}, {args.days} day(s), volumes per day from the seed's usage table"
+        f"seed {args.seed}, {args.days} day(s), volumes per day of a job-matching service"
         + (f" x {args.scale}" if args.scale != 1 else "")
     )
     _show_plan(console, project_dir)
@@ -646,12 +646,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the offline demo: emulator, dev plan, a day of traffic, per-operation figures",
-        description="Start the local emulator, show the dev plan, replay traffic shaped like the seed's usage "
-        "table through the runtime, and print hit rates, provider calls and cost per operation.",
+        description="Start the local emulator, show the dev plan, replay traffic shaped like a job-matching "
+        "service's day through the runtime, and print hit rates, provider calls and cost per operation.",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload generator (default 7)")
     parser.add_argument("--days", type=int, default=1, help="days of traffic to replay (default 1)")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the seed's daily volume (default 1.0)")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the daily volume (default 1.0)")
     parser.add_argument(
         "--kv",
         choices=KV_PATHS,

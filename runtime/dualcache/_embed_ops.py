@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dualcache._answers import check_vectors
-from dualcache._engine import CacheEngine, _check_text
+from dualcache._engine import CacheEngine, _check_id, _check_text
 from dualcache._exceptions import InvalidInputError
 from dualcache._gateway import Provider, UpstreamResult, embedding_request
 from dualcache._keys import embed_key, embedding_fingerprint
 from dualcache._kv import KVEntry
+from dualcache._otel import traced
 from dualcache._policy import Operation, OperationPolicy, Policies
 from dualcache._records import (
     RecordStatus,
@@ -120,22 +121,37 @@ class EmbedOperations(CacheEngine):
         data = result.data.get("data") if isinstance(result.data, dict) else None
         return check_vectors(data, count=expected, dims=dims)
 
-    async def embed(self, text: str) -> list[float]:
+    def _describe_embed(self, *_: Any, **__: Any) -> tuple[str, str | None, str | None]:
+        model = self.models.embeddings  # a model not of Workers AI (no ``@cf/``) is OpenAI's
+        provider = Provider.WORKERS_AI if model.startswith("@cf/") else Provider.OPENAI
+        return Operation.EMBEDDINGS.value, model, provider.value
+
+    @traced(_describe_embed)
+    async def embed(self, text: str, *, user_id: str | None = None) -> list[float]:
         """Return the embedding of ``text`` (KV, then gateway, then Workers AI).
 
         The key hashes the full text; the text sent to the model is cut to 2,000 characters (as the
-        seed does). Identical concurrent calls share one upstream call and one KV write. A hit reads
+        existing Worker does). Identical concurrent calls share one upstream call and one KV write. A hit reads
         KV and returns; only a miss enters single-flight. A cancelled call cancels no other.
 
+        Args:
+            text: The text to embed.
+            user_id: Whose call this is, for the per-user limits only (embeddings are shared by every
+                user: the id is in no key); ``None`` is not counted.
+
         Raises:
-            InvalidInputError: ``text`` is empty or not a string.
+            InvalidInputError: ``text`` is empty or not a string, or ``user_id`` is empty.
             ConfigError: Workers AI is not configured.
+            UserLimitExceededError: ``user_id`` is over the per-user limits of ``embeddings`` (before any I/O).
             BackendError: the provider failed on every route (KV failures never raise).
         """
         self._check_open()
         _check_text(text)
+        if user_id is not None:
+            _check_id(user_id, "user_id")
         self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
+        await self._admit(op, user_id)
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
@@ -169,7 +185,8 @@ class EmbedOperations(CacheEngine):
 
         return await self._serve(op, policy, key, compute)
 
-    async def embed_many(self, texts: Sequence[str]) -> list[list[float]]:
+    @traced(_describe_embed)
+    async def embed_many(self, texts: Sequence[str], *, user_id: str | None = None) -> list[list[float]]:
         """Return the embeddings of ``texts``, in input order, duplicates included.
 
         One KV bulk read per 100 distinct keys (a failed one costs only its own keys), one upstream call
@@ -178,9 +195,13 @@ class EmbedOperations(CacheEngine):
         awaited, not sent again. The misses are computed detached from this caller: when it is cancelled,
         the callers that joined them still get their answers.
 
+        ``user_id`` is for the per-user limits only (as in :meth:`embed`): the call uses one request per text.
+
         Raises:
-            InvalidInputError: ``texts`` is not a list of non-empty strings.
+            InvalidInputError: ``texts`` is not a list of non-empty strings, or ``user_id`` is empty.
             ConfigError: Workers AI is not configured.
+            UserLimitExceededError: ``user_id`` is over the per-user limits of ``embeddings`` (before any I/O;
+                all or nothing: no text is counted).
             BackendError: the provider failed on every route.
         """
         self._check_open()
@@ -188,10 +209,13 @@ class EmbedOperations(CacheEngine):
             raise InvalidInputError(f"texts must be a list of strings, got {type(texts).__name__}")
         for i, t in enumerate(texts):
             _check_text(t, f"texts[{i}]")
+        if user_id is not None:
+            _check_id(user_id, "user_id")
         if not texts:
             return []
         self._upstream.check_configured(self._embed_request("")[0])
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
+        await self._admit(op, user_id, len(texts))
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))
@@ -211,6 +235,8 @@ class EmbedOperations(CacheEngine):
                 joined.update(late)
                 misses = [k for k in misses if k not in late]
             waits: list[tuple[str, Flight]] = list(joined.items())
+            if joined and self._telemetry is not None:
+                self._telemetry.coalesced()
             if misses and coalesce:
 
                 async def run(futures: Mapping[str, asyncio.Future[Any]]) -> None:
@@ -265,7 +291,12 @@ class EmbedOperations(CacheEngine):
         slots = {k: self._reads.begin(prefix + k) for k in mine} if shared else {}
         got: dict[str, tuple[bytes | None, bool]] = {}
         try:
-            got.update(await self._kv_read_chunks(op, store, mine))
+            if self._telemetry is None:
+                got.update(await self._kv_read_chunks(op, store, mine))
+            else:
+                with self._telemetry.kv_read(store.binding, len(mine)) as found:
+                    got.update(await self._kv_read_chunks(op, store, mine))
+                    found(sum(1 for raw, _ in got.values() if raw is not None))
         finally:
             for k, slot in slots.items():
                 self._reads.end(prefix + k, slot, got.get(k))
@@ -320,6 +351,7 @@ class EmbedOperations(CacheEngine):
                         payload,
                         policy=policy,
                         check=lambda r: self._vectors(r, n, dims),  # noqa: B023 - called before the loop moves on
+                        requests=n,
                     )
                     outcome = self._outcome(result)
                     for text_in, vector in zip(chunk, self._vectors(result, n, dims), strict=True):

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -37,7 +38,7 @@ from pydantic import SecretStr
 from dualcache._breaker import BreakerPolicy, CircuitBreaker
 from dualcache._budget import RequestBudget
 from dualcache._budgets import Timeouts
-from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError
+from dualcache._exceptions import BackendError, InvalidInputError, SkippedError, UsageError, UserLimitExceededError
 from dualcache._gateway import CallRecord, Provider, UpstreamClient, UpstreamResult
 from dualcache._keys import check_utf8, gateway_cache_key
 from dualcache._kv import (
@@ -50,13 +51,18 @@ from dualcache._kv import (
     KVStore,
     SQLiteKVBackend,
 )
+from dualcache._limits import DataPlaneRateLimiter, Refusal, UserLimiter, UserLimits, rate_key, user_label
 from dualcache._outputs import StackOutputs
 from dualcache._policy import Namespace, Operation, OperationPolicy
+from dualcache._pricing import Prices, TokenPrices
 from dualcache._records import RecordStatus, should_coalesce
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
 from dualcache._stats import Outcome, Stats
 from dualcache._transport import Abandoner
 from dualcache._writebehind import WriteBehind
+
+if TYPE_CHECKING:
+    from dualcache._otel import Telemetry
 
 __all__ = ["CacheEngine"]
 
@@ -132,10 +138,63 @@ class CacheEngine:
     _forgets: list[tuple[KVStore, str, bool]]
     _memo: OrderedDict[str, tuple[bytes, list[float], int]]  # the decode memo (dropped on forget)
     _memo_used: int
+    _user_limits: dict[str, UserLimits]  # per operation name (dualcache._limits)
+    _user_limiter: UserLimiter
+    _rate_limiter: DataPlaneRateLimiter | None  # the data plane's rate limiting bindings, when a limit names one
+    _telemetry: Telemetry | None  # OpenTelemetry hooks (dualcache._otel); None: off, one branch per hook
+    _token_prices: Prices | None  # per-token prices (dualcache._pricing); None: the per-request PriceTable only
 
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("this DualCache is closed; create a new one")
+
+    async def _admit(self, op: Operation, user_id: str | None, n: int = 1) -> None:
+        """Count ``n`` requests of ``user_id`` against ``op``'s per-user limits, or raise.
+
+        The one check at the entry of every operation call, after its input checks and before any other I/O;
+        cached answers count too (see ``dualcache._limits``). A call without a user id is not counted. With
+        a ``binding``, requests are counted by the data plane's rate limiting binding (one count a call);
+        when it cannot be reached, by the local counter instead (counted in ``limit_fallbacks``).
+
+        Raises:
+            UserLimitExceededError: the user is over a limit (counted in ``limited``).
+        """
+        limits = self._user_limits.get(op.value)
+        if limits is None or user_id is None:
+            return
+        dollars = (self.stats.prices.price(op) or 0.0) * n
+        local: UserLimits | None = limits
+        refusal: Refusal | None = None
+        if limits.binding is not None and self._rate_limiter is not None:
+            try:
+                admitted = await self._rate_limiter.limit(limits.binding, rate_key(op.value, user_id))
+            except BackendError as exc:  # a cache must never become an outage: count it locally instead
+                self.stats.limit_fallback(op)
+                logger.debug(
+                    "%s: rate limiter %s not used (%s); counted in this process", op.value, limits.binding, exc
+                )
+            else:
+                local = dataclasses.replace(limits, requests=None, binding=None) if limits.dollars is not None else None
+                if not admitted:
+                    # The binding says no more than that; its window is at most `per` long.
+                    refusal = Refusal("requests", f"{limits.requests} requests per {limits.per:g} s", limits.per)
+        if refusal is None and local is not None:
+            refusal = self._user_limiter.acquire(op.value, user_id, local, requests=n, dollars=dollars)
+        if refusal is None:
+            return
+        self.stats.limited(op, n)
+        user = user_label(user_id)
+        wait = "never under this limit (one call needs more than all of it)"
+        if refusal.retry_after != float("inf"):
+            wait = f"retry in {round(refusal.retry_after, 1):g} s"
+        logger.debug("%s: %s over its %s limit, %s", op.value, user, refusal.limit, wait)
+        raise UserLimitExceededError(
+            f"{op.value}: {user} is over its limit of {refusal.description} ({n} more asked); {wait}",
+            operation=op.value,
+            limit=refusal.limit,
+            retry_after=refusal.retry_after,
+            user=user,
+        )
 
     # -- KV access ----------------------------------------------------------------------------------
 
@@ -273,7 +332,10 @@ class CacheEngine:
         """
         store = self._store(policy)
         try:
-            raw, ok = await self._read_shared(op, store, flight_key, key)
+            if self._telemetry is None:
+                raw, ok = await self._read_shared(op, store, flight_key, key)
+            else:
+                raw, ok = await self._traced_read(op, store, flight_key, key)
         except BaseException:
             self.stats.record(op, Outcome.FAILED)
             raise
@@ -283,6 +345,14 @@ class CacheEngine:
         if value is not None:
             self.stats.record(op, Outcome.KV_HIT)
         return read, value
+
+    async def _traced_read(self, op: Operation, store: KVStore, flight_key: str, key: str) -> tuple[bytes | None, bool]:
+        """:meth:`_read_shared` inside a KV read span (tracing on)."""
+        assert self._telemetry is not None
+        with self._telemetry.kv_read(store.binding, 1) as found:
+            raw, ok = await self._read_shared(op, store, flight_key, key)
+            found(int(raw is not None))
+        return raw, ok
 
     def _pending(self, store: KVStore, key: str) -> bytes | None:
         """The record of ``key`` still in the write-behind queue (a miss served from it is a KV hit)."""
@@ -358,6 +428,8 @@ class CacheEngine:
             flight = self._flights.launch([flight_key], run)[flight_key]
         ((value, outcome), first), *_ = await self._flights.wait([flight])
         if not first:  # another caller collected this answer first: it counts the outcome
+            if self._telemetry is not None:
+                self._telemetry.coalesced()
             return _copy_result(value), Outcome.COALESCED
         return value, outcome
 
@@ -387,12 +459,20 @@ class CacheEngine:
         policy: OperationPolicy,
         user_id: str | None = None,
         check: Callable[[UpstreamResult], object] | None = None,
+        requests: int = 1,
     ) -> UpstreamResult:
+        """One upstream call of ``op``; ``requests`` is how many requests of it the answer serves (the texts of
+        a batch of embeddings), for the token figures of :meth:`~dualcache.Stats.usage`."""
         record = CallRecord()
         # Computed whatever the gateway mode: sent as cf-aig-cache-key when caching, and always as the request's
         # id in cf-aig-metadata, which the gateway logs keep (the repeat intervals of `dualcache report`).
         cache_key = gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id, version=policy.version)
         started = time.perf_counter()
+        model = payload.get("model")
+        model = model if isinstance(model, str) else path  # OpenAI names it in the body; Workers AI in the path
+        prices = None if self._token_prices is None else self._token_prices.for_call(op.value, model)
+        # The gateway prices the call as we do (its analytics then agree with these stats).
+        extra = None if prices is None else {"cf-aig-custom-cost": prices.custom_cost_header()}
         try:
             result = await self._upstream.call(
                 provider,
@@ -404,7 +484,9 @@ class CacheEngine:
                 user_id=user_id,
                 cache_key=cache_key,
                 check=check,
+                extra_gateway_headers=extra,
             )
+            self._count_usage(op, result, prices, requests)
             logger.debug(
                 "%s: %s via %s, cache status %s, log id %s",
                 op.value,
@@ -427,6 +509,22 @@ class CacheEngine:
             for layer in record.skipped:
                 self.stats.skip(op, layer)
 
+    def _count_usage(self, op: Operation, result: UpstreamResult, prices: TokenPrices | None, requests: int) -> None:
+        """Count the tokens of an answer (and its cost when token prices apply) in the stats."""
+        usage = result.usage
+        if usage is None:
+            return
+        self.stats.usage(
+            op,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=None if prices is None else prices.cost(usage),
+            prompt_cache_saving=0.0 if prices is None else prices.prompt_cache_saving(usage),
+            requests=requests,
+            gateway_hit=result.gateway_hit,
+        )
+
     @staticmethod
     def _outcome(result: UpstreamResult) -> Outcome:
         return Outcome.GATEWAY_HIT if result.gateway_hit else Outcome.PROVIDER
@@ -435,6 +533,13 @@ class CacheEngine:
 
     async def _kv_save(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
         """Write the cache's own records: queued for write-behind (returns at once), or synchronously."""
+        if self._telemetry is not None:
+            with self._telemetry.kv_write(store.binding, len(entries), write_behind=self._writes is not None):
+                await self._kv_save_now(op, store, entries)
+            return
+        await self._kv_save_now(op, store, entries)
+
+    async def _kv_save_now(self, op: Operation, store: KVStore, entries: list[KVEntry]) -> None:
         if self._writes is not None:
             self._writes.submit(op, store, entries)
         else:

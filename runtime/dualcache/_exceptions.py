@@ -10,6 +10,7 @@ Every error the library raises on purpose is a :class:`DualCacheError`::
     │   ├── RateLimitedError                429 after retries; ``retry_after`` in seconds when known
     │   ├── AuthenticationError             401/403: a missing or wrong token
     │   ├── BadResponseError                an answer that does not have the documented shape
+    ├── UserLimitExceededError              a user is over a per-user limit; raised before any I/O
     └── UsageError (RuntimeError)           programmer mistakes (use after ``aclose()``, ...)
 
 Foreign exceptions (httpx, pydantic) are mapped at one boundary with ``raise ... from exc``.
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimitedError",
     "SkippedError",
     "UsageError",
+    "UserLimitExceededError",
 ]
 
 
@@ -111,6 +113,28 @@ class SkippedError(BackendError):
         super().__init__(message, backend=backend)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class UserLimitExceededError(DualCacheError):
+    """A user is over one of an operation's per-user limits (``DualCache(user_limits=...)``).
+
+    Raised before any I/O for the call, and counted in ``limited``. The message names the user by a hash
+    of the id (``user#`` and 12 hex digits), never the id itself.
+
+    Attributes:
+        operation: The operation's name.
+        limit: Which limit: ``"requests"`` (requests per window) or ``"dollars"`` (dollars per window).
+        retry_after: Seconds until the call would be admitted; ``math.inf`` when one call alone needs more
+            than the whole limit (a batch larger than the request limit, a price above the dollar limit).
+        user: The hashed label of the user (see above).
+    """
+
+    def __init__(self, message: str, *, operation: str, limit: str, retry_after: float, user: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.limit = limit
+        self.retry_after = retry_after
+        self.user = user
 
 
 class UsageError(DualCacheError, RuntimeError):

@@ -5,7 +5,7 @@ long to wait), then one thin async client that sends requests and follows those 
 
 Routes. The gateway has two URL shapes, chosen per stack by ``StackOutputs.gateway_api``:
 
-* ``legacy`` (the ``gateway.ai.cloudflare.com`` URLs, cloudflare-facts §2.1):
+* ``legacy`` (the ``gateway.ai.cloudflare.com`` URLs, AI Gateway's documented universal endpoint):
 
   * Workers AI: ``{gateway_base_url}/{account}/{gateway}/workers-ai/{model}`` with ``Authorization: Bearer
     <Cloudflare API token>``;
@@ -45,7 +45,8 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Literal, NamedTuple, assert_never
@@ -68,6 +69,7 @@ from dualcache._keys import escape_part
 from dualcache._kv import parse_retry_after, raise_for_status
 from dualcache._outputs import GATEWAY_APIS, GatewayApi
 from dualcache._policy import GatewayMode, Operation, OperationPolicy
+from dualcache._pricing import Usage, parse_usage
 from dualcache._redact import SecretHeaders, auth_headers, redact_url, scrubbed
 from dualcache._transport import Abandoner, BudgetExceeded, run_bounded
 
@@ -143,7 +145,7 @@ def gateway_headers(
       when ``retries`` is given (see :func:`plan_gateway_retries`);
     * ``cf-aig-authorization`` when a gateway token is given;
     * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
-      when long; metadata is not part of the gateway's cache key, cloudflare-facts §0/peers §5);
+      when long; metadata is not part of the gateway's cache key);
       and ``request``, the first 16 hex digits of ``cache_key``'s hash when given (in either mode), so the
       gateway logs tell repeats of one request apart;
     * ``cf-aig-collect-log`` when the policy sets it.
@@ -178,7 +180,7 @@ def gateway_headers(
 def choose_routes(*, gateway_configured: bool, direct_configured: bool, policy: OperationPolicy) -> list[Route]:
     """Return the routes to try, in order: the gateway when configured, then direct when allowed.
 
-    With no gateway configured, the direct provider endpoint is the only route (as the seed does).
+    With no gateway configured, the direct provider endpoint is the only route.
     """
     if not gateway_configured:
         return [Route.DIRECT] if direct_configured else []
@@ -502,6 +504,25 @@ class UpstreamResult:
         """Whether the gateway served this from its cache."""
         return self.route is Route.GATEWAY and (self.cache_status or "").upper() == "HIT"
 
+    @property
+    def usage(self) -> Usage | None:
+        """The answer's token usage (prompt, completion, prompt-cache tokens), ``None`` when it reports none."""
+        return parse_usage(self.data)
+
+
+class RouteSpan:
+    """What :attr:`UpstreamClient.route_span` enters per route tried (``dualcache._otel`` traces with it).
+
+    Entered with the route, the provider, the model and the request's headers (a hook may add to them: the
+    trace context headers of the gateway route); ``answered`` is told the result when the route answers.
+    """
+
+    def answered(self, result: UpstreamResult) -> None:
+        """Note the route's answer."""
+
+
+RouteSpanFactory = Callable[[Route, Provider, str, MutableMapping[str, str]], AbstractContextManager[RouteSpan]]
+
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -590,6 +611,8 @@ class UpstreamClient:
         self._monotonic = monotonic or time.monotonic
         self._breaker_policy = breaker or BreakerPolicy()
         self._breakers: dict[tuple[Route, Provider], CircuitBreaker] = {}
+        self.route_span: RouteSpanFactory | None = None
+        """Entered around each route tried, when set (tracing); ``None``: nothing is done."""
 
     def breaker(self, route: Route, provider: Provider) -> CircuitBreaker:
         """The circuit breaker of one route to one provider (``workers-ai (gateway)``, ``openai (direct)``...).
@@ -707,8 +730,11 @@ class UpstreamClient:
         user_id: str | None = None,
         cache_key: str | None = None,
         check: Callable[[UpstreamResult], object] | None = None,
+        extra_gateway_headers: Mapping[str, str] | None = None,
     ) -> UpstreamResult:
         """POST ``payload`` to ``provider`` at ``path`` (a model id, or an OpenAI path).
+
+        ``extra_gateway_headers`` are added to the gateway route's headers (``cf-aig-custom-cost``).
 
         Tries the gateway, then the direct endpoint when the gateway is unavailable (or skipped: an open
         breaker, a full pool) and the policy allows it. Retries 429/5xx within :class:`RetryPolicy` and the
@@ -752,8 +778,12 @@ class UpstreamClient:
                 )
                 if plan.client_attempts != retry.max_attempts:
                     retry = dataclasses.replace(retry, max_attempts=plan.client_attempts)
+                if extra_gateway_headers:
+                    headers |= extra_gateway_headers
             try:
-                result = await self._send(provider, route, target.url, headers, target.payload, record, retry, path)
+                result = await self._send_traced(
+                    provider, route, target.url, headers, target.payload, record, retry, path
+                )
             except SkippedError as exc:
                 last = exc
                 record.skipped.append("gateway" if route is Route.GATEWAY else "provider")
@@ -781,6 +811,27 @@ class UpstreamClient:
             return result
         assert last is not None  # routes is never empty: direct is always configured once checked
         raise last
+
+    async def _send_traced(
+        self,
+        provider: Provider,
+        route: Route,
+        url: str,
+        headers: SecretHeaders,
+        payload: Mapping[str, Any],
+        record: CallRecord,
+        retry: RetryPolicy,
+        path: str,
+    ) -> UpstreamResult:
+        """:meth:`_send`, inside :attr:`route_span` when one is set (the model: OpenAI's body field, else the
+        Workers AI path, which is the model id)."""
+        if self.route_span is None:
+            return await self._send(provider, route, url, headers, payload, record, retry, path)
+        model = payload.get("model")
+        with self.route_span(route, provider, model if isinstance(model, str) else path, headers) as span:
+            result = await self._send(provider, route, url, headers, payload, record, retry, path)
+            span.answered(result)
+            return result
 
     async def _send(
         self,
@@ -894,7 +945,7 @@ class UpstreamClient:
             raise bad  # outside the except block: no __context__ with the response's frames
         data = body
         if provider is Provider.WORKERS_AI and isinstance(body, dict) and "result" in body:
-            # Workers AI's envelope; through the gateway it may or may not be kept (cloudflare-facts §6),
+            # Workers AI's envelope; through the gateway it may or may not be kept (not documented),
             # so both shapes are accepted.
             if body.get("success") is False:
                 raise BadResponseError(f"{backend}: unsuccessful envelope: {body.get('errors')!r}", backend=backend)

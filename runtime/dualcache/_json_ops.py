@@ -22,6 +22,7 @@ from dualcache._exceptions import BackendError, BadResponseError, ConfigError, I
 from dualcache._gateway import Provider, UpstreamResult, parse_json_object
 from dualcache._keys import canonical_json, record_key, sha256_hex
 from dualcache._kv import KVEntry
+from dualcache._otel import traced
 from dualcache._params import check_json_content, check_sampling, is_json_safe
 from dualcache._policy import GatewayMode, Operation, OperationPolicy, Policies, Scope
 from dualcache._records import RecordStatus, encode_json_record, judge_json_record, should_read_kv, should_write_kv
@@ -120,6 +121,26 @@ def _with_json_instruction(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return [dict(_JSON_INSTRUCTION), *messages]
 
 
+def _describe_run(
+    self: JsonOperations, operation: Operation | str, *_: Any, **kwargs: Any
+) -> tuple[str, str | None, str | None]:
+    model, provider = kwargs.get("model"), kwargs.get("provider", Provider.WORKERS_AI)
+    return Operation.parse(operation).value, model if isinstance(model, str) else None, Provider(provider).value
+
+
+def _describe_builtin(operation: Operation, model: str, provider: Provider) -> Any:
+    def describe(self: JsonOperations, *_: Any, **__: Any) -> tuple[str, str | None, str | None]:
+        return operation.value, getattr(self.models, model), provider.value
+
+    return describe
+
+
+def _describe_resume(self: JsonOperations, *_: Any, **kwargs: Any) -> tuple[str, str | None, str | None]:
+    if kwargs.get("image_url") is not None:
+        return Operation.RESUME_PARSING.value, self.models.resume_parsing_image, Provider.OPENAI.value
+    return Operation.RESUME_PARSING.value, self.models.resume_parsing_text, Provider.WORKERS_AI.value
+
+
 class JsonOperations(CacheEngine):
     """The JSON operations (:meth:`run` and the built-in chat operations), built on :class:`CacheEngine`.
 
@@ -205,13 +226,14 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
         ready = self._ready_calls(calls)
+        await self._admit(op, user_id)
         read: RecordStatus | None = RecordStatus.MISSING
         serve_key = key
         upstream_policy = policy
         if refresh:
             # Neither cache is read: KV is skipped here, the gateway is told cf-aig-skip-cache once. The fresh
             # answer overwrites the KV record. A refresh never joins (nor is joined by) an ordinary flight.
-            # Cloudflare documents skip-cache as a bypass (cloudflare-facts §2.2); whether the fresh answer also
+            # Cloudflare documents skip-cache as a bypass (``cf-aig-skip-cache``); whether the fresh answer also
             # replaces the gateway's entry is not said. Both cases are fine with KV on (later calls hit the new
             # KV record); with KV off the old entry may be served until its TTL, as the README says.
             upstream_policy = policy.model_copy(update={"gateway": GatewayMode.SKIP, "gateway_ttl": None})
@@ -269,7 +291,7 @@ class JsonOperations(CacheEngine):
         *,
         user_id: str | None,
     ) -> tuple[dict[str, Any], Outcome]:
-        """One chat call in JSON mode (cloudflare-facts §3 for Workers AI; OpenAI's ``json_object``)."""
+        """One chat call in JSON mode (Workers AI's ``response_format``; OpenAI's ``json_object``)."""
         json_mode = {"type": "json_object"}
         match call.provider:
             case Provider.WORKERS_AI:
@@ -317,6 +339,7 @@ class JsonOperations(CacheEngine):
             raise BadResponseError("openai: choices[0].message.content is not a string", backend="openai")
         return content, self._outcome(result)
 
+    @traced(_describe_run)
     async def run(
         self,
         operation: Operation | str,
@@ -358,6 +381,7 @@ class JsonOperations(CacheEngine):
                 (before any I/O); the message names the argument.
             ConfigError: no provider of the call is configured.
             BackendError: every provider failed (KV failures never raise: they are misses).
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         op = Operation.parse(operation)
@@ -382,12 +406,13 @@ class JsonOperations(CacheEngine):
             check_sampling(extra, provider=call.provider.value, where="run: ")
         return await self._run_json(op, policy, kv_key, calls, msgs, user_id=user, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.JOB_ANALYSIS, "job_analysis", Provider.WORKERS_AI))
     async def analyze_job(
         self, *, user_id: str, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
     ) -> dict[str, Any]:
         """Return the compatibility analysis of a job for a user (a JSON object).
 
-        The built-in operation ``job_analysis``, a :meth:`run` with the seed's models: cached in KV per user
+        The built-in operation ``job_analysis``, a :meth:`run` with the default models: cached in KV per user
         and job (``analysis:{userId}:{jobId}``, 7 days by default), gateway cache skipped. Workers AI answers
         first; when it fails (on every route), OpenAI answers instead. ``refresh=True`` skips the caches once
         and overwrites the record (see :meth:`run`); :meth:`forget` removes it.
@@ -396,6 +421,7 @@ class JsonOperations(CacheEngine):
             InvalidInputError: an empty id, or malformed ``messages``.
             ConfigError: neither Workers AI nor OpenAI is configured.
             BackendError: both providers failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         op = Operation.JOB_ANALYSIS
@@ -409,12 +435,13 @@ class JsonOperations(CacheEngine):
         ]
         return await self._run_json(op, policy, key, calls, msgs, user_id=user, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.SPAM_DETECTION, "spam_detection", Provider.WORKERS_AI))
     async def detect_spam(
         self, *, job_id: str, messages: Sequence[Mapping[str, Any]], refresh: bool = False
     ) -> dict[str, Any]:
         """Return the spam verdict for a job posting (a JSON object).
 
-        The built-in operation ``spam_detection``, a :meth:`run` with the seed's model: cached in KV per job
+        The built-in operation ``spam_detection``, a :meth:`run` with the default model: cached in KV per job
         (``spam:{jobId}``, 7 days) and in the gateway (24 hours) by default. ``refresh=True`` skips both
         caches once and overwrites the KV record.
 
@@ -431,6 +458,7 @@ class JsonOperations(CacheEngine):
         calls = [_Call(Provider.WORKERS_AI, self.models.spam_detection, {})]
         return await self._run_json(op, policy, key, calls, msgs, user_id=None, refresh=refresh)
 
+    @traced(_describe_builtin(Operation.APPLICATION_GENERATION, "application_generation", Provider.OPENAI))
     async def generate_application(
         self,
         *,
@@ -449,7 +477,7 @@ class JsonOperations(CacheEngine):
         Args:
             messages: The chat messages.
             user_id: Sent in ``cf-aig-metadata`` for per-user analytics and spend limits.
-            json_output: Ask for a JSON object and return it as a dict (as the seed does); else the text.
+            json_output: Ask for a JSON object and return it as a dict (as the existing Worker does); else the text.
             temperature: Sampling temperature.
             max_tokens: Answer length cap.
 
@@ -457,6 +485,7 @@ class JsonOperations(CacheEngine):
             InvalidInputError: malformed ``messages``.
             ConfigError: OpenAI is not configured.
             BackendError: the provider failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         msgs = _check_messages(messages)
@@ -476,12 +505,14 @@ class JsonOperations(CacheEngine):
             calls = [_Call(Provider.OPENAI, model, params)]
             return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
         payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
+        await self._admit(op, user_id)
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:
             return await self._openai_chat(op, payload, policy=policy, user_id=user_id)
 
         return await self._serve(op, policy, None, compute)
 
+    @traced(_describe_resume)
     async def parse_resume(
         self,
         *,
@@ -503,6 +534,7 @@ class JsonOperations(CacheEngine):
             ImportError: ``pdf`` given without the ``pdf`` extra installed.
             ConfigError: the provider needed is not configured.
             BackendError: the provider failed.
+            UserLimitExceededError: ``user_id`` is over the operation's per-user limits (before any I/O).
         """
         self._check_open()
         given = [name for name, v in (("text", text), ("pdf", pdf), ("image_url", image_url)) if v is not None]

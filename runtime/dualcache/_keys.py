@@ -1,6 +1,6 @@
 """Cache keys: pure functions, no I/O.
 
-Key schema (SPEC.md): ``embed:{sha256(text)}``, ``analysis:{userId}:{jobId}``, ``spam:{jobId}``. In
+Key schema: ``embed:{sha256(text)}``, ``analysis:{userId}:{jobId}``, ``spam:{jobId}``. In
 general, a record of an operation lives at::
 
     {prefix}[:{user}][:%v{version}]:{key}
@@ -10,10 +10,10 @@ general, a record of an operation lives at::
 * ``user`` is the escaped user id, present exactly when the operation's scope is ``user``: so every
   record of one user in one operation starts with ``{prefix}:{user}:`` (:func:`user_prefix`), a prefix
   that KV can list and that no other user's records share;
-* ``%v{version}`` is the policy's version, absent when it is ``None`` (so unversioned keys are the seed's);
+* ``%v{version}`` is the policy's version, absent when it is ``None`` (so unversioned keys are the default ones);
 * ``key`` is the escaped caller key (a job id, ...).
 
-Embedding keys are ``embed:{sha256(text)}`` for the seed's embedding configuration and
+Embedding keys are ``embed:{sha256(text)}`` for the default embedding configuration and
 ``embed:%s{fingerprint}:{sha256(text)}`` for any other (:func:`embed_key`): the fingerprint hashes
 everything that changes the vector (model, dimensions, pooling, input truncation) and the version.
 
@@ -22,7 +22,7 @@ User-supplied parts are escaped so the mapping from (user, job) to key is inject
 * ``%`` and ``:`` (the separator) and every character outside printable ASCII are percent-encoded
   (``%25``, ``%3A``, ``%C3%A9`` ...), so an escaped part never contains ``:`` and the parts of a key
   can be recovered. Ids made of letters, digits, ``-`` and ``_`` (UUIDs, database ids) are unchanged,
-  so keys stay those the seed's Worker writes.
+  so keys stay those the existing Worker writes.
 * A part whose escaped form is longer than :data:`MAX_PART_BYTES` is replaced by ``%h`` followed by
   the SHA-256 of the raw part. An escaped part only ever has ``%`` followed by two upper-case hex
   digits, so ``%h`` cannot be produced by escaping: a hashed part never equals an escaped one.
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 KV_MAX_KEY_BYTES = 512
-"""Largest KV key Cloudflare accepts, in UTF-8 bytes (cloudflare-facts §1.3)."""
+"""Largest KV key Cloudflare accepts, in UTF-8 bytes (a documented KV limit)."""
 MAX_PART_BYTES = 200
 """An escaped id longer than this is replaced by its SHA-256 (``%h`` + 64 hex digits)."""
 
@@ -74,7 +74,7 @@ _ALL_SAFE = re.compile("[" + re.escape("".join(sorted(_SAFE))) + "]*")
 
 
 def sha256_hex(text: str) -> str:
-    """Return the lower-case hex SHA-256 of ``text`` encoded as UTF-8 (what the seed's Worker computes)."""
+    """Return the lower-case hex SHA-256 of ``text`` encoded as UTF-8 (what the existing Worker computes)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -121,7 +121,7 @@ BUILTIN_PREFIXES: dict[str, str] = {
     "embeddings": "embed",
     "spam_detection": "spam",
 }
-"""Key prefix of each built-in operation (the seed's, where it has one); a custom operation's is its name."""
+"""Key prefix of each built-in operation (the existing Worker's, where it has one); a custom operation's is its name."""
 
 SEED_EMBEDDING: dict[str, Any] = {
     "model": "@cf/baai/bge-base-en-v1.5",
@@ -130,11 +130,11 @@ SEED_EMBEDDING: dict[str, Any] = {
     "max_input_chars": 2000,
     "version": None,
 }
-"""The embedding configuration whose records the seed's Worker writes, at ``embed:{sha256(text)}``."""
+"""The embedding configuration whose records the existing Worker writes, at ``embed:{sha256(text)}``."""
 
 
 def key_prefix(operation: str) -> str:
-    """Return the key prefix of ``operation`` (its name, or the seed's prefix of a built-in one)."""
+    """Return the key prefix of ``operation`` (its name, or the fixed prefix of a built-in one)."""
     return BUILTIN_PREFIXES.get(str(operation), str(operation))
 
 
@@ -169,7 +169,7 @@ def user_prefix(operation: str, user_id: str) -> str:
 def embedding_fingerprint(
     model: str, *, dimensions: int | None, pooling: str, max_input_chars: int, version: str | None = None
 ) -> str | None:
-    """Return the fingerprint of an embedding configuration, or ``None`` for the seed's (:data:`SEED_EMBEDDING`).
+    """Return the fingerprint of an embedding configuration, or ``None`` for the default (:data:`SEED_EMBEDDING`).
 
     It is the first 16 hex digits of the SHA-256 of the configuration's canonical JSON: two configurations
     that could produce different vectors for one text never share a fingerprint (bar a 64-bit collision).
@@ -216,7 +216,7 @@ def _text_hash(text: str) -> str:
 
 
 def embed_key(text: str, fingerprint: str | None = None) -> str:
-    """Return ``embed:{sha256(text)}``, or ``embed:%s{fingerprint}:{sha256(text)}`` for a non-seed
+    """Return ``embed:{sha256(text)}``, or ``embed:%s{fingerprint}:{sha256(text)}`` for a non-default
     configuration (see :func:`embedding_fingerprint`); the key hashes the full text, before any truncation.
 
     The text's hash is remembered for the texts asked again (see :data:`TEXT_HASH_MEMO_CHARS`)."""
@@ -286,7 +286,7 @@ def gateway_cache_key(
 
     For a user-scoped call (``user_id`` given) the user id is hashed in too, so when a stack turns the
     gateway cache on for such an operation, two users never share a gateway entry, even with identical
-    bodies (no cross-tenant reuse or cache-probing, peers §1 LiteLLM #29955). ``cf-aig-metadata``
+    bodies (no cross-tenant reuse or cache-probing, as reported against LiteLLM, #29955). ``cf-aig-metadata``
     cannot do this: it is not part of the gateway's cache key.
 
     The policy's ``version`` is hashed in too, so a version bump misses in the gateway as well as in KV.

@@ -892,7 +892,7 @@ class _HTTPKVBackend:
 
     @staticmethod
     def _quote(key: str) -> str:
-        # Key names go in the URL path: percent-encode everything, '/' included (cloudflare-facts §1).
+        # Key names go in the URL path: percent-encode everything, '/' included (as the KV REST API requires).
         return quote(key, safe="")
 
     async def _request(
@@ -985,7 +985,7 @@ class _HTTPKVBackend:
             reads.in_flight -= 1
 
     async def get(self, key: str) -> bytes | None:
-        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (cloudflare-facts §6)."""
+        """See :class:`KVBackend`. A 404 is a missing key, whatever its error code (not all are documented)."""
         found = await self._read(key, False)
         return None if found is None else found[0]
 
@@ -1162,7 +1162,7 @@ class _HTTPKVBackend:
 
 
 class CloudflareKVBackend(_HTTPKVBackend):
-    """One Workers KV namespace over the Cloudflare REST API (cloudflare-facts §1).
+    """One Workers KV namespace over the Cloudflare REST API.
 
     For administration, warm-up and local use: every call counts against the account's 1,200 requests
     per 5 minutes, so requests go through a :class:`~dualcache.RequestBudget` (the process-wide one of

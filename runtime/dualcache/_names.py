@@ -22,7 +22,7 @@ __all__ = [
 # 63 characters, not ending in '-' (the Workers script naming conventions; a workers.dev DNS label).
 WORKER_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$")
 """A Workers script name's characters and length (one not ending in ``-`` is valid: :func:`is_valid_worker_name`)."""
-# Gateway ids: 1..64 characters (cloudflare-facts §2.1) of the API schema's pattern for `id` (aig-config
+# Gateway ids: 1..64 characters of the API schema's pattern for `id` (aig-config
 # create): lowercase letters, digits and '_', in groups joined by single '-' (no leading, trailing or double '-').
 GATEWAY_ID_PATTERN = r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$"
 """The pattern Cloudflare's API schema gives AI Gateway ids (with a length of 1..64)."""

@@ -8,7 +8,7 @@ them, by path, and raises :class:`~dualcache.InvalidInputError`.
 
 Sampling parameters are checked against the documented ranges of each provider (:data:`SAMPLING_RANGES`):
 OpenAI's chat completions (``temperature`` 0..2, ``top_p`` 0..1, penalties -2..2) and Workers AI's text
-generation models (cloudflare-facts §3: ``temperature`` 0..5, ``top_k`` 1..50, ``seed`` 1..9999999999,
+generation models (``temperature`` 0..5, ``top_k`` 1..50, ``seed`` 1..9999999999,
 ``repetition_penalty`` 0..2). :func:`check_sampling` is the one function every entry point calls
 (``generate_application`` and a generic ``run(**params)``): it returns the checked parameters, unknown
 ones untouched (a provider may add parameters; they are still checked for JSON by the caller).

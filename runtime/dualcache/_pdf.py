@@ -1,6 +1,6 @@
 """Text extraction from PDF resumes, locally, with pypdf (the ``pdf`` extra).
 
-The seed needed an external service for this; pypdf is pure Python and well kept.
+No external service is needed for this: pypdf is pure Python and well kept.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Per-operation cache policies: data shared by infra (validated, exported) and the runtime (obeyed).
 
-The defaults are SPEC.md's table. A stack may override any field of any operation, and declare custom
+Defaults: the README's policies table. A stack may override any field of any operation, and declare custom
 operations (any ``snake_case`` name) next to the five built in; the result is validated against
 Cloudflare's bounds (KV ``expiration_ttl`` >= 60 s; AI Gateway cache TTL 60 s .. one month,
-cloudflare-facts §1.3 and §2.2).
+as Cloudflare documents them).
 
 An operation is named by an :class:`Operation`: a validated string, with the five built-in names as
 constants (``Operation.JOB_ANALYSIS == "job_analysis"``), so custom names flow through policies, keys
@@ -44,7 +44,7 @@ KV_MAX_TTL = 31_536_000
 
 Cloudflare documents no maximum TTL; the data-plane Worker refuses an ``expiration_ttl`` above 2^31 - 1 (its
 integer range, ``infra/worker/DATAPLANE.md``) and an ``expiration`` (unix seconds) above 2^31 - 1. A year keeps
-now + TTL inside that range until 2037 and is far above any cache lifetime (SPEC's longest is 30 days); a
+now + TTL inside that range until 2037 and is far above any cache lifetime (the longest default is 30 days); a
 larger value is almost surely a unit mistake (milliseconds) and would make every write fail."""
 GATEWAY_MIN_TTL = 60
 """Smallest ``cf-aig-cache-ttl``, in seconds."""
@@ -199,7 +199,7 @@ class OperationPolicy(BaseModel):
             removes them); ``global``: records are shared by all users.
         version: A short string (1..16 of ``A-Z a-z 0-9 . _ -``, e.g. ``"2"`` or ``"2027-01"``) that goes into
             every key (KV and gateway) of the operation: changing it makes every old record a miss (they
-            expire by their TTL). ``None`` (the default) keeps the unversioned keys the seed writes.
+            expire by their TTL). ``None`` (the default) keeps the unversioned keys the existing Worker writes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
@@ -296,7 +296,7 @@ _FIXED_SCOPE = {
 
 
 class Policies(BaseModel):
-    """One :class:`OperationPolicy` per operation: the five built in (defaults: SPEC.md's table) and any
+    """One :class:`OperationPolicy` per operation: the five built in (defaults: the README's policies table) and any
     custom operations, held as extra fields named after them.
 
     ``Policies(summarize_job=OperationPolicy(...))`` and :meth:`with_overrides` declare custom operations;

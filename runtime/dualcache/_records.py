@@ -23,8 +23,8 @@ New records are written in the compact format, version 2:
 | `dims`          | number of components, a positive integer: the model's dimension (768 for bge-base-en-v1.5). |
 | `dtype`         | `"f32"` (IEEE-754 binary32: `dims × 4` bytes) or `"f16"` (binary16: `dims × 2` bytes).       |
 | `embedding_b64` | base64 (RFC 4648 §4, padded, one line) of the components, **little-endian**, no header. |
-| `text`          | the first 200 characters of the embedded text (the seed's field, for debugging).            |
-| `createdAt`     | ISO-8601 UTC time of the write, with milliseconds and a `Z` suffix (the seed's field).      |
+| `text`          | the first 200 characters of the embedded text (kept from version 1, for debugging).         |
+| `createdAt`     | ISO-8601 UTC time of the write, with milliseconds and a `Z` suffix (kept from version 1).   |
 
 Readers ignore fields they do not know. The library writes `f32`; `f16` is read, and written only by a
 caller that asks for it (`build_embedding_record(..., dtype=VectorDtype.F16)`): no policy selects it yet.
@@ -35,9 +35,9 @@ a miss and the later hit return the same list. Workers AI computes in float32, s
 rounding changes nothing. A 768-d record is 4,432 bytes (1.44× the 3,072 raw bytes: base64 is 4/3, plus
 the snippet and field names), against ~16.5 KB for a JSON list of floats (5.4×).
 
-The seed's format (version 1: no `v`, a JSON list) is still read:
+The original format (version 1: no `v`, a JSON list) is still read:
 `{"text": ..., "embedding": [768 numbers], "model": ..., "createdAt": ...}`. Its numbers are rounded to
-float32 too, so an old and a new record of the same vector read equal. A seed Worker that reads
+float32 too, so an old and a new record of the same vector read equal. A Worker written for version 1 that reads
 `record.embedding` does not understand version 2 records: it finds no `embedding` field.
 
 Reading a record in JavaScript (`value` is the KV string, `model` the model you expect):
@@ -71,7 +71,7 @@ a boolean). Anything else is a miss that the flows overwrite, whatever the decod
 - a record of another format version.
 
 Job analyses (`analysis:{userId}:{jobId}`) and spam verdicts (`spam:{jobId}`) are stored as the JSON
-object the model returned, as the seed does, and judged with the same guards: an object, at most
+object the model returned, as the existing Worker does, and judged with the same guards: an object, at most
 1 MiB, nested at most 32 deep, every number finite.
 """
 
@@ -117,13 +117,13 @@ __all__ = [
 ]
 
 EMBED_INPUT_MAX_CHARS = 2000
-"""Texts are truncated to this many characters before embedding (the seed does the same)."""
+"""Texts are truncated to this many characters before embedding (the existing Worker does the same)."""
 EMBED_SNIPPET_CHARS = 200
-"""How much of the text an embedding record keeps, for debugging (the seed's ``text`` field)."""
+"""How much of the text an embedding record keeps, for debugging (the version 1 ``text`` field)."""
 RECORD_FORMAT_VERSION = 2
-"""The ``v`` of the embedding records this library writes (the seed's records have no ``v``)."""
+"""The ``v`` of the embedding records this library writes (version 1 records have no ``v``)."""
 RECORD_MAX_BYTES = 1 << 20
-"""A stored value larger than this (1 MiB) is a miss, not parsed. A 3,072-d seed record is ~70 KB."""
+"""A stored value larger than this (1 MiB) is a miss, not parsed. A 3,072-d version 1 record is ~70 KB."""
 RECORD_MAX_DEPTH = 32
 """JSON nested deeper than this is a miss, rejected before ``json.loads`` recurses."""
 
@@ -132,7 +132,7 @@ DEFAULT_DECODE_MEMO_BYTES = 64 << 20
 
 MODEL_DIMENSIONS: Mapping[str, int] = {
     "@cf/baai/bge-small-en-v1.5": 384,
-    "@cf/baai/bge-base-en-v1.5": 768,  # cloudflare-facts: result.shape [n, 768]
+    "@cf/baai/bge-base-en-v1.5": 768,  # Workers AI: result.shape [n, 768]
     "@cf/baai/bge-large-en-v1.5": 1024,
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
@@ -272,7 +272,7 @@ def build_embedding_record(
 
 
 def build_seed_embedding_record(text: str, embedding: Sequence[float], model: str, now: float) -> dict[str, Any]:
-    """Return the record the seed writes (version 1, a JSON list of floats): for a namespace shared with it."""
+    """Return a version 1 record (a JSON list of floats), as the existing Worker writes: for a shared namespace."""
     return {
         "text": text[:EMBED_SNIPPET_CHARS],
         "embedding": list(embedding),
@@ -354,7 +354,7 @@ def judge_embedding_record(
 ) -> tuple[RecordStatus, list[float] | None]:
     """Decide whether ``raw`` (a KV value) is a usable embedding of ``model``.
 
-    Reads the compact format (version 2) and the seed's (no version, a JSON list of numbers).
+    Reads the compact format (version 2) and version 1 (no version field, a JSON list of numbers).
 
     Args:
         raw: The stored value, or ``None`` when the key has none.

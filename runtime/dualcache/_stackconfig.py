@@ -45,6 +45,7 @@ from dualcache._untrusted import STACK_FILE_MAX_BYTES, one_line, quote, read_yam
 
 __all__ = [
     "CLOUDFLARE_PROVIDER_KEYS",
+    "DATA_PLANE_RESERVED_BINDINGS",
     "DATA_PLANE_TOKEN_KEY",
     "DEFAULT_PROJECT",
     "DEFAULT_GATEWAY_ID",
@@ -64,6 +65,7 @@ __all__ = [
     "RateLimitSettings",
     "RouteSettings",
     "StackConfig",
+    "WorkerRateLimitSettings",
     "WorkerSettings",
     "check_stack_name",
     "check_config_keys",
@@ -90,13 +92,13 @@ SECRET_KEYS = frozenset({"openaiApiKey", "gatewayToken", DATA_PLANE_TOKEN_KEY})
 PLAIN_KEYS = frozenset({"accountId", "gateway", "namespaces", "worker", "dataPlane", "workersDevSubdomain", "policies"})
 """Config keys that must not be secrets: their values end up in plain-text bindings and the stack output."""
 PROVIDER_CREDENTIAL_KEYS = frozenset({"cloudflare:apiToken", "cloudflare:apiKey", "cloudflare:apiUserServiceKey"})
-"""The Cloudflare provider's credentials (cloudflare-facts §4.1): secrets only, never plain text in a stack file."""
+"""The Cloudflare provider's credentials (provider configuration): secrets only, never plain text in a stack file."""
 CLOUDFLARE_PROVIDER_KEYS = frozenset(
     {"apiToken", "apiKey", "email", "apiUserServiceKey", "baseUrl", "userAgentOperatorSuffix"}
 )
 """The ``cloudflare:`` keys the provider reads: exactly the settings of pulumi-cloudflare 6.23.1's
 ``pulumi_cloudflare/config/vars.py`` (``api_key``, ``api_token``, ``api_user_service_key``, ``base_url``,
-``email``, ``user_agent_operator_suffix``; cloudflare-facts §4.1). Any other ``cloudflare:`` key is a typo."""
+``email``, ``user_agent_operator_suffix``). Any other ``cloudflare:`` key is a typo."""
 PULUMI_ENGINE_KEYS = frozenset({"disable-default-providers", "autonaming"})
 """The ``pulumi:`` keys the Pulumi engine reads from a stack file: the two it documents for stack config
 (``pulumi:disable-default-providers``, ``pulumi:autonaming``). The program reads none itself; others are
@@ -319,6 +321,37 @@ class WorkerSettings(_Settings):
         return value
 
 
+DATA_PLANE_RESERVED_BINDINGS = frozenset(
+    {n.value for n in Namespace} | {"DUALCACHE_TOKEN", "AI", "AI_GATEWAY_SLUG", "CLOUDFLARE_ACCOUNT_ID"}
+)
+"""Binding names the data-plane Worker already uses: a rate limiter cannot take one."""
+
+_RATE_LIMITER_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+class WorkerRateLimitSettings(_Settings):
+    """A Workers Rate Limiting binding of the data-plane Worker (``ratelimit``): ``limit`` calls of
+    ``env.NAME.limit({key})`` per key every ``period`` seconds (10 or 60), counted per Cloudflare location.
+
+    ``namespace_id`` is the account-wide identifier of the counters (Cloudflare: "an integer, unique to your
+    account"; bindings sharing it share counters): given as an integer or a string of digits, kept as the
+    string the API takes.
+    """
+
+    namespace_id: str
+    limit: StrictInt = Field(ge=1)
+    period: Literal[10, 60]
+
+    @field_validator("namespace_id", mode="before")
+    @classmethod
+    def _check_namespace_id(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]{0,17}", value):
+            raise ValueError("must be a positive integer (or a string of its digits), e.g. 1001")
+        return value
+
+
 class DataPlaneSettings(_Settings):
     """dualcache's own data-plane Worker (``infra/worker/dataplane.js``): name and where it is reachable.
 
@@ -333,11 +366,23 @@ class DataPlaneSettings(_Settings):
     custom_domain: CustomDomainSettings | None = None
     workers_dev: StrictBool | None = None
     """Whether the Worker answers on ``workers.dev``; None = yes unless a route or custom domain is set."""
+    rate_limits: dict[str, WorkerRateLimitSettings] = Field(default_factory=dict)
+    """Workers Rate Limiting bindings of the Worker by binding name (``POST /ratelimit/{NAME}``)."""
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         return _check_worker_name(value)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: dict[str, WorkerRateLimitSettings]) -> dict[str, WorkerRateLimitSettings]:
+        for name in value:
+            if not _RATE_LIMITER_NAME.fullmatch(name):
+                raise ValueError(f"binding name {name!r}: use 1..64 of A-Z 0-9 _, starting with a letter")
+            if name in DATA_PLANE_RESERVED_BINDINGS:
+                raise ValueError(f"binding name {name!r} is already a binding of the data-plane Worker")
+        return value
 
     @field_validator("route")
     @classmethod

@@ -15,7 +15,10 @@ that failed, a gateway failure followed by a direct fallback). ``kv_skipped``, `
 skipped KV write is dropped; they are not errors, since nothing failed. ``kv_write_dropped`` counts KV writes
 the write-behind queue dropped (the queue was full, or ``aclose()`` could not flush them in time): the answer
 was served, only its record is missing from KV. ``upstream_requests`` counts HTTP
-requests sent to the gateway or a provider (a batch of 100 embeddings is one).
+requests sent to the gateway or a provider (a batch of 100 embeddings is one). ``limited`` counts requests
+refused by a per-user limit (``dualcache._limits``) before any I/O; they are not in ``requests``.
+``limit_fallbacks`` counts limit checks made in this process because the data plane's rate limiting binding
+could not be reached.
 
 ``cost`` is what the provider calls cost; ``saved`` is what the hits and coalesced requests would
 have cost. A hit costs nothing. So ``cost + saved`` is the cost without any cache. An operation without
@@ -24,6 +27,15 @@ a price in the :class:`PriceTable` (a custom one nobody priced) still counts its
 
 ``served_without_provider`` is the share of requests answered without a provider call: KV hits,
 gateway hits and coalesced requests, over all requests (``None`` before the first request).
+
+Token figures (:meth:`Stats.usage`, fed from each answer's ``usage``): ``input_tokens``, ``output_tokens`` and
+``cached_tokens`` count what the provider computed (a gateway hit's tokens are not billed, so not counted);
+``saved_by_prompt_cache`` is what the provider's prompt cache saved in dollars. When token prices
+(:class:`~dualcache.Prices`) priced some provider calls of an operation, its ``cost`` is their token cost plus
+the per-request price of the calls that were not priced by tokens, and its ``saved`` is the prompt cache's
+saving, plus each gateway hit's own token cost (its answer carries its usage), plus each other hit at the
+operation's mean token cost per provider-answered request (the per-request price before any was measured).
+So ``cost + saved`` stays the cost without any cache.
 """
 
 from __future__ import annotations
@@ -46,8 +58,8 @@ __all__ = ["LATENCY_LAYERS", "LatencyHistogram", "Outcome", "PriceTable", "Stats
 class PriceTable(BaseModel):
     """Estimated US dollars per request the provider answers, per operation.
 
-    Defaults: the seed's figures for embeddings ($0.001), job analysis ($0.03) and application
-    generation ($0.02). The seed gives none for the other two; ours are estimates: resume parsing
+    Defaults: the job-matching service's figures for embeddings ($0.001), job analysis ($0.03) and application
+    generation ($0.02). It has none for the other two; ours are estimates: resume parsing
     $0.01 (a 70B model or GPT-4o vision over a whole resume), spam detection $0.002 (an 8B model over
     one job posting).
 
@@ -97,7 +109,11 @@ _COUNTERS = (
     "provider_skipped",
     "kv_write_dropped",
     "upstream_requests",
+    "limited",
+    "limit_fallbacks",
 )
+
+_TOKENS = ("input_tokens", "output_tokens", "cached_tokens")
 
 _LAYERS = ("kv", "gateway", "provider")
 
@@ -106,7 +122,7 @@ class Stats:
     """Counters per operation; see the module docstring for their meaning.
 
     Args:
-        prices: The price table; the seed's defaults when ``None``.
+        prices: The price table; the default per-request estimates when ``None``.
         policies: The operations to list (built-in and custom, in their order) and which of them read KV
             (the report shows "-" as the KV hit rate of one that does not); the defaults when ``None``.
             An operation counted without being listed is added at the end.
@@ -119,6 +135,10 @@ class Stats:
         self._cost: dict[str, float] = {}
         self._saved: dict[str, float] = {}
         self._latency: dict[tuple[str, str], LatencyHistogram] = {}
+        # Token figures per operation (see the module docstring): tokens the provider computed; the token cost
+        # and the requests it covered; prompt-cache savings; gateway hits priced from their own usage.
+        self._tokens: dict[str, dict[str, int]] = {}
+        self._metered: dict[str, list[float]] = {}  # [requests, cost, prompt-cache saving, gw hits, gw saving]
         self.reset()
 
     def __repr__(self) -> str:
@@ -188,9 +208,84 @@ class Stats:
         """Count ``n`` KV writes of ``operation`` dropped by the write-behind queue."""
         self._row(operation)["kv_write_dropped"] += n
 
+    def limited(self, operation: Operation | str, n: int = 1) -> None:
+        """Count ``n`` requests of ``operation`` refused by a per-user limit (never sent, not in ``requests``)."""
+        self._row(operation)["limited"] += n
+
+    def limit_fallback(self, operation: Operation | str, n: int = 1) -> None:
+        """Count ``n`` per-user limit checks of ``operation`` made locally because the data plane's rate
+        limiting binding could not be reached."""
+        self._row(operation)["limit_fallbacks"] += n
+
     def upstream(self, operation: Operation | str, n: int = 1) -> None:
         """Count ``n`` HTTP requests sent upstream for ``operation``."""
         self._row(operation)["upstream_requests"] += n
+
+    def usage(
+        self,
+        operation: Operation | str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int,
+        cost: float | None = None,
+        prompt_cache_saving: float = 0.0,
+        requests: int = 1,
+        gateway_hit: bool = False,
+    ) -> None:
+        """Count the tokens of one upstream answer of ``operation`` (its ``usage``).
+
+        Args:
+            operation: The operation.
+            input_tokens: Prompt tokens, cached ones included.
+            output_tokens: Completion tokens.
+            cached_tokens: Prompt tokens served from the provider's prompt cache.
+            cost: Its cost from token prices, or ``None`` when no token price applies (the per-request price
+                then stays the figure).
+            prompt_cache_saving: What the prompt cache saved on it, in dollars.
+            requests: How many requests of the operation the answer serves (a batch of embeddings: its texts).
+            gateway_hit: The gateway answered from its cache: nothing was billed, and ``cost`` is what the hit
+                saved.
+        """
+        name = str(operation)
+        self._row(operation)
+        metered = self._metered.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
+        if gateway_hit:
+            if cost is not None:
+                metered[3] += requests
+                metered[4] += cost
+            return
+        tokens = self._tokens.setdefault(name, dict.fromkeys(_TOKENS, 0))
+        tokens["input_tokens"] += input_tokens
+        tokens["output_tokens"] += output_tokens
+        tokens["cached_tokens"] += cached_tokens
+        if cost is not None:
+            metered[0] += requests
+            metered[1] += cost
+            metered[2] += prompt_cache_saving
+
+    def _token_figures(self, name: str, counts: Mapping[str, int]) -> tuple[float | None, float | None] | None:
+        """``(cost, saved)`` of an operation priced by tokens, or ``None`` when no call of it was."""
+        metered = self._metered.get(name)
+        if metered is None or not (metered[0] or metered[3]):
+            return None
+        requests, token_cost, prompt_saving, gw_hits, gw_saving = metered
+        price = self.prices.price(name)
+        provider = counts["provider_calls"]
+        unmetered = max(provider - requests, 0)  # an answer priced but then refused is not a provider call
+        cost: float | None
+        if price is not None:
+            cost = token_cost + price * unmetered
+        else:
+            cost = token_cost if not unmetered else None
+        mean = token_cost / requests if requests else (gw_saving / gw_hits if gw_hits else price)
+        hits = counts["kv_hits"] + counts["coalesced"] + max(counts["gateway_hits"] - int(gw_hits), 0)
+        saved: float | None
+        if mean is None:
+            saved = None if hits else gw_saving + prompt_saving
+        else:
+            saved = gw_saving + mean * hits + prompt_saving
+        return cost, saved
 
     def _kv_on(self, name: str) -> bool:
         try:
@@ -200,8 +295,12 @@ class Stats:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return ``{operation: {requests, kv_hits, gateway_hits, provider_calls, coalesced, failures,
-        errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, cost,
-        saved, served_without_provider, kv}}``.
+        errors, kv_skipped, gateway_skipped, provider_skipped, kv_write_dropped, upstream_requests, limited,
+        limit_fallbacks, cost, saved, served_without_provider, kv, input_tokens, output_tokens, cached_tokens,
+        saved_by_prompt_cache}}``.
+
+        The token fields are described in the module docstring; ``saved_by_prompt_cache`` is rounded to 1e-9, as
+        are ``cost`` and ``saved`` of an operation priced by tokens.
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says
@@ -221,7 +320,20 @@ class Stats:
                 "kv": self._kv_on(name),
                 "latency": self._latency_of(name),
             }
+            out[name].update(self._token_snapshot(name, counts))
         return out
+
+    def _token_snapshot(self, name: str, counts: Mapping[str, int]) -> dict[str, Any]:
+        """The token fields of one operation's snapshot (and its cost and saved when priced by tokens)."""
+        fields: dict[str, Any] = dict(self._tokens.get(name) or dict.fromkeys(_TOKENS, 0))
+        metered = self._metered.get(name)
+        fields["saved_by_prompt_cache"] = round(metered[2], 9) if metered is not None and metered[0] else 0.0
+        figures = self._token_figures(name, counts)
+        if figures is not None:
+            cost, saved = figures
+            fields["cost"] = None if cost is None else round(cost, 9)
+            fields["saved"] = None if saved is None else round(saved, 9)
+        return fields
 
     def reset(self) -> None:
         """Set every counter back to zero (operations counted outside the policies are dropped)."""
@@ -229,6 +341,8 @@ class Stats:
         self._cost.clear()
         self._saved.clear()
         self._latency.clear()
+        self._tokens.clear()
+        self._metered.clear()
         for op in self._policies.operations:
             self._row(op)
 
@@ -418,4 +532,25 @@ def render_report(snapshot: Mapping[str, Mapping[str, Any]]) -> str:
     )
     if unpriced:
         lines.append(f"* without {', '.join(unpriced)}: no price in the PriceTable, cost unknown")
+    lines.extend(_render_tokens(snapshot))
     return "\n".join(lines)
+
+
+def _render_tokens(snapshot: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The token table under the report: only operations whose answers reported tokens, none when no one did."""
+    rows = [
+        (name, c) for name, c in snapshot.items() if int(c.get("input_tokens") or 0) or int(c.get("output_tokens") or 0)
+    ]
+    if not rows:
+        return []
+    header = (
+        f"{'tokens (provider)':<24}{'input':>12}{'output':>12}{'cached':>12}{'cached %':>9}{'prompt cache saved $':>22}"
+    )
+    lines = ["", header, "-" * len(header)]
+    for name, c in rows:
+        tokens_in, cached = int(c.get("input_tokens") or 0), int(c.get("cached_tokens") or 0)
+        lines.append(
+            f"{name:<24}{tokens_in:>12}{int(c.get('output_tokens') or 0):>12}{cached:>12}"
+            f"{_rate(cached, tokens_in):>9}{float(c.get('saved_by_prompt_cache') or 0.0):>22.6f}"
+        )
+    return lines

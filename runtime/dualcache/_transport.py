@@ -1,6 +1,6 @@
 """Per-layer HTTP plumbing: one pool per layer, an admission gate in front of it, bounded waits.
 
-Why (issue 10): cancelling a request that httpcore has queued for a pooled connection can leave the
+Why: cancelling a request that httpcore has queued for a pooled connection can leave the
 connection it was just given stuck in ``CONNECTING`` forever; after a few bursts every connection of the
 pool is stuck and the whole ``DualCache`` wedges. So here:
 

@@ -19,10 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dualcache import load_stack_config
+from dualcache._stackconfig import WorkerRateLimitSettings
 from dualcache.local import Clock, Emulator
 from tests.contract.workerd import DataPlane, node_or_none, workerd_data_plane
 
 IMPLEMENTATIONS = ["workerd", "emulator"]
+RATE_LIMITS = {"CONTRACT_LIMITER": (3, 60)}
+"""The Workers Rate Limiting binding both implementations bind: 3 calls a key per 60 s."""
 WITHOUT_TOKEN = ["workerd"]  # the emulator always has a data-plane token (given, or generated)
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +36,15 @@ def emulator_data_plane() -> Iterator[DataPlane]:
     """The local emulator's data plane, on a frozen clock that ``advance`` moves (no wall-clock drift)."""
     frozen = time.time()
     with tempfile.TemporaryDirectory() as folder:
-        emu = Emulator(project_dir=REPO, data_dir=folder, clock=Clock(base=lambda: frozen))
+        config = load_stack_config(REPO, "dev")
+        limiters = {
+            n: WorkerRateLimitSettings(namespace_id="1001", limit=lim, period=per)
+            for n, (lim, per) in RATE_LIMITS.items()
+        }
+        config = config.model_copy(
+            update={"data_plane": config.data_plane.model_copy(update={"rate_limits": limiters})}
+        )
+        emu = Emulator(config=config, data_dir=folder, clock=Clock(base=lambda: frozen))
         with emu:
             url = emu.outputs.data_plane_url
             assert url is not None
@@ -43,7 +55,7 @@ def _start(name: str, *, with_token: bool) -> AbstractContextManager[DataPlane]:
     if name == "workerd":
         if node_or_none() is None:
             pytest.skip("Node.js is not installed; the data-plane Worker runs in workerd")
-        return workerd_data_plane(with_token=with_token)
+        return workerd_data_plane(with_token=with_token, rate_limits=RATE_LIMITS)
     if name == "emulator":
         assert with_token
         return emulator_data_plane()

@@ -8,6 +8,7 @@ Workers runtime (miniflare's workerd); the local emulator can give another, so t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import secrets
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def node_or_none() -> str | None:
 
 @contextlib.contextmanager
 def workerd_data_plane(
-    *, token: str | None = None, with_token: bool = True, worker_dir: Path = WORKER_DIR
+    *,
+    token: str | None = None,
+    with_token: bool = True,
+    worker_dir: Path = WORKER_DIR,
+    rate_limits: Mapping[str, tuple[int, int]] | None = None,
 ) -> Iterator[DataPlane]:
     """Starts the data-plane Worker in workerd on 127.0.0.1 and stops it on exit.
 
@@ -64,6 +69,7 @@ def workerd_data_plane(
         token: The ``DUALCACHE_TOKEN`` secret; a random one when None and ``with_token`` is true.
         with_token: False starts a Worker without ``DUALCACHE_TOKEN``.
         worker_dir: The directory holding ``dev.mjs`` and ``node_modules``.
+        rate_limits: Workers Rate Limiting bindings to bind, ``{name: (limit, period)}`` (period 10 or 60).
 
     Yields:
         The running data plane.
@@ -77,7 +83,11 @@ def workerd_data_plane(
         raise WorkerdError("Node.js is not installed; the data-plane Worker runs in workerd through miniflare")
     if not (worker_dir / "node_modules" / "miniflare").is_dir():
         raise WorkerdError(f"{worker_dir / 'node_modules'} has no miniflare: run make setup")
-    env = {k: v for k, v in os.environ.items() if k != "DUALCACHE_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in ("DUALCACHE_TOKEN", "DUALCACHE_RATE_LIMITS")}
+    if rate_limits:
+        env["DUALCACHE_RATE_LIMITS"] = json.dumps(
+            {n: {"limit": lim, "period": per} for n, (lim, per) in rate_limits.items()}
+        )
     secret = (token or secrets.token_urlsafe(32)) if with_token else None
     if secret is not None:
         env["DUALCACHE_TOKEN"] = secret

@@ -21,7 +21,7 @@ def _counts(snapshot: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {op: {k: v for k, v in row.items() if k != "latency"} for op, row in snapshot.items()}
 
 
-def test_demo_workload_is_deterministic_and_shaped_like_the_seed() -> None:
+def test_demo_workload_is_deterministic_and_shaped_like_the_daily_volume() -> None:
     assert build_workload(5, 2) == build_workload(5, 2)
     assert build_workload(5, 1) != build_workload(6, 1)
     planned = planned_requests(build_workload(5, 1))
@@ -112,18 +112,18 @@ def test_demo_command_rejects_bad_days(capsys: pytest.CaptureFixture[str]) -> No
     assert "--days 0: must be >= 1" in capsys.readouterr().err
 
 
-def test_demo_seed_estimates_follow_days_and_scale() -> None:
+def test_demo_expected_figures_follow_days_and_scale() -> None:
     from rich.console import Console
 
     from dualcache._demo import DemoResult, render_tables
     from dualcache._stats import Stats
 
-    def seed_column(days: int, scale: float) -> str:
+    def expected_column(days: int, scale: float) -> str:
         result = DemoResult(snapshot=Stats().snapshot(), emulator={}, planned={}, days=days, scale=scale)
         console = Console(width=200, record=True)
         console.print(render_tables(result)[1])
         return console.export_text()
 
-    assert "6.00 -> 1.50-2.10" in seed_column(1, 1.0)  # job analysis, seed's per-day figures
-    assert "12.00 -> 3.00-4.20" in seed_column(2, 1.0)
-    assert "0.60 -> 0.15-0.21" in seed_column(1, 0.1)  # a tenth of the volume, a tenth of the estimate
+    assert "6.00 -> 1.50-2.10" in expected_column(1, 1.0)  # job analysis, the expected per-day figures
+    assert "12.00 -> 3.00-4.20" in expected_column(2, 1.0)
+    assert "0.60 -> 0.15-0.21" in expected_column(1, 0.1)  # a tenth of the volume, a tenth of the estimate

@@ -111,7 +111,7 @@ async def test_e2e_version_bump_misses_and_old_records_stay_until_their_ttl(emu:
 async def test_e2e_embedding_parameter_change_misses(emu: Any, models: Models, overrides: dict[str, Any]) -> None:
     text = "Senior Python engineer " * 10
     async with make_cache(emu) as cache:
-        seed = await cache.embed(text)
+        default = await cache.embed(text)
     async with make_cache(emu, overrides, models=models) as cache:
         changed = await cache.embed(text)
         assert await cache.embed_many([text]) == [changed]
@@ -120,7 +120,7 @@ async def test_e2e_embedding_parameter_change_misses(emu: Any, models: Models, o
         names = [k.name async for k in cache.kv("EMBEDDINGS_CACHE").list_keys()]
         assert len(names) == 2 and cache.record_key("embeddings", key=text) in names
     if models.embedding_pooling == "cls":
-        assert changed != seed  # another vector: never served as the mean one
+        assert changed != default  # another vector: never served as the mean one
 
 
 async def test_e2e_refresh_skips_the_gateway_once(emu: Any) -> None:

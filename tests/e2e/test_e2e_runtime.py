@@ -44,7 +44,7 @@ async def test_e2e_embed_dual_layer_flow(emu: Any) -> None:
         assert stats["upstream"] == {EMBED: 1}
         assert stats["gateway"]["misses"] == 1
         assert (stats["kv"]["get"], stats["kv"]["put"]) == (2, 1)
-        # The record is in the stack's EMBEDDINGS_CACHE namespace, in the seed's format.
+        # The record is in the stack's EMBEDDINGS_CACHE namespace, in the version 1 format.
         raw = await cache.kv("EMBEDDINGS_CACHE").list_page(prefix="embed:")
         assert len(raw.keys) == 1
         assert cache.stats.snapshot()["embeddings"]["kv_hits"] == 1

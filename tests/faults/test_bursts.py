@@ -30,7 +30,7 @@ class HeldKVWrites(httpx.AsyncBaseTransport):
     """Real HTTP, except that every KV write waits, before it is sent, until ``release`` is set.
 
     The pool has room for every request of the burst: requests queued for a connection of a shared pool, then
-    timed out, wedge it (issue 10, item 0, another change); this test is about writes.
+    timed out, wedge it (the wedge repro, tested elsewhere); this test is about writes.
     """
 
     def __init__(self) -> None:
@@ -80,7 +80,7 @@ async def test_bursts_500_distinct_misses_land_in_kv_and_no_caller_waits_for_a_w
         assert await cache.flush(timeout=60) == 0
         stored = [k.name async for k in cache.kv("EMBEDDINGS_CACHE").list_keys(prefix="embed:")]
         snap = cache.stats.snapshot()["embeddings"]
-    assert len(stored) >= 495  # the issue's goal: >= 99 % of the burst in KV afterwards
+    assert len(stored) >= 495  # the goal: >= 99 % of the burst in KV afterwards
     assert len(stored) == 500  # and with KV healthy, all of it
     # A fault absorbed by a retry is still a fault (counted in errors); on a loaded machine a model call can meet one
     # (a connection closed under it). Every error must be such a retried attempt, logged, and no caller failed.

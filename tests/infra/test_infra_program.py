@@ -420,3 +420,42 @@ def test_program_rejects_bad_data_plane_config(write_stack: StackWriter, config:
     with pytest.raises(ConfigError, match=message) as info:
         run_plan("test", write_stack(base_config() | config))
     assert "a" * 64 not in str(info.value)
+
+
+def test_program_binds_the_rate_limiters_the_stack_declares(write_stack: StackWriter) -> None:
+    limiters = {
+        "USER_LIMITS": {"namespaceId": 1001, "limit": 100, "period": 60},
+        "BURST": {"namespaceId": "1002", "limit": 5, "period": 10},
+    }
+    plan = run_plan("test", write_stack(base_config() | {"jobmatch-ai:dataPlane": {"rateLimits": limiters}}))
+    bindings = _bindings(plan, "dataplane-script")
+    assert sorted(list(bindings)[-2:]) == ["BURST", "USER_LIMITS"]  # after the others, in the stack file's order
+    assert bindings["USER_LIMITS"] == {
+        "name": "USER_LIMITS",
+        "type": "ratelimit",
+        "namespaceId": "1001",
+        "simple": {"limit": 100, "period": 60},
+    }
+    assert bindings["BURST"]["simple"] == {"limit": 5, "period": 10} and bindings["BURST"]["namespaceId"] == "1002"
+    # Without the key, no rate limiter is declared (the committed stacks).
+    bare = run_plan("bare", write_stack(base_config(), stack="bare"))
+    assert all(b["type"] != "ratelimit" for b in _bindings(bare, "dataplane-script").values())
+
+
+@pytest.mark.parametrize(
+    ("limiters", "message"),
+    [
+        pytest.param({"X": {"namespaceId": 1, "limit": 1, "period": 30}}, "period", id="period"),
+        pytest.param({"X": {"namespaceId": 0, "limit": 1, "period": 60}}, "positive integer", id="namespace-id"),
+        pytest.param({"X": {"namespaceId": 1, "limit": 0, "period": 60}}, "limit", id="limit"),
+        pytest.param({"SESSIONS": {"namespaceId": 1, "limit": 1, "period": 60}}, "already a binding", id="clash"),
+        pytest.param({"lower": {"namespaceId": 1, "limit": 1, "period": 60}}, "A-Z 0-9 _", id="name"),
+    ],
+)
+def test_program_refuses_bad_rate_limiters_naming_the_key(
+    write_stack: StackWriter, limiters: dict[str, Any], message: str
+) -> None:
+    from dualcache import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_stack_config(write_stack(base_config() | {"jobmatch-ai:dataPlane": {"rateLimits": limiters}}), "test")

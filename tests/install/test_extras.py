@@ -30,6 +30,7 @@ DISTRIBUTION = {
     "pulumi": "pulumi",
     "pulumi_cloudflare": "pulumi-cloudflare",
     "prometheus_client": "prometheus-client",
+    "opentelemetry": "opentelemetry-api",
 }
 # The emulator's modules may import the local extra's packages at module level: they are reached through
 # dualcache.local, whose __init__ checks for the extra first and names it in the ImportError. Its entry

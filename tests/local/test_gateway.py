@@ -1,4 +1,4 @@
-"""The emulated AI Gateway: management API (facts §2.7) and the proxy's cache, rate limits and auth (§2.2-§2.6)."""
+"""The emulated AI Gateway: management API and the proxy's cache, rate limits and auth."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_gateway_management_rejects_invalid_settings(
 @pytest.mark.parametrize(
     "gateway_id",
     [
-        pytest.param("JobMatch-AI--Dev-", id="issue-10-example"),
+        pytest.param("JobMatch-AI--Dev-", id="mixed-case-doubled-trailing-hyphens"),
         pytest.param("Upper", id="upper-case"),
         pytest.param("-lead", id="leading-hyphen"),
         pytest.param("trail-", id="trailing-hyphen"),
@@ -351,7 +351,7 @@ def _to_minute_9_of_a_window(emu: Emulator, interval: int) -> None:
 def test_gateway_rate_limit_techniques_follow_the_docs_example(
     client: httpx.Client, gateways: Gateways, emu: Emulator, technique: str, second_burst_passes: bool
 ) -> None:
-    # cloudflare-facts §2.6: 10 requests / 10 minutes; 10 at 12:09 and 10 at 12:11 all pass with fixed
+    # 10 requests / 10 minutes; 10 at 12:09 and 10 at 12:11 all pass with fixed
     # windows, and the second 10 fail with a sliding window.
     gateway_id = gateways.create(rate_limiting_limit=10, rate_limiting_interval=600, rate_limiting_technique=technique)
     url = gateways.url(gateway_id, BGE)

@@ -1,4 +1,4 @@
-"""The emulated Workers KV REST API (cloudflare-facts §1), over loopback HTTP."""
+"""The emulated Workers KV REST API, over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ def test_kv_list_rejects_bad_parameters(kv: KVNamespace, params: dict[str, objec
 
 @pytest.mark.parametrize("limit", [10, 1000])
 def test_kv_list_accepts_limits_at_the_edges(kv: KVNamespace, limit: int) -> None:
-    # The REST minimum is not attested (facts §6); 10 is the one the emulator and DATAPLANE.md take.
+    # The REST minimum is not documented; 10 is the one the emulator and DATAPLANE.md take.
     kv.client.put(f"{kv.base}/bulk", json=[{"key": f"k{i:02d}", "value": "v"} for i in range(11)])
     r = kv.client.get(f"{kv.base}/keys", params={"limit": limit})
     assert r.status_code == 200

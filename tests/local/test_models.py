@@ -1,4 +1,4 @@
-"""The local stand-in models, directly and through the Workers AI / OpenAI endpoints (facts §3)."""
+"""The local stand-in models, directly and through the Workers AI / OpenAI endpoints."""
 
 from __future__ import annotations
 

@@ -826,7 +826,7 @@ async def test_single_flight_analyses_fold_per_user_never_across_users(clock: Fa
         assert (snap["requests"], snap["provider_calls"], snap["coalesced"]) == (10, 2, 8)
 
 
-# -- the hit path, local cancellation, partial batches, corrupt records (issues 10 and 13) -----------------
+# -- the hit path, local cancellation, partial batches, corrupt records ----------------------------------
 
 CALLS: dict[str, tuple[Callable[[DualCache], Any], str, int]] = {
     # name: (call, stats operation, requests it counts)
@@ -937,7 +937,7 @@ async def test_cancellation_of_everyone_abandons_the_upstream_call_and_leaks_not
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         # The computation is cancelled, but its admitted upstream request is abandoned, not cancelled: cancelling
-        # a pooled request from outside is what wedged httpcore's pool (issue 10). It ends on its own (bounded
+        # a pooled request from outside is what wedged httpcore's pool. It ends on its own (bounded
         # by its budget, then the grace period) and its answer is dropped.
         await _until(lambda: _other_tasks() == [])
         assert e.cloud.cancelled == 0

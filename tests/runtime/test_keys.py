@@ -24,13 +24,13 @@ from dualcache._keys import (
 ids = st.text(min_size=1, max_size=400) | st.text(alphabet=":%h~", min_size=1, max_size=12)
 
 
-def test_embed_key_hashes_the_full_text_like_the_seed() -> None:
+def test_embed_key_hashes_the_full_text_like_the_existing_worker() -> None:
     text = "x" * 5000
     assert embed_key(text) == "embed:" + hashlib.sha256(text.encode()).hexdigest()
     assert embed_key(text) != embed_key(text[:2000])  # truncation for the model never reaches the key
 
 
-def test_analysis_key_keeps_plain_ids_as_the_seed_writes_them() -> None:
+def test_analysis_key_keeps_plain_ids_as_the_existing_worker_writes_them() -> None:
     assert analysis_key("3f2c-uuid_1", "job-42") == "analysis:3f2c-uuid_1:job-42"
     assert spam_key("job-42") == "spam:job-42"
 
@@ -131,7 +131,7 @@ users = st.none() | ids
 LONGEST_OP = "o" * 48
 
 
-def test_record_key_keeps_the_seed_keys_of_the_built_in_operations() -> None:
+def test_record_key_keeps_the_unversioned_keys_of_the_built_in_operations() -> None:
     assert (
         record_key("job_analysis", "job-42", user_id="3f2c") == "analysis:3f2c:job-42" == analysis_key("3f2c", "job-42")
     )
@@ -177,16 +177,16 @@ def test_user_prefix_separates_hostile_lookalikes(mine: str, other: str) -> None
     assert not record_key("summarize_job", mine, version="2").startswith(prefix)  # a global record
 
 
-def test_embedding_fingerprint_is_none_for_the_seed_and_differs_for_each_parameter() -> None:
-    seed = {"dimensions": 768, "pooling": "mean", "max_input_chars": 2000, "version": None}
-    assert embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **seed) is None
+def test_embedding_fingerprint_is_none_for_the_default_and_differs_for_each_parameter() -> None:
+    default = {"dimensions": 768, "pooling": "mean", "max_input_chars": 2000, "version": None}
+    assert embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **default) is None
     assert embed_key("t", None) == embed_key("t")
     changed = [
-        embedding_fingerprint("@cf/baai/bge-large-en-v1.5", **{**seed, "dimensions": 1024}),
-        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "pooling": "cls"}),
-        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "max_input_chars": 512}),
-        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "version": "2"}),
-        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**seed, "dimensions": 384}),
+        embedding_fingerprint("@cf/baai/bge-large-en-v1.5", **{**default, "dimensions": 1024}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**default, "pooling": "cls"}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**default, "max_input_chars": 512}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**default, "version": "2"}),
+        embedding_fingerprint("@cf/baai/bge-base-en-v1.5", **{**default, "dimensions": 384}),
     ]
     assert None not in changed and len(set(changed)) == len(changed)
     keys = {embed_key("t", fp) for fp in changed} | {embed_key("t")}

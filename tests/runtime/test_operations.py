@@ -135,7 +135,7 @@ async def test_run_custom_operation_caches_per_key_and_per_user(env: tuple[DualC
     snap = cache.stats.snapshot()["summarize_job"]
     assert (snap["requests"], snap["kv_hits"], snap["provider_calls"]) == (4, 1, 3)
     assert (snap["cost"], snap["saved"], snap["served_without_provider"]) == (None, None, 0.25)
-    # The body is the seed's JSON-mode Workers AI call, with the caller's params.
+    # The body is the built-in operations' JSON-mode Workers AI call, with the caller's params.
     await cache.run("summarize_job", key="job-3", user_id="u1", model=LLAMA, messages=MSGS, temperature=0.2)
     body = json.loads(cloud.requests[-1].content)
     assert body == {"messages": MSGS, "temperature": 0.2, "response_format": {"type": "json_object"}}
@@ -355,7 +355,7 @@ async def test_refresh_skips_both_caches_once_and_overwrites_the_record(env: tup
     cache, cloud, kv = env
     await cache.detect_spam(job_id="j", messages=MSGS)
     assert cloud.requests[-1].headers["cf-aig-cache-ttl"] == "86400"
-    # A valid verdict (a record failing the spam schema would be a miss, not served: issue 14).
+    # A valid verdict (a record failing the spam schema would be a miss, not served).
     kv._data["spam:j"] = (b'{"isSpam": true, "old": true}', *kv._data["spam:j"][1:])
     assert await cache.detect_spam(job_id="j", messages=MSGS) == {"isSpam": True, "old": True}
     fresh = await cache.detect_spam(job_id="j", messages=MSGS, refresh=True)
@@ -393,14 +393,14 @@ async def test_embedding_parameter_change_misses(
     clock: FakeClock, models: Models, policy: dict[str, Any], body: dict[str, Any]
 ) -> None:
     backend = MemoryKVBackend(clock=clock)
-    seed, _, _ = make(clock, backend=backend)
-    async with seed:
-        await seed.embed("txt")
+    default, _, _ = make(clock, backend=backend)
+    async with default:
+        await default.embed("txt")
     changed, cloud, _ = make(clock, backend=backend, models=models, overrides={"embeddings": policy})
     async with changed:
         await changed.embed("txt")
         await changed.embed_many(["txt"])
-        assert changed.record_key("embeddings", key="txt") != seed.record_key("embeddings", key="txt")
+        assert changed.record_key("embeddings", key="txt") != default.record_key("embeddings", key="txt")
     assert len(cloud.requests) == 1 and json.loads(cloud.requests[0].content) == body
     assert len(backend._data) == 2
 

@@ -66,7 +66,7 @@ def _record(**fields: Any) -> bytes:
 # -- the compact format -------------------------------------------------------------------------------
 
 
-def test_build_embedding_record_is_compact_with_the_seed_fields() -> None:
+def test_build_embedding_record_is_compact_with_the_version_1_fields() -> None:
     record = build_embedding_record("t" * 300, [0.5, -1.0], "@cf/x/unknown", now=1_700_000_000.25)
     assert record == {
         "v": 2,
@@ -79,7 +79,7 @@ def test_build_embedding_record_is_compact_with_the_seed_fields() -> None:
     }
 
 
-def test_build_seed_embedding_record_has_the_seed_fields() -> None:
+def test_build_seed_embedding_record_has_the_version_1_fields() -> None:
     record = build_seed_embedding_record("t" * 300, [0.5, -1.0], MODEL, now=1_700_000_000.25)
     assert record == {
         "text": "t" * 200,
@@ -211,7 +211,7 @@ _SEED = {"text": "t", "model": MODEL, "createdAt": "2027-01-15T08:00:00.000Z"}
         pytest.param(b"[" * 200_000, RecordStatus.CORRUPT, id="deep-unbalanced"),
         pytest.param(b'{"x": "' + b"a" * RECORD_MAX_BYTES + b'"}', RecordStatus.CORRUPT, id="too-big"),
         pytest.param(b'{"n": ' + b"1" * 5000 + b"}", RecordStatus.CORRUPT, id="huge-int"),
-        # seed format (no "v")
+        # version 1 format (no "v")
         pytest.param(json.dumps({"embedding": [1.0], "model": "@cf/other"}), RecordStatus.WRONG_MODEL, id="other"),
         pytest.param(json.dumps({"embedding": [1.0] * 768}), RecordStatus.CORRUPT, id="no-model"),
         pytest.param(json.dumps({**_SEED, "embedding": []}), RecordStatus.CORRUPT, id="empty-vector"),
@@ -380,16 +380,16 @@ async def test_embed_hit_and_miss_return_the_same_float32_vector() -> None:
         assert cache.stats.snapshot()["embeddings"]["kv_hits"] == 1
 
 
-async def test_embed_reads_a_seed_record_and_keeps_it() -> None:
+async def test_embed_reads_a_version_1_record_and_keeps_it() -> None:
     cloud, backend = FakeCloud(), MemoryKVBackend()
     async with _cache(backend, cloud) as cache:
         store = cache.kv(Namespace.EMBEDDINGS_CACHE)
-        seed = encode_json_record(build_seed_embedding_record("t", VECTOR, MODEL, now=0))
-        await store.put(embed_key("t"), seed)
+        v1 = encode_json_record(build_seed_embedding_record("t", VECTOR, MODEL, now=0))
+        await store.put(embed_key("t"), v1)
         assert await cache.embed("t") == to_float32(VECTOR)
         assert await cache.embed_many(["t"]) == [to_float32(VECTOR)]
         assert cloud.requests == []
-        assert await store.get(embed_key("t")) == seed  # a hit is not rewritten
+        assert await store.get(embed_key("t")) == v1  # a hit is not rewritten
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,7 @@ class Counting:
             return httpx.Response(404, json={"success": False, "errors": [{"code": 10009, "message": "not found"}]})
         body = json.loads(request.content)
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
-        # 768 components, bge-base's dimension: a vector of another length is a bad answer (issue 14)
+        # 768 components, bge-base's dimension: a vector of another length is a bad answer
         result = {"shape": [len(texts), 768], "data": [[0.5, float(len(t))] + [0.0] * 766 for t in texts]}
         return httpx.Response(200, json={"result": result, "success": True, "errors": [], "messages": []})
 

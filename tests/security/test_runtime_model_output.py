@@ -1,4 +1,4 @@
-"""Validated model output (issue 14 item 3): bad answers are not cached, fall back where the policy says, and are
+"""Validated model output: bad answers are not cached, fall back where the policy says, and are
 counted; stored records failing the same checks are misses, overwritten."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Numbers are finite and bounded at every entry; message content is JSON-safe before any I/O (issue 14 item 6)."""
+"""Numbers are finite and bounded at every entry; message content is JSON-safe before any I/O."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Secrets out of reach (issue 14 item 4): no token in any error a caller (or an error tracker) can see.
+"""Secrets out of reach: no token in any error a caller (or an error tracker) can see.
 
 Every failure path of every HTTP layer (KV over REST, KV over the data plane, the AI Gateway, direct Workers AI,
 OpenAI through the gateway and direct) is triggered with distinctive tokens; each raised exception is rendered

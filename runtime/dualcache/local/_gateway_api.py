@@ -56,7 +56,7 @@ _GATEWAY_OPTIONAL = (
 
 
 def validate_gateway(data: Any, *, gateway_id: str | None) -> dict[str, Any]:
-    """Validate a create (``gateway_id`` None: taken from the body) or update body (facts §2.7).
+    """Validate a create (``gateway_id`` None: taken from the body) or update body (the management API's).
 
     Raises:
         HTTPError: a 400 envelope naming the bad field.
@@ -110,7 +110,7 @@ def validate_gateway(data: Any, *, gateway_id: str | None) -> dict[str, Any]:
 
 GATEWAY_ID_MAX = 64
 GATEWAY_ID_PATTERN = re.compile(r"^[a-z0-9_]+(?:-[a-z0-9_]+)*$")
-"""The gateway id Cloudflare's API schema accepts (issue 10): lowercase letters, digits and ``_``, in runs
+"""The gateway id Cloudflare's API schema accepts: lowercase letters, digits and ``_``, in runs
 joined by single ``-``; so no upper case, no leading, trailing or doubled ``-``."""
 
 
@@ -141,7 +141,7 @@ class _Gateways:
         if request.method == "POST":
             settings = validate_gateway(await _json_body(request), gateway_id=None)
             if store.gateway(account_id, settings["id"]) is not None:
-                # Real code/status not in the fact sheet.
+                # Cloudflare does not document the real code/status; this one is the emulator's.
                 raise cf_error(400, 7001, f"a gateway with id {settings['id']!r} already exists")
             stamp = _iso(self.state.clock.now())
             settings.update(created_at=stamp, modified_at=stamp)
@@ -159,7 +159,7 @@ class _Gateways:
     async def item(self, request: Request, account_id: str, gateway_id: str) -> Response:
         store = self.state.store
         # Whether the real API checks the id of GET / PUT / DELETE against the schema before looking it up
-        # (400) or just finds nothing (404) is not in the fact sheet; an id that cannot exist is refused as
+        # (400) or just finds nothing (404) is not documented; an id that cannot exist is refused as
         # a create would refuse it, so a client bug surfaces the same way on every route.
         check_gateway_id(gateway_id)
         current = store.gateway(account_id, gateway_id)

@@ -35,7 +35,7 @@ from dualcache.local._common import (
 from dualcache.local._state import EmulatorState
 from dualcache.local._store import KVEntry
 
-# Limits (cloudflare-facts §1.1, §1.3, §2.4, §3.1).
+# Limits, as Cloudflare documents them for KV, AI Gateway and Workers AI.
 KEY_MAX_BYTES = 512
 VALUE_MAX_BYTES = 25 * 1024 * 1024
 METADATA_MAX_BYTES = 1024
@@ -43,8 +43,8 @@ BULK_WRITE_MAX = 10_000
 BULK_GET_MAX = 100
 BULK_BODY_MAX_BYTES = 100 * 1000 * 1000
 LIST_LIMIT_MIN = 10
-"""The smallest ``limit`` a key listing takes. Cloudflare's REST minimum is not attested (facts §6: "10?");
-issue 10 and DATAPLANE.md take 10, so both surfaces refuse 1..9 rather than accept what production may not."""
+"""The smallest ``limit`` a key listing takes. Cloudflare's REST minimum is not documented;
+DATAPLANE.md takes 10, so both surfaces refuse 1..9 rather than accept what production may not."""
 LIST_LIMIT_MAX = 1000
 DATA_PLANE_BATCH_MAX = 100
 """Keys per bulk read, write or delete on the data plane (DATAPLANE.md)."""
@@ -162,18 +162,18 @@ REST_KV = KVProfile(
     bulk_get_max=BULK_GET_MAX,
     bulk_body_max=BULK_BODY_MAX_BYTES,
     put_body_max=None,
-    # The REST status of an oversized value is not in the fact sheet; 413 Payload Too Large is what an
+    # The REST status of an oversized value is not documented; 413 Payload Too Large is what an
     # HTTP server says. Every other violation is 400.
     oversize_status=("value", "body"),
     error_fields=False,
     max_expiration=MAX_EXPIRATION,
-    # Whether REST takes a bulk read of no keys is not in the fact sheet; it is refused here.
+    # Whether REST takes a bulk read of no keys is not documented; it is refused here.
     empty_bulk_get=False,
     expiration_on_request=False,
     metadata_header=False,
     legacy_bulk_delete=True,
 )
-"""The Workers KV REST API (facts §1)."""
+"""The Workers KV REST API."""
 
 DATA_PLANE_KV = KVProfile(
     name="data_plane",
@@ -199,7 +199,7 @@ def _check_key(key: str) -> None:
         raise LimitViolation("key", KEY_MAX_BYTES, f"Invalid key name {key!r}: a key cannot be empty, '.' or '..'")
     size = len(key.encode("utf-8"))
     if size > KEY_MAX_BYTES:
-        # Status for an over-long key is not in the fact sheet; 400 like the other validation errors.
+        # Status for an over-long key is not documented; 400 like the other validation errors.
         raise LimitViolation("key", KEY_MAX_BYTES, f"key name is {size} bytes; the maximum is {KEY_MAX_BYTES} bytes")
 
 
@@ -207,7 +207,7 @@ def _check_metadata(metadata: Any, *, key: str) -> str | None:
     if metadata is None:
         return None
     # Measured as JavaScript's JSON.stringify writes it (compact, non-ASCII kept as UTF-8, not \uXXXX
-    # escapes), which is how a Worker's metadata is serialized; facts §1.3 say "1024 bytes (serialized JSON)".
+    # escapes), which is how a Worker's metadata is serialized; Cloudflare says "1024 bytes (serialized JSON)".
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
@@ -267,7 +267,7 @@ def _int_query(request: Request, name: str, limit: int) -> int | None:
 def _expiration(
     now: float, expiration: Any, expiration_ttl: Any, *, key: str, latest: int = MAX_EXPIRATION
 ) -> int | None:
-    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins, facts §1.1) to unix seconds, at most ``latest``."""
+    """Resolve ``expiration`` / ``expiration_ttl`` (ttl wins) to unix seconds, at most ``latest``."""
     for name, value in (("expiration", expiration), ("expiration_ttl", expiration_ttl)):
         if value is not None and (
             isinstance(value, bool)
@@ -278,7 +278,7 @@ def _expiration(
             raise LimitViolation(name, KV_MIN_TTL, f"Invalid {name} {value!r} for key {key!r}: must be an integer")
     resolved = now + expiration_ttl if expiration_ttl is not None else expiration
     if resolved is not None and resolved > latest:
-        # Cloudflare's REST upper bound is not in the fact sheet; year 9999 keeps the value storable (SQLite
+        # Cloudflare's REST upper bound is not documented; year 9999 keeps the value storable (SQLite
         # INTEGER). The data plane's is the binding's 32-bit range.
         name = "expiration_ttl" if expiration_ttl is not None else "expiration"
         raise LimitViolation(
@@ -367,7 +367,7 @@ class _KV:
             if not isinstance(title, str) or not title.strip():
                 raise cf_error(400, CODE_BAD_REQUEST, "title is required: a non-empty string")
             if store.namespace_by_title(account_id, title) is not None:
-                # Real code not in the fact sheet.
+                # Cloudflare does not document the real code; this one is the emulator's.
                 raise cf_error(400, 10014, f"a namespace with title {title!r} already exists in this account")
             namespace_id = uuid.uuid4().hex
             store.create_namespace(account_id, namespace_id, title)
@@ -483,7 +483,7 @@ class _KV:
         if raw_limit is not None and raw_limit != "":
             limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 7 else -1
             if not LIST_LIMIT_MIN <= limit <= LIST_LIMIT_MAX:
-                # The REST minimum is not attested (facts §6, "10?"): 10 is taken, as in issue 10 and
+                # The REST minimum is not documented: 10 is taken, as in
                 # DATAPLANE.md, so a client that works here never sends a limit production might refuse.
                 shown = str(limit) if limit >= 0 else repr(raw_limit)
                 raise LimitViolation(

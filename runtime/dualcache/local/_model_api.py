@@ -55,8 +55,12 @@ def _wai_error(status: int, code: int, message: str) -> ModelReply:
     )
 
 
-def run_workers_ai(model: str, data: Any) -> ModelReply:
-    """Run a local Workers AI model on ``data`` (the request JSON); envelope per facts §3."""
+def run_workers_ai(model: str, data: Any, prompt_cache: _models.PromptCache | None = None) -> ModelReply:
+    """Run a local Workers AI model on ``data`` (the request JSON); in Workers AI's envelope.
+
+    A chat answer's ``usage`` carries ``prompt_tokens_details.cached_tokens`` (the OpenAI-shaped field Workers AI's
+    prefix caching reports) from ``prompt_cache``: 0 without one.
+    """
     if model in _models.WORKERS_AI_EMBEDDING_MODELS:
         if not isinstance(data, Mapping) or "text" not in data:
             return _wai_error(400, WAI_INCOMPLETE, "Type: 'text' is required: a string or an array of 1..100 strings")
@@ -99,12 +103,13 @@ def run_workers_ai(model: str, data: Any) -> ModelReply:
         )
         prompt_tokens = _models.token_count(prompt_text)
         completion_tokens = _models.token_count(answer if isinstance(answer, str) else json.dumps(answer))
+        cached_tokens = _cached(prompt_cache, model, data, prompt_tokens)
         json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
             "json_object",
             "json_schema",
         )
         if isinstance(answer, str) or json_mode:
-            response: Any = answer  # JSON mode: result.response is an object (facts §3.2)
+            response: Any = answer  # JSON mode: result.response is an object
         else:
             response = json.dumps(answer)  # JSON asked in the prompt only: a string holding JSON
         return _json_reply(
@@ -116,6 +121,7 @@ def run_workers_ai(model: str, data: Any) -> ModelReply:
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,
                         "total_tokens": prompt_tokens + completion_tokens,
+                        "prompt_tokens_details": {"cached_tokens": cached_tokens},
                     },
                 },
                 "success": True,
@@ -156,8 +162,20 @@ def _known(model: Any, names: frozenset[str] | dict[str, int]) -> str | None:
     return None
 
 
-def run_openai(path: str, data: Any, now: float) -> ModelReply:
-    """Answer an OpenAI ``chat/completions`` or ``embeddings`` request with a local model."""
+def _cached(prompt_cache: _models.PromptCache | None, model: str, data: Mapping[str, Any], prompt_tokens: int) -> int:
+    """The prompt-cache tokens of a chat request (its ``messages``; a ``prompt`` is one user message), at most
+    its prompt tokens."""
+    if prompt_cache is None:
+        return 0
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        messages = [{"role": "user", "content": data.get("prompt", "")}]
+    return min(prompt_cache.cached_tokens(model, messages), prompt_tokens)
+
+
+def run_openai(path: str, data: Any, now: float, prompt_cache: _models.PromptCache | None = None) -> ModelReply:
+    """Answer an OpenAI ``chat/completions`` or ``embeddings`` request with a local model (a chat answer's
+    ``usage.prompt_tokens_details.cached_tokens`` from ``prompt_cache``, 0 without one)."""
     if not isinstance(data, Mapping):
         return _openai_bad_request("the request body must be a JSON object")
     model = data.get("model")
@@ -188,6 +206,7 @@ def run_openai(path: str, data: Any, now: float) -> ModelReply:
         content = json.dumps(answer) if is_json else str(answer)
         prompt_tokens = _models.token_count(prompt_text)
         completion_tokens = _models.token_count(content)
+        cached_tokens = _cached(prompt_cache, str(model), data, prompt_tokens)
         digest = hashlib.sha256(f"{model}\x00{prompt_text}".encode()).hexdigest()[:24]
         return _json_reply(
             200,
@@ -208,6 +227,7 @@ def run_openai(path: str, data: Any, now: float) -> ModelReply:
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached_tokens},
                 },
                 "system_fingerprint": "fp_dualcache_local",
             },
@@ -275,6 +295,7 @@ class _Models:
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
+        self.prompt_cache = _models.PromptCache()
 
     async def invoke(self, provider: str, model: str, data: Any, request: Request, *, path: str) -> ModelReply:
         """Call the model (upstream): count it, apply upstream faults, answer locally or forward."""
@@ -283,10 +304,10 @@ class _Models:
         if fault is not None:
             return _fault_reply(provider, fault)
         if provider == "workers-ai":
-            return run_workers_ai(model, data)
+            return run_workers_ai(model, data, self.prompt_cache)
         if self.state.openai_upstream is not None:
             return await self.forward(path, request)
-        return run_openai(path, data, self.state.clock.now())
+        return run_openai(path, data, self.state.clock.now(), self.prompt_cache)
 
     async def forward(self, path: str, request: Request) -> ModelReply:
         assert self.state.openai_upstream is not None

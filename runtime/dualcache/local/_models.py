@@ -7,6 +7,9 @@
   OpenAI ``gpt-4o-mini`` / ``gpt-4o``): an answer derived from a hash of the input. When JSON is asked
   (a JSON response format, or a prompt that mentions JSON) the answer is valid JSON; with a JSON Schema
   it is an instance of that schema.
+* Prompt caching (:class:`PromptCache`): a chat request whose leading messages were already sent to the same
+  model reports those messages' tokens in ``usage.prompt_tokens_details.cached_tokens``, as a provider's
+  prefix cache would (without the real ones' minimum prefix length, so short test prompts show it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +27,7 @@ __all__ = [
     "EMBEDDING_MODELS",
     "OPENAI_CHAT_MODELS",
     "OPENAI_EMBEDDING_MODELS",
+    "PromptCache",
     "TEXT_MODELS",
     "WORKERS_AI_EMBEDDING_MODELS",
     "embed",
@@ -282,3 +288,44 @@ def messages_text(messages: Sequence[Any]) -> str:
             )
         lines.append(f"{message.get('role', 'user')}: {content if content is not None else ''}")
     return "\n".join(lines)
+
+
+class PromptCache:
+    """A deterministic stand-in for a provider's prompt (prefix) cache, per model.
+
+    :meth:`cached_tokens` answers how many prompt tokens of a chat request were cached: the tokens of the longest
+    run of leading messages (whole messages, up to all of them) that an earlier request to the same model began
+    with; then it remembers every leading run of this request. The same request twice: the second has all its
+    prompt tokens cached. The least recently seen prefixes are forgotten past ``max_entries``.
+
+    Args:
+        max_entries: How many prefixes are remembered (>= 1).
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries={max_entries!r}: must be >= 1")
+        self.max_entries = max_entries
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached_tokens(self, model: str, messages: Sequence[Any]) -> int:
+        """The cached prompt tokens of ``messages`` sent to ``model`` (0 the first time), remembering them."""
+        prefixes = [_digest(model, messages_text(messages[: i + 1])) for i in range(len(messages))]
+        cached = 0
+        with self._lock:
+            for i in range(len(prefixes) - 1, -1, -1):
+                if prefixes[i] in self._seen:
+                    cached = token_count(messages_text(messages[: i + 1]))
+                    break
+            for digest in prefixes:
+                self._seen[digest] = None
+                self._seen.move_to_end(digest)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+        return cached
+
+    def clear(self) -> None:
+        """Forget every prefix."""
+        with self._lock:
+            self._seen.clear()

@@ -38,7 +38,7 @@ from dualcache.local._store import CachedResponse
 CACHEABLE_REQUEST_MAX_BYTES = 25 * 1000 * 1000
 
 CUSTOM_KEY_DEFAULT_TTL = 300
-"""``cf-aig-cache-key`` on a gateway with caching off caches for 5 minutes (facts §2.2)."""
+"""``cf-aig-cache-key`` on a gateway with caching off caches for 5 minutes (as Cloudflare documents)."""
 
 
 class _Proxy:
@@ -57,7 +57,7 @@ class _Proxy:
             raise _method_not_allowed(request)
         gateway = state.store.gateway(account_id, gateway_id)
         if gateway is None:
-            # What the real gateway does for an unknown id is not in the fact sheet (it may create a
+            # What the real gateway does for an unknown id is not documented (it may create a
             # default gateway); the emulator serves only gateways that exist.
             raise cf_error(404, CODE_GATEWAY_NOT_FOUND, f"gateway {gateway_id!r} not found in account {account_id}")
         fault = await state.apply_fault("gateway")
@@ -66,7 +66,7 @@ class _Proxy:
         if gateway.get("authentication"):
             given = _bearer(request.headers.get("cf-aig-authorization"))
             # With an emulator token the header must carry it; without one any non-empty token passes.
-            # The real status is not documented (facts §6: "the request fails", 401-type errors): 401.
+            # The real status is not documented ("the request fails", 401-type errors): 401.
             if given is None or (state.token is not None and given != state.token):
                 state.count("gateway", "refused")
                 raise cf_error(

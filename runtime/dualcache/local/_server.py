@@ -79,7 +79,7 @@ def check_data_plane_token(token: str, *, source: str = "data_plane_token") -> s
 
 
 def data_plane_worker_name(config: StackConfig) -> str:
-    """The data-plane Worker's script name for ``config``'s stack: ``<project>-dualcache-<stack>`` (issue 8)."""
+    """The data-plane Worker's script name for ``config``'s stack: ``<project>-dualcache-<stack>``."""
     return f"{config.project}-dualcache-{config.stack}"
 
 
@@ -90,6 +90,7 @@ def data_plane_for(config: StackConfig, token: str) -> DataPlane:
         account_id=config.account_id,
         namespaces={b.value: config.offline_namespace_id(b) for b in Namespace},
         gateway_id=config.gateway_id,
+        rate_limits={name: (r.limit, r.period) for name, r in config.data_plane.rate_limits.items()},
     )
 
 
@@ -140,7 +141,7 @@ def is_loopback(host: str) -> bool:
 
 
 def gateway_settings(config: StackConfig) -> dict[str, Any]:
-    """The management-API body (facts §2.7) of the stack's gateway."""
+    """The management-API body of the stack's gateway."""
     gw = config.gateway
     settings: dict[str, Any] = {
         "id": config.gateway_id,

@@ -29,9 +29,9 @@ from dualcache.local._store import Store
 __all__ = ["DataPlane", "EmulatorState", "FaultSpec", "check_api_token"]
 
 DEFAULT_RETRY_AFTER = 60
-"""``retry-after`` (seconds) of an injected 429 unless the fault says otherwise. Facts §1.2: a 429 of the
-Cloudflare API carries ``retry-after`` (seconds); its value is not attested (the block lasts up to 5 minutes).
-``ratelimit`` / ``x-ratelimit-*`` headers are named there but their exact shape is not, so none are sent."""
+"""``retry-after`` (seconds) of an injected 429 unless the fault says otherwise. A 429 of the
+Cloudflare API carries ``retry-after`` (seconds); its value is not documented (the block lasts up to 5 minutes).
+``ratelimit`` / ``x-ratelimit-*`` headers are documented but their exact shape is not, so none are sent."""
 
 TIMEOUT_FAULT_SECONDS = 30.0
 """How long a ``timeout`` fault hangs a request (returns early when the server stops)."""
@@ -151,7 +151,13 @@ def _empty_stats() -> dict[str, Any]:
         # KV operations through the Cloudflare REST API (what the account's API budget pays for).
         "kv": dict.fromkeys(KV_OPERATIONS, 0),
         # KV operations through the data plane (the Worker's API), its refused requests and health checks.
-        "data_plane": {**dict.fromkeys(KV_OPERATIONS, 0), "unauthorized": 0, "health": 0},
+        "data_plane": {
+            **dict.fromkeys(KV_OPERATIONS, 0),
+            "unauthorized": 0,
+            "health": 0,
+            "ratelimit_ok": 0,
+            "ratelimit_limited": 0,
+        },
         "gateway": dict.fromkeys(("hits", "misses", "skips", "rate_limited", "refused", "retries"), 0),
         "upstream": Counter(),
         "direct": Counter(),
@@ -184,12 +190,14 @@ class DataPlane:
         account_id: The account owning the namespaces.
         namespaces: Namespace id of each binding name (``SESSIONS``, ...), as the Worker's KV bindings.
         gateway_id: The gateway ``GET /health`` probes.
+        rate_limits: The Workers Rate Limiting bindings, ``{name: (limit, period)}`` (``POST /ratelimit/{name}``).
     """
 
     token: str = field(repr=False)
     account_id: str
     namespaces: Mapping[str, str]
     gateway_id: str
+    rate_limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class EmulatorState:
@@ -367,7 +375,7 @@ class EmulatorState:
         """Admit one request to ``gateway`` or return the seconds until it could be admitted.
 
         ``fixed``: calendar windows of ``interval`` seconds; ``sliding``: the last ``interval`` seconds
-        (facts §2.6). Refused requests do not count against the window.
+        (AI Gateway's rate limiting). Refused requests do not count against the window.
         """
         limit = gateway.get("rate_limiting_limit") or 0
         interval = gateway.get("rate_limiting_interval") or 0
@@ -403,7 +411,7 @@ def check_api_token(state: EmulatorState, request: Request) -> None:
         return
     given = request.headers.get("authorization")
     if not given:
-        # Cloudflare's exact status for a missing token is not in the fact sheet: 401 here, 403 for a
+        # Cloudflare's exact status for a missing token is not documented: 401 here, 403 for a
         # wrong one, both with code 10000 "Authentication error". Clients treat 401 and 403 alike.
         state.count("api", "unauthorized")
         raise cf_error(401, CODE_AUTH, "Authentication error: missing Authorization: Bearer <API token>")
