@@ -55,8 +55,8 @@ DEFAULT_LOG_CAPACITY = 10_000
 METADATA_MAX = 2048
 """Longest ``cf-aig-metadata`` kept in a log entry (a longer one is dropped from the entry)."""
 
-# US dollars per million tokens (input, output) of the models the emulator prices: the Workers AI list
-# prices of the fact sheet (§3.1, §3.2). Any other model's cost is left out (null), never invented.
+# US dollars per million tokens (input, output) of the models the emulator prices: Cloudflare's Workers AI list
+# prices for them. Any other model's cost is left out (null), never invented.
 _PRICES_PER_M: dict[str, tuple[float, float]] = {
     "@cf/baai/bge-base-en-v1.5": (0.067, 0.0),
     "@cf/meta/llama-3.3-70b-instruct-fp8-fast": (0.29, 2.25),
