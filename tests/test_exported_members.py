@@ -78,6 +78,14 @@ def test_exported_members_include_the_operations_surface() -> None:
     assert callable(dualcache.Policies.override) and callable(dualcache.Policies.with_overrides)
 
 
+def test_exported_members_include_the_observability_surface() -> None:
+    # Prometheus metrics (the prometheus extra), latency per layer, and what `dualcache report` reads.
+    for name in ("LatencyHistogram", "PrometheusCollector", "register_metrics"):
+        assert name in dualcache.__all__, name
+    for method in ("observe", "latency", "save", "snapshot"):
+        assert callable(getattr(dualcache.Stats, method)), method
+
+
 def test_exported_members_include_the_user_limits_surface() -> None:
     for name in ("UserLimits", "UserLimiter", "UserLimitExceededError"):
         assert name in dualcache.__all__, name

@@ -49,11 +49,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time these come from __getat
         SQLiteKVBackend,
     )
     from dualcache._limits import UserLimiter, UserLimits
+    from dualcache._metrics import PrometheusCollector, register_metrics
     from dualcache._outputs import StackOutputs
     from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy, Policies, Scope
     from dualcache._pricing import Prices, TokenPrices, Usage
     from dualcache._stackconfig import StackConfig, load_stack_config
-    from dualcache._stats import Outcome, PriceTable, Stats
+    from dualcache._stats import LatencyHistogram, Outcome, PriceTable, Stats
     from dualcache._writebehind import WriteBehindPolicy
 
 __version__ = "0.1.0"
@@ -84,6 +85,8 @@ _LAZY: dict[str, str] = {
     "KVStore": "dualcache._kv",
     "MemoryKVBackend": "dualcache._kv",
     "SQLiteKVBackend": "dualcache._kv",
+    "PrometheusCollector": "dualcache._metrics",
+    "register_metrics": "dualcache._metrics",
     "UserLimiter": "dualcache._limits",
     "UserLimits": "dualcache._limits",
     "StackOutputs": "dualcache._outputs",
@@ -98,6 +101,7 @@ _LAZY: dict[str, str] = {
     "Usage": "dualcache._pricing",
     "StackConfig": "dualcache._stackconfig",
     "load_stack_config": "dualcache._stackconfig",
+    "LatencyHistogram": "dualcache._stats",
     "Outcome": "dualcache._stats",
     "PriceTable": "dualcache._stats",
     "Stats": "dualcache._stats",
@@ -144,6 +148,7 @@ __all__ = [
     "KVKey",
     "KVPage",
     "KVStore",
+    "LatencyHistogram",
     "LayerLimits",
     "MemoryKVBackend",
     "Models",
@@ -154,6 +159,7 @@ __all__ = [
     "Policies",
     "PoolLimits",
     "PriceTable",
+    "PrometheusCollector",
     "Prices",
     "RateLimitedError",
     "RequestBudget",
@@ -176,4 +182,5 @@ __all__ = [
     "WriteBehindPolicy",
     "__version__",
     "load_stack_config",
+    "register_metrics",
 ]

@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "dualcache._cli_infra",  # plan, outputs, wrangler: forwarded to the project's infra.cli
     "dualcache.local._cli",  # dev
     "dualcache._demo",  # demo
+    "dualcache._report",  # report
 )
 
 

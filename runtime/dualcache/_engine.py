@@ -26,6 +26,7 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -52,7 +53,7 @@ from dualcache._kv import (
 )
 from dualcache._limits import DataPlaneRateLimiter, Refusal, UserLimiter, UserLimits, rate_key, user_label
 from dualcache._outputs import StackOutputs
-from dualcache._policy import GatewayMode, Namespace, Operation, OperationPolicy
+from dualcache._policy import Namespace, Operation, OperationPolicy
 from dualcache._pricing import Prices, TokenPrices
 from dualcache._records import RecordStatus, should_coalesce
 from dualcache._singleflight import Flight, SharedReads, SingleFlight
@@ -263,8 +264,11 @@ class CacheEngine:
 
         Logged at debug level only: an outage is logged once, by the breaker or the budget, not once per key.
         """
+        started = time.perf_counter()
         try:
-            return await store.get(key), True
+            value = await store.get(key)
+            self.stats.observe(op, "kv_read", time.perf_counter() - started)
+            return value, True
         except SkippedError as exc:
             self.stats.skip(op, "kv")
             logger.debug("%s: KV read of %r skipped (%s), treated as a miss", op.value, key, exc.reason)
@@ -276,7 +280,10 @@ class CacheEngine:
 
     async def _kv_read_many(self, op: Operation, store: KVStore, keys: list[str]) -> KVBatchRead:
         """Bulk-read ``keys``; a failed chunk costs only its keys, counted once per chunk (errors or skips)."""
+        started = time.perf_counter()
         batch = await store.get_many_partial(keys)
+        if not batch.errors:
+            self.stats.observe(op, "kv_read", time.perf_counter() - started)
         for exc in batch.errors:
             lost = sum(1 for e in batch.failed.values() if e is exc)
             if isinstance(exc, SkippedError):
@@ -367,12 +374,14 @@ class CacheEngine:
         """Write ``entries`` (one put, or one bulk write); a failure is counted, never raised."""
         if not entries:
             return
+        started = time.perf_counter()
         try:
             if len(entries) == 1:
                 e = entries[0]
                 await store.put(e.key, e.value, ttl=e.ttl, metadata=e.metadata)
             else:
                 await store.put_many(entries)
+            self.stats.observe(op, "kv_write", time.perf_counter() - started)
         except SkippedError as exc:
             self.stats.skip(op, "kv")
             logger.debug("%s: KV write of %d key(s) skipped (%s)", op.value, len(entries), exc.reason)
@@ -455,11 +464,10 @@ class CacheEngine:
         """One upstream call of ``op``; ``requests`` is how many requests of it the answer serves (the texts of
         a batch of embeddings), for the token figures of :meth:`~dualcache.Stats.usage`."""
         record = CallRecord()
-        cache_key = (
-            gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id, version=policy.version)
-            if policy.gateway is GatewayMode.CACHE
-            else None
-        )
+        # Computed whatever the gateway mode: sent as cf-aig-cache-key when caching, and always as the request's
+        # id in cf-aig-metadata, which the gateway logs keep (the repeat intervals of `dualcache report`).
+        cache_key = gateway_cache_key(op.value, provider.value, path, payload, user_id=user_id, version=policy.version)
+        started = time.perf_counter()
         model = payload.get("model")
         model = model if isinstance(model, str) else path  # OpenAI names it in the body; Workers AI in the path
         prices = None if self._token_prices is None else self._token_prices.for_call(op.value, model)
@@ -487,6 +495,7 @@ class CacheEngine:
                 result.cache_status,
                 result.log_id,
             )
+            self.stats.observe(op, "gateway" if result.gateway_hit else "provider", time.perf_counter() - started)
             if self._on_upstream is not None:
                 try:
                     self._on_upstream(op, result)

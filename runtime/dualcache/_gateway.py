@@ -146,6 +146,8 @@ def gateway_headers(
     * ``cf-aig-authorization`` when a gateway token is given;
     * ``cf-aig-metadata`` with the operation, and the user id for user-scoped calls (escaped, hashed
       when long; metadata is not part of the gateway's cache key);
+      and ``request``, the first 16 hex digits of ``cache_key``'s hash when given (in either mode), so the
+      gateway logs tell repeats of one request apart;
     * ``cf-aig-collect-log`` when the policy sets it.
     """
     headers: dict[str, str] = SecretHeaders()  # its repr masks cf-aig-authorization
@@ -167,6 +169,8 @@ def gateway_headers(
     metadata: dict[str, str] = {"operation": operation.value}
     if user_id:
         metadata["user_id"] = escape_part(user_id)
+    if cache_key:  # the request's id in the gateway logs (repeat intervals per request); a hash, never content
+        metadata["request"] = cache_key.rsplit(":", 1)[-1][:16]
     headers["cf-aig-metadata"] = json.dumps(metadata, separators=(",", ":"))
     if policy.collect_log is not None:
         headers["cf-aig-collect-log"] = "true" if policy.collect_log else "false"

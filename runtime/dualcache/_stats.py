@@ -40,15 +40,19 @@ So ``cost + saved`` stays the cost without any cache.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Iterable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dualcache._policy import Operation, Policies
 
-__all__ = ["Outcome", "PriceTable", "Stats"]
+__all__ = ["LATENCY_LAYERS", "LatencyHistogram", "Outcome", "PriceTable", "Stats"]
 
 
 class PriceTable(BaseModel):
@@ -130,6 +134,7 @@ class Stats:
         self._counts: dict[str, dict[str, int]] = {}
         self._cost: dict[str, float] = {}
         self._saved: dict[str, float] = {}
+        self._latency: dict[tuple[str, str], LatencyHistogram] = {}
         # Token figures per operation (see the module docstring): tokens the provider computed; the token cost
         # and the requests it covered; prompt-cache savings; gateway hits priced from their own usage.
         self._tokens: dict[str, dict[str, int]] = {}
@@ -299,8 +304,9 @@ class Stats:
 
         ``cost`` and ``saved`` are US dollars rounded to 1e-6, or ``None`` when the operation has no price;
         ``served_without_provider`` is a fraction (0..1), ``None`` before the first request; ``kv`` says
-        whether the operation's policy reads KV. Every operation of the policies is listed, then any
-        other that was counted.
+        whether the operation's policy reads KV. ``latency`` is ``{layer: {count, p50_ms, p99_ms, max_ms,
+        sum_ms}}`` for each layer of :data:`LATENCY_LAYERS` timed so far (see :meth:`observe`). Every
+        operation of the policies is listed, then any other that was counted.
         """
         out: dict[str, dict[str, Any]] = {}
         for name, counts in self._counts.items():
@@ -312,6 +318,7 @@ class Stats:
                 "saved": round(self._saved[name], 6) if priced else None,
                 "served_without_provider": served / counts["requests"] if counts["requests"] else None,
                 "kv": self._kv_on(name),
+                "latency": self._latency_of(name),
             }
             out[name].update(self._token_snapshot(name, counts))
         return out
@@ -333,6 +340,7 @@ class Stats:
         self._counts.clear()
         self._cost.clear()
         self._saved.clear()
+        self._latency.clear()
         self._tokens.clear()
         self._metered.clear()
         for op in self._policies.operations:
@@ -341,6 +349,135 @@ class Stats:
     def report(self) -> str:
         """Return a readable table of the counters, with hit rates and totals."""
         return render_report(self.snapshot())
+
+    # -- latency per layer (additive: nothing above depends on it) ---------------------------------
+
+    def observe(self, operation: Operation | str, layer: str, seconds: float) -> None:
+        """Record that one call of ``operation`` to ``layer`` took ``seconds``.
+
+        ``layer`` is one of :data:`LATENCY_LAYERS`: ``kv_read`` (a KV read, one sample per request or bulk
+        read), ``gateway`` (an upstream call the AI Gateway answered from its cache), ``provider`` (an
+        upstream call a provider computed, through the gateway or direct, retries included) and
+        ``kv_write``. Cheap enough for the hit path (one dict lookup and one bucket increment).
+
+        Raises:
+            ValueError: ``layer`` is not one of :data:`LATENCY_LAYERS`.
+        """
+        histogram = self._latency.get((operation, layer))
+        if histogram is None:
+            if layer not in LATENCY_LAYERS:
+                raise ValueError(f"layer={layer!r}: must be one of {', '.join(LATENCY_LAYERS)}")
+            self._row(operation)
+            histogram = self._latency[(str(operation), layer)] = LatencyHistogram()
+        histogram.add(seconds)
+
+    def latency(self, operation: Operation | str, layer: str) -> LatencyHistogram | None:
+        """The latency histogram of ``operation`` at ``layer``, ``None`` before its first sample."""
+        return self._latency.get((str(operation), layer))
+
+    def _latency_of(self, name: str) -> dict[str, dict[str, float | int | None]]:
+        out: dict[str, dict[str, float | int | None]] = {}
+        for layer in LATENCY_LAYERS:
+            histogram = self._latency.get((name, layer))
+            if histogram is not None and histogram.count:
+                out[layer] = histogram.summary()
+        return out
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`snapshot` to ``path`` as JSON (what ``dualcache report --stats FILE`` reads).
+
+        The file is replaced atomically (written beside it, then renamed), so a reader never sees half of it.
+        """
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(target)
+
+
+LATENCY_LAYERS = ("kv_read", "gateway", "provider", "kv_write")
+"""The layers :meth:`Stats.observe` times, in the order a request meets them."""
+
+_BUCKETS_PER_DOUBLING = 4  # buckets 19 % wide: a quantile is off by at most about 9 %
+_BUCKET_COUNT = 25 * _BUCKETS_PER_DOUBLING + 1  # 1 µs .. 2^25 µs (33 s), the last bucket open-ended
+
+
+class LatencyHistogram:
+    """A fixed-size log-bucket histogram of durations: constant memory, ~1 µs a sample.
+
+    Bucket ``i`` holds durations up to ``2 ** (i / 4)`` microseconds (the first one everything up to 1 µs,
+    the last one everything from 33 s on), so a quantile is known to within one bucket (about 19 %); the
+    reported value is the bucket's geometric middle (the largest sample for the last bucket), capped by the
+    largest sample seen.
+    """
+
+    __slots__ = ("counts", "count", "total", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKET_COUNT
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Record one duration in seconds (a negative or NaN one counts as 0)."""
+        micros = seconds * 1e6
+        if micros > 1.0:  # NaN fails this too
+            index = min(math.ceil(math.log2(micros) * _BUCKETS_PER_DOUBLING), _BUCKET_COUNT - 1)
+        else:
+            index = 0
+            seconds = max(seconds, 0.0) if seconds == seconds else 0.0
+        self.counts[index] += 1
+        self.count += 1
+        self.total += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    @staticmethod
+    def upper_bound(index: int) -> float:
+        """The upper bound in seconds of bucket ``index`` (``inf`` for the last one)."""
+        if index >= _BUCKET_COUNT - 1:
+            return math.inf
+        return float(2 ** (index / _BUCKETS_PER_DOUBLING) / 1e6)
+
+    def quantile(self, q: float) -> float | None:
+        """The duration in seconds below which a share ``q`` (0..1) of the samples fall; ``None`` when empty."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                low = 0.0 if index == 0 else 2 ** ((index - 1) / _BUCKETS_PER_DOUBLING) / 1e6
+                high = self.upper_bound(index)
+                middle = high if index == 0 else (math.sqrt(low * high) if math.isfinite(high) else self.max)
+                return min(middle, self.max)
+        return self.max  # unreachable: the counts add up to self.count
+
+    def cumulative(self, bounds: Iterable[float]) -> list[tuple[float, int]]:
+        """``(bound, samples <= bound)`` for each ``bound`` in seconds, counted bucket by bucket (a bucket is
+        counted under the first bound at or above its upper end), ending with ``(inf, count)``."""
+        out: list[tuple[float, int]] = []
+        seen = 0
+        index = 0
+        for bound in sorted(bounds):
+            while index < _BUCKET_COUNT - 1 and self.upper_bound(index) <= bound * (1 + 1e-9):
+                seen += self.counts[index]
+                index += 1
+            out.append((bound, seen))
+        out.append((math.inf, self.count))
+        return out
+
+    def summary(self) -> dict[str, float | int | None]:
+        """``{count, p50_ms, p99_ms, max_ms, sum_ms}``, milliseconds rounded to 1 µs."""
+        p50, p99 = self.quantile(0.5), self.quantile(0.99)
+        return {
+            "count": self.count,
+            "p50_ms": None if p50 is None else round(p50 * 1e3, 3),
+            "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
+            "max_ms": round(self.max * 1e3, 3),
+            "sum_ms": round(self.total * 1e3, 3),
+        }
 
 
 def _rate(part: int, whole: int) -> str:

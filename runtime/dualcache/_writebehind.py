@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -309,6 +310,7 @@ class WriteBehind:
         entries = [item.entry for item in batch]
         error: BaseException | None = None
         skipped = False
+        started = time.perf_counter()
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
                 if len(entries) == 1:
@@ -332,6 +334,9 @@ class WriteBehind:
         self._finish(lane, batch)
         if error is None:
             self.written += len(batch)
+            elapsed = time.perf_counter() - started  # retries included: what the write cost
+            for op in {item.op for item in batch}:
+                self.stats.observe(op, "kv_write", elapsed)
             if lane.failing:
                 lane.failing = False
                 logger.warning("KV writes to %s succeed again", lane.store.binding or "a namespace")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from e2e_support import PROJECT_DIR
 
@@ -12,6 +14,11 @@ from dualcache._exceptions import ConfigError
 from dualcache._pdf import extract_pdf_text
 
 LLAMA_8B = "@cf/meta/llama-3.1-8b-instruct"
+
+
+def _counts(snapshot: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A snapshot without its latency figures: the counts a replay reproduces (timings never repeat)."""
+    return {op: {k: v for k, v in row.items() if k != "latency"} for op, row in snapshot.items()}
 
 
 def test_demo_workload_is_deterministic_and_shaped_like_the_daily_volume() -> None:
@@ -61,7 +68,7 @@ def test_demo_small_run_totals_are_consistent() -> None:
     assert kv["dataplane"] > 0 and kv["dataplane"] == emu["surfaces"]["data_plane"]
     assert emu["data_plane"]["unauthorized"] == 0
     again = run_demo(seed=3, days=2, project_dir=PROJECT_DIR, scale=0.1)
-    assert again.snapshot == snap
+    assert _counts(again.snapshot) == _counts(snap)
 
 
 def test_demo_over_rest_sends_every_kv_request_to_the_cloudflare_api() -> None:
@@ -72,7 +79,7 @@ def test_demo_over_rest_sends_every_kv_request_to_the_cloudflare_api() -> None:
     assert kv["dataplane"] == 0 and rest.emulator["surfaces"]["data_plane"] == 0
     assert kv["rest"] > 0 and kv["rest"] == rest.emulator["surfaces"]["api"]
     # Same workload, same outcomes, whichever path KV takes; the data plane took the REST API's place.
-    assert rest.snapshot == plane.snapshot
+    assert _counts(rest.snapshot) == _counts(plane.snapshot)
     assert kv["rest"] == kv_requests(plane.emulator)["dataplane"]
 
 

@@ -296,4 +296,6 @@ async def test_e2e_parse_resume_from_a_real_pdf(emu: Any) -> None:
     (call,) = [r for r in emu.control.requests() if "/workers-ai/" in r["path"]]
     assert "llama-3.3" in call["path"]
     assert call["headers"]["cf-aig-skip-cache"] == "true" and call["headers"]["cf-aig-collect-log"] == "true"
-    assert json.loads(call["headers"]["cf-aig-metadata"]) == {"operation": "resume_parsing", "user_id": "user-7"}
+    metadata = json.loads(call["headers"]["cf-aig-metadata"])
+    assert len(metadata.pop("request")) == 16
+    assert metadata == {"operation": "resume_parsing", "user_id": "user-7"}

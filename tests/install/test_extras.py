@@ -29,6 +29,7 @@ DISTRIBUTION = {
     "pypdf": "pypdf",
     "pulumi": "pulumi",
     "pulumi_cloudflare": "pulumi-cloudflare",
+    "prometheus_client": "prometheus-client",
     "opentelemetry": "opentelemetry-api",
 }
 # The emulator's modules may import the local extra's packages at module level: they are reached through

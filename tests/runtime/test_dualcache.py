@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -145,7 +146,8 @@ async def test_embed_sends_truncated_text_and_policy_headers(env: Env) -> None:
     assert request.headers["authorization"] == "Bearer cf-secret-token"
     assert request.headers["cf-aig-cache-ttl"] == "3600"
     assert request.headers["cf-aig-cache-key"].startswith("dualcache:embeddings:")
-    assert json.loads(request.headers["cf-aig-metadata"]) == {"operation": "embeddings"}
+    request_id = request.headers["cf-aig-cache-key"].rsplit(":", 1)[1][:16]  # the request's id in the gateway logs
+    assert json.loads(request.headers["cf-aig-metadata"]) == {"operation": "embeddings", "request": request_id}
     assert "cf-aig-skip-cache" not in request.headers
     assert "cf-aig-authorization" not in request.headers
 
@@ -428,7 +430,9 @@ async def test_analyze_job_workers_ai_then_kv(env: Env) -> None:
     assert first == second and first["model"] == "@cf/meta/llama-3.1-8b-instruct"
     (request,) = env.cloud.requests
     assert request.headers["cf-aig-skip-cache"] == "true"
-    assert json.loads(request.headers["cf-aig-metadata"]) == {"operation": "job_analysis", "user_id": "user-1"}
+    metadata = json.loads(request.headers["cf-aig-metadata"])
+    assert re.fullmatch(r"[0-9a-f]{16}", metadata.pop("request"))  # sent in skip mode too (no cache key header)
+    assert metadata == {"operation": "job_analysis", "user_id": "user-1"}
     assert json.loads(request.content)["response_format"] == {"type": "json_object"}
     assert env.stored(Namespace.JOB_ANALYSIS_CACHE, "analysis:user-1:job-9") == first
     expires = env.backends[Namespace.JOB_ANALYSIS_CACHE]._data["analysis:user-1:job-9"][2]
@@ -472,7 +476,9 @@ async def test_generate_application_json_and_text(env: Env) -> None:
     assert text == "plain text letter"
     request = env.cloud.requests[0]
     assert request.headers["cf-aig-skip-cache"] == "true"
-    assert json.loads(request.headers["cf-aig-metadata"]) == {"operation": "application_generation", "user_id": "u7"}
+    metadata = json.loads(request.headers["cf-aig-metadata"])
+    assert re.fullmatch(r"[0-9a-f]{16}", metadata.pop("request"))
+    assert metadata == {"operation": "application_generation", "user_id": "u7"}
     assert env.backends == {}  # no KV touched
     assert env.snap("application_generation")["cost"] == pytest.approx(0.04)
 

@@ -39,7 +39,7 @@ def test_gateway_headers_cached_operation() -> None:
     assert h == {
         "cf-aig-cache-ttl": "3600",
         "cf-aig-cache-key": "dualcache:embeddings:abc",
-        "cf-aig-metadata": '{"operation":"embeddings"}',
+        "cf-aig-metadata": '{"operation":"embeddings","request":"abc"}',
     }
 
 
@@ -52,10 +52,10 @@ def test_gateway_headers_skip_with_user_and_token() -> None:
 
 
 def test_gateway_headers_skip_ignores_a_cache_key_and_sets_collect_log() -> None:
-    h = gateway_headers(P.resume_parsing, Operation.RESUME_PARSING, cache_key="k")
+    h = gateway_headers(P.resume_parsing, Operation.RESUME_PARSING, cache_key="dualcache:resume_parsing:" + "f" * 64)
     assert h == {
         "cf-aig-skip-cache": "true",
-        "cf-aig-metadata": '{"operation":"resume_parsing"}',
+        "cf-aig-metadata": '{"operation":"resume_parsing","request":"ffffffffffffffff"}',
         "cf-aig-collect-log": "true",
     }
 

@@ -140,6 +140,7 @@ async def test_run_custom_operation_caches_per_key_and_per_user(env: tuple[DualC
     body = json.loads(cloud.requests[-1].content)
     assert body == {"messages": MSGS, "temperature": 0.2, "response_format": {"type": "json_object"}}
     metadata = json.loads(cloud.requests[-1].headers["cf-aig-metadata"])
+    assert len(metadata.pop("request")) == 16
     assert metadata == {"operation": "summarize_job", "user_id": "u1"}
 
 

@@ -31,6 +31,7 @@ from dualcache.local._control import _refuse_cross_site, control
 from dualcache.local._data_plane import _DataPlaneAPI
 from dualcache.local._gateway_api import _Gateways
 from dualcache.local._kv_api import _KV, REST_KV
+from dualcache.local._logs_api import LogsAPI
 from dualcache.local._model_api import _Models
 from dualcache.local._proxy import _Proxy
 from dualcache.local._state import DataPlane, EmulatorState, FaultSpec, check_api_token, surface_of
@@ -55,9 +56,16 @@ class _Handler:
         self.gateway_proxy = _Proxy(state, self.models)
         self.ai_rest = _AiRest(state, self.models, self.gateway_proxy)
         # The /client/v4/accounts/{id}/... APIs, asked in order; the first answer that is not None is served.
+        self.logs = LogsAPI(state)
         # ai_rest (the AI REST API through a gateway) before models: /ai/run/{model} with cf-aig-gateway-id is
         # a gateway request, without it the direct Workers AI route.
-        self.api_routes: list[ApiRoute] = [self.kv.route, self.gateways.route, self.ai_rest.route, self.models.route]
+        self.api_routes: list[ApiRoute] = [
+            self.kv.route,
+            self.logs.route,
+            self.gateways.route,
+            self.ai_rest.route,
+            self.models.route,
+        ]
 
     async def __call__(self, request: Request) -> Response:
         if not self.state.host_allowed(request.headers.get("host")):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -28,6 +30,7 @@ from dualcache.local._common import (
     new_log_id,
     openai_error,
 )
+from dualcache.local._logs_api import log_entry
 from dualcache.local._model_api import ModelReply, _Models
 from dualcache.local._state import EmulatorState, check_api_token
 from dualcache.local._store import CachedResponse
@@ -49,6 +52,7 @@ class _Proxy:
         self, request: Request, account_id: str, gateway_id: str, provider: str, raw: list[str]
     ) -> Response:
         state = self.state
+        started = time.perf_counter()
         if request.method != "POST":
             raise _method_not_allowed(request)
         gateway = state.store.gateway(account_id, gateway_id)
@@ -138,7 +142,11 @@ class _Proxy:
                 state.count("gateway", "hits")
                 headers["cf-aig-cache-status"] = "HIT"
                 local = provider == "workers-ai" or state.openai_upstream is None
-                return self.models.reply_response(ModelReply(hit.status, hit.body, hit.content_type, local), headers)
+                reply = ModelReply(hit.status, hit.body, hit.content_type, local)
+                self._log(
+                    request, account_id, gateway_id, provider, model, rest, data, reply, log_id, now, started, True
+                )
+                return self.models.reply_response(reply, headers)
         state.count("gateway", "skips" if skip else "misses")
         reply = await gateway_invoke(self.models, gateway, provider, model, data, request, path=rest)
         if cacheable and reply.status == 200:
@@ -150,4 +158,38 @@ class _Proxy:
                 state.clock.now() + ttl,
             )
         headers["cf-aig-cache-status"] = "MISS"
+        self._log(request, account_id, gateway_id, provider, model, rest, data, reply, log_id, now, started, False)
         return self.models.reply_response(reply, headers)
+
+    def _log(
+        self,
+        request: Request,
+        account_id: str,
+        gateway_id: str,
+        provider: str,
+        model: str,
+        path: str,
+        data: Any,
+        reply: ModelReply,
+        log_id: str,
+        now: float,
+        started: float,
+        cached: bool,
+    ) -> None:
+        """Store the log entry of one answered request (the logs API serves it under ``log_id``)."""
+        entry = log_entry(
+            log_id=log_id,
+            now=now,
+            provider=provider,
+            model=model,
+            path=path,
+            status=reply.status,
+            cached=cached,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            body=reply.body,
+            request=data,
+            metadata=request.headers.get("cf-aig-metadata"),
+            request_content_type=request.headers.get("content-type"),
+            response_content_type=reply.content_type,
+        )
+        self.state.gateway_logs.add(account_id, gateway_id, now, entry)

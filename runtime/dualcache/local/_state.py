@@ -23,6 +23,7 @@ from dualcache._outputs import is_loopback_host
 from dualcache._untrusted import redact_url
 from dualcache.local._clock import Clock
 from dualcache.local._common import CODE_AUTH, CODE_FAULT, DATA_PLANE_PATH, HTTPError, _bearer, _raw_path, cf_error
+from dualcache.local._logs_api import DEFAULT_LOG_CAPACITY, GatewayLogs
 from dualcache.local._store import Store
 
 __all__ = ["DataPlane", "EmulatorState", "FaultSpec", "check_api_token"]
@@ -212,6 +213,7 @@ class EmulatorState:
         max_logged_requests: Size of the request log kept for ``GET /__emulator/requests``.
         data_plane: Serve the data-plane API under ``/dataplane`` with these bindings and token; ``None``
             leaves it out (every ``/dataplane`` path is then 404).
+        max_gateway_logs: AI Gateway log entries kept per gateway for the logs API (oldest dropped first).
         bound_host: The interface the server listens on. Requests must name a loopback host in their
             ``Host`` header (``127.0.0.1``, ``localhost``, ``[::1]``, with any port), which stops DNS
             rebinding from a web page; a server bound elsewhere on purpose also accepts that host, and one
@@ -231,6 +233,7 @@ class EmulatorState:
         max_logged_requests: int = 10_000,
         data_plane: DataPlane | None = None,
         bound_host: str = "127.0.0.1",
+        max_gateway_logs: int = DEFAULT_LOG_CAPACITY,
     ) -> None:
         if openai_upstream and not openai_upstream.startswith(("http://", "https://")):
             raise ConfigError(f"openai_upstream {redact_url(openai_upstream)!r} is not an http(s) URL")
@@ -242,6 +245,7 @@ class EmulatorState:
         self.openai_upstream = openai_upstream.rstrip("/") if openai_upstream else None
         self.stats: dict[str, Any] = _empty_stats()
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_logged_requests)
+        self.gateway_logs = GatewayLogs(max_gateway_logs)
         self.faults: dict[str, FaultSpec] = {}
         self.stopping = threading.Event()
         self._rate_windows: dict[tuple[str, str], deque[float]] = {}
