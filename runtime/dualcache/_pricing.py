@@ -6,9 +6,9 @@ bills the cached part of a prompt at a lower rate. The first two are counted per
 
 * OpenAI chat completions: ``usage.prompt_tokens``, ``usage.completion_tokens`` and
   ``usage.prompt_tokens_details.cached_tokens`` (the cached tokens are part of ``prompt_tokens``);
-* Workers AI text generation: ``result.usage`` with ``prompt_tokens``, ``completion_tokens`` (its
-  documented response). Workers AI documents prefix caching with cached input billed at a discounted rate, but its model pages
-  do not spell out the field; Cloudflare's own AI SDK provider reads it from the same OpenAI-shaped
+* Workers AI text generation: ``result.usage`` with ``prompt_tokens``, ``completion_tokens`` (its documented
+  response). Workers AI documents prefix caching with cached input billed at a discounted rate, but its model
+  pages do not spell out the field; Cloudflare's own AI SDK provider reads it from the same OpenAI-shaped
   ``usage.prompt_tokens_details.cached_tokens``, so that is read here too, and an answer without it has no
   cached tokens (both cases handled: with the field, and without it);
 * embeddings: ``usage.prompt_tokens`` when the provider sends it (OpenAI does; Workers AI's bge models may
