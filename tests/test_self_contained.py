@@ -90,6 +90,9 @@ def test_self_contained_pattern_flags_outside_references_and_spares_random_seeds
 def test_self_contained_tracked_sources_name_no_outside_document() -> None:
     files = tracked_sources()
     assert any(p.endswith(".md") for p in files) and any(p.endswith(".py") for p in files)
+    # The README and every reference page under docs/ are read (the pages are where the README's depth went).
+    on_disk = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")}
+    assert on_disk and on_disk | {"README.md"} <= set(files), sorted(on_disk | {"README.md"} - set(files))
     hits = [
         f"{path}:{number}: {phrase!r}"
         for path in files

@@ -294,7 +294,7 @@ def plan_gateway_retries(retry: RetryPolicy, budget: float) -> GatewayRetryPlan:
     take the budget less those waits (``cf-aig-request-timeout``), as a client attempt may take what is
     left of its budget: a slow but healthy answer is not cut, and retries serve fast failures (5xx, 429).
 
-    Worst case of one call (also in the README's reliability section): the client waits at most ``budget``
+    Worst case of one call (docs/runtime.md, "Retries"): the client waits at most ``budget``
     on the gateway route (it abandons the request then, and falls back to the direct route when the policy
     allows it), then at most the direct route's budget; the upstream sees at most
     :attr:`GatewayRetryPlan.worst_case_upstream_attempts` attempts from the gateway route (a gateway may

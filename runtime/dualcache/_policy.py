@@ -1,6 +1,6 @@
 """Per-operation cache policies: data shared by infra (validated, exported) and the runtime (obeyed).
 
-Defaults: the README's policies table. A stack may override any field of any operation, and declare custom
+Defaults: the policies table of docs/runtime.md. A stack may override any field of any operation, and declare custom
 operations (any ``snake_case`` name) next to the five built in; the result is validated against
 Cloudflare's bounds (KV ``expiration_ttl`` >= 60 s; AI Gateway cache TTL 60 s .. one month,
 as Cloudflare documents them).
@@ -296,7 +296,7 @@ _FIXED_SCOPE = {
 
 
 class Policies(BaseModel):
-    """One :class:`OperationPolicy` per operation: the five built in (defaults: the README's policies table) and any
+    """One :class:`OperationPolicy` per operation: the five built in (defaults: docs/runtime.md's table) and any
     custom operations, held as extra fields named after them.
 
     ``Policies(summarize_job=OperationPolicy(...))`` and :meth:`with_overrides` declare custom operations;

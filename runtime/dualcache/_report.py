@@ -4,7 +4,7 @@ Two sources, either or both:
 
 * ``--stats SOURCE``: a stats snapshot (:meth:`~dualcache.Stats.snapshot` as JSON), from a file
   (:meth:`~dualcache.Stats.save`) or a running service's URL (a route answering the snapshot, such as the
-  README's ``/stats``). The report shows per operation the hit rates per layer, provider calls, errors,
+  ``/stats`` of docs/observability.md). The report shows per operation the hit rates per layer, provider calls, errors,
   skips per layer, cost and saved dollars, then p50/p99 latency per layer.
 * ``--gateway-logs``: the AI Gateway logs API (``GET /client/v4/accounts/{account}/ai-gateway/gateways/
   {gateway}/logs``, newest first, ``page``/``per_page``), at most ``--max-pages`` pages, each taken from the

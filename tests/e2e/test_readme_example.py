@@ -1,6 +1,7 @@
-"""The README's code, run as written: the service example, the install and emulator examples, the SDK
-example against the emulator, and every `dualcache` command of its shell blocks (the offline ones run, the
-others are parsed). Also: the contents links resolve and the text refers to nothing outside the repository.
+"""The docs' code, run as written: the README's service and install examples, the emulator and SDK examples of
+``docs/local.md`` against the emulator, and every `dualcache` command of the shell blocks of the README and
+``docs/*.md`` (the offline ones run, the others are parsed). Also: every python block of them compiles, the
+links of every page resolve (files and anchors) and the text refers to nothing outside the repository.
 """
 
 from __future__ import annotations
@@ -20,26 +21,17 @@ from e2e_support import PROJECT_DIR, TOKEN
 from dualcache import DualCache
 from dualcache._cli import _build_parser
 from infra.cli import main as infra_main
+from tests.docs_support import DOCS, README, blocks, broken_links, doc_block
 
 BGE = "@cf/baai/bge-base-en-v1.5"
 LLAMA = "@cf/meta/llama-3.1-8b-instruct"
-
-
-README = PROJECT_DIR / "README.md"
-
-
-def _python_block(heading: str, containing: str = "") -> str:
-    """The first python block after ``heading`` (in that heading's section) that contains ``containing``."""
-    readme = README.read_text(encoding="utf-8")
-    section = readme[readme.index(heading) :]
-    for match in re.finditer(r"```python\n(.*?)```", section, re.S):
-        if containing in match.group(1):
-            return match.group(1)
-    raise AssertionError(f"README has no python block containing {containing!r} under {heading!r}")
+LOCAL = PROJECT_DIR / "docs" / "local.md"
+PAGES = [README, *DOCS]
+"""The README and the reference pages: every one is link-checked and has its code compiled or run."""
 
 
 def _readme_example() -> str:
-    return _python_block("### A complete example")
+    return doc_block(README, "A complete example")
 
 
 def _run(script: str, tmp_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -100,13 +92,13 @@ async def _stored_keys(emu: Any) -> dict[str, list[str]]:
 
 def test_readme_install_example_counts_a_kv_hit(tmp_path: Path) -> None:
     # Run from outside the repository, as a service's test would, with the stack's settings in code.
-    out = _run(_python_block("### A service: the runtime only", "StackConfig"), tmp_path)
+    out = _run(doc_block(README, "A service: the runtime only", "StackConfig"), tmp_path)
     assert re.search(r"'requests': 2, 'kv_hits': 1, 'gateway_hits': 0, 'provider_calls': 1", out), out
 
 
 def test_readme_emulator_example_runs_in_the_project(tmp_path: Path) -> None:
     out = _run(
-        _python_block("### Pointing a service at it", "from dualcache.local import Emulator"),
+        doc_block(LOCAL, "Pointing a service at it", "from dualcache.local import Emulator"),
         tmp_path,
         cwd=PROJECT_DIR,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # the emulators' temporary state folders land in tmp_path
@@ -125,7 +117,7 @@ def test_readme_sdk_example_gets_a_gateway_miss(tmp_path: Path) -> None:
     with Emulator(stack="dev", project_dir=PROJECT_DIR, data_dir=tmp_path / "state") as emu:
         (tmp_path / ".dualcache").mkdir()
         emu.outputs.dump(tmp_path / ".dualcache" / "outputs.dev.json")
-        out = _run(_python_block("### Pointing a service at it", "import cloudflare, openai"), tmp_path)
+        out = _run(doc_block(LOCAL, "Pointing a service at it", "import cloudflare, openai"), tmp_path)
         stats = emu.control.stats()
     assert out.splitlines() == ["MISS"], out
     assert stats["kv"]["put"] == 1
@@ -133,10 +125,10 @@ def test_readme_sdk_example_gets_a_gateway_miss(tmp_path: Path) -> None:
 
 
 def _readme_commands() -> list[list[str]]:
-    """Every `.venv/bin/dualcache ...` line of the README's sh blocks, split as the shell would (comments cut)."""
-    readme = README.read_text(encoding="utf-8")
+    """Every `.venv/bin/dualcache ...` line of the sh blocks of the README and the reference pages, in page
+    order, split as the shell would (comments cut)."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
+    for block in (b for page in PAGES for b in blocks(page, "sh")):
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
             if words[:1] == [".venv/bin/dualcache"]:
@@ -179,21 +171,54 @@ def test_readme_dualcache_commands_parse_and_the_offline_ones_run(
     assert ran.count("plan") >= 5, ran  # the extraction found the README's plan commands
 
 
-def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def test_readme_contents_links_resolve() -> None:
-    readme = README.read_text(encoding="utf-8")
-    anchors = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", readme, re.M)}
-    links = set(re.findall(r"\]\(#([^)]+)\)", readme))
+    contents = README.read_text(encoding="utf-8").split("## Contents", 1)[1].split("\n## ", 1)[0]
+    links = set(re.findall(r"\]\(([^)]+)\)", contents))
     assert len(links) >= 7
-    assert links - anchors == set()
+    # Every page under docs/ is reachable from the contents, and so are the two contracts kept beside the code.
+    linked = {link.partition("#")[0] for link in links}
+    assert {f"docs/{page.name}" for page in DOCS} | {
+        "infra/worker/DATAPLANE.md",
+        "runtime/dualcache/RECORDS.md",
+    } <= linked
+    assert broken_links(README) == []
 
 
-def test_readme_refers_to_nothing_outside_the_repository() -> None:
-    readme = README.read_text(encoding="utf-8")
+@pytest.mark.parametrize("page", DOCS, ids=lambda page: page.name)
+def test_readme_docs_pages_links_resolve(page: Path) -> None:
+    assert page.read_text(encoding="utf-8").startswith("# "), "a page opens with its title"
+    assert broken_links(page) == []
+
+
+def test_readme_link_check_finds_broken_links(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section\n", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Page\n\n```sh\n# not a heading\n```\n"
+        "[ok](other.md#a-section) [ok](#page) [web](https://example.com/x) `[code](nowhere.md)`\n"
+        "[gone](missing.md) [no anchor](other.md#b-section) [comment](#not-a-heading)\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == [
+        "missing.md (no file missing.md)",
+        "other.md#b-section (no heading #b-section in other.md)",
+        "#not-a-heading (no heading #not-a-heading in page.md)",
+    ]
+
+
+def test_readme_every_python_block_compiles() -> None:
+    # The blocks not run by a test (here, or in tests/runtime and tests/local) are at least compiled, so none rots.
+    compiled = []
+    for page in PAGES:
+        for number, src in enumerate(blocks(page, "python"), start=1):
+            compile(src, f"{page.relative_to(PROJECT_DIR)}:python block {number}", "exec")
+            compiled.append(page.name)
+    assert compiled.count("README.md") >= 2 and {"local.md", "observability.md", "runtime.md"} <= set(compiled)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_readme_refers_to_nothing_outside_the_repository(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
     # `--seed` and a faults `seed` are the demo's and the emulator's random seeds, not outside documents.
-    outside = re.findall(r"\bthe seed\b|\bseed's\b|SPEC\.md|\bissue\b|fact sheet|\bPyPI package\b", readme, re.I)
+    outside = re.findall(r"\bthe seed\b|\bseed's\b|SPEC\.md|\bissue\b|fact sheet|\bPyPI package\b", text, re.I)
     assert outside == []

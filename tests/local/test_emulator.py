@@ -127,9 +127,11 @@ def test_emulator_refuses_a_stack_file_typo_before_any_io(tmp_path: Path) -> Non
 
 
 def _readme_emulator_example(project_dir: Path) -> str:
-    readme = (project_dir / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("the emulator also runs in-process") :]
-    block = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    from tests.docs_support import doc_block, section
+
+    local = project_dir / "docs" / "local.md"
+    assert "the emulator also runs in-process" in section(local, "Pointing a service at it")
+    block = doc_block(local, "Pointing a service at it", "emulated(")
     assert "from dualcache.local import Emulator" in block and "emulated(" in block
     return block
 
@@ -142,7 +144,7 @@ def test_readme_emulator_example_runs_as_written(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.chdir(project_dir / "tests")  # inside the project, not at its root
     namespace: dict[str, object] = {}
-    exec(compile(_readme_emulator_example(project_dir), "README.md", "exec"), namespace)
+    exec(compile(_readme_emulator_example(project_dir), "docs/local.md", "exec"), namespace)
     emu = namespace["emu"]
     assert isinstance(emu, Emulator) and emu.config.stack == "dev"
     assert namespace["outputs"].__class__.__name__ == "StackOutputs"

@@ -355,13 +355,10 @@ async def test_dualcache_limit_errors_and_logs_never_show_the_user_id(
 
 def test_readme_limits_example_runs_against_the_emulator(tmp_path: Path) -> None:
     from dualcache.local import Emulator
+    from tests.docs_support import doc_block
 
-    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Per-user limits and budgets") :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None, "README has no python block under 'Per-user limits and budgets'"
     script = tmp_path / "limits.py"
-    script.write_text(match.group(1), encoding="utf-8")
+    script.write_text(doc_block(PROJECT_DIR / "docs" / "runtime.md", "Per-user limits and budgets"), encoding="utf-8")
     with Emulator(stack="dev", project_dir=PROJECT_DIR, data_dir=tmp_path / "emulator", token=TOKEN) as emu:
         outputs = tmp_path / "outputs.dev.json"
         emu.outputs.dump(outputs)

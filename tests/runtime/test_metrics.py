@@ -126,11 +126,9 @@ def test_metrics_without_prometheus_client_name_the_extra(monkeypatch: pytest.Mo
 
 
 def _readme_service() -> str:
-    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Metrics: Prometheus") :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None, "README has no python block under 'Metrics: Prometheus'"
-    return match.group(1)
+    from tests.docs_support import doc_block
+
+    return doc_block(PROJECT_DIR / "docs" / "observability.md", "Metrics: Prometheus")
 
 
 def test_metrics_readme_service_serves_metrics_and_stats(
@@ -146,7 +144,7 @@ def test_metrics_readme_service_serves_metrics_and_stats(
     monkeypatch.setenv("CLOUDFLARE_API_TOKEN", TOKEN)
     monkeypatch.delenv("CF_AIG_TOKEN", raising=False)
     service = types.ModuleType("service")
-    exec(compile(_readme_service(), "README.md:service", "exec"), service.__dict__)
+    exec(compile(_readme_service(), "docs/observability.md:service", "exec"), service.__dict__)
     with TestClient(service.app) as client:  # runs the lifespan: the DualCache lives on the app's loop
         for text in ("readme one", "readme one", "readme two"):
             assert client.post("/embed", json={"text": text}).json() == {"dimensions": 768}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import uuid
@@ -387,11 +386,10 @@ def test_otel_bad_tracing_arguments_are_config_errors(kwargs: dict[str, Any], me
 
 
 def test_otel_readme_example_runs_as_written(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"```python\n(.*?)```", readme[readme.index("### OpenTelemetry tracing") :], re.S)
-    assert match is not None
+    from tests.docs_support import PROJECT_DIR, doc_block
+
     script = tmp_path / "tracing.py"
-    script.write_text(match.group(1), encoding="utf-8")
+    script.write_text(doc_block(PROJECT_DIR / "docs" / "observability.md", "OpenTelemetry tracing"), encoding="utf-8")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     names = [line.split(" ", 1)[0] for line in done.stdout.splitlines()]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 import uuid
@@ -400,15 +399,14 @@ async def test_pricing_emulator_prompt_cache_shows_in_the_stats(kv_emulator: Any
 
 
 def readme_block(heading: str) -> str:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"```python\n(.*?)```", readme[readme.index(heading) :], re.S)
-    assert match is not None, f"README has no python block under {heading!r}"
-    return match.group(1)
+    from tests.docs_support import PROJECT_DIR, doc_block
+
+    return doc_block(PROJECT_DIR / "docs" / "observability.md", heading)
 
 
 def test_pricing_readme_example_runs_as_written(tmp_path: Path) -> None:
     script = tmp_path / "pricing.py"
-    script.write_text(readme_block("### Token prices and the prompt cache"), encoding="utf-8")
+    script.write_text(readme_block("Token prices and the prompt cache"), encoding="utf-8")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
