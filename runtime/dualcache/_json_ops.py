@@ -10,6 +10,7 @@ stats and invalidation are the engine's (:class:`~dualcache._engine.CacheEngine`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,16 @@ _JSON_MEMO_OVERHEAD = 300  # an entry's tuple, its key, the bytes object's heade
 _PLAIN_DECODER = json.JSONDecoder()
 
 
+_KEY_MEMO_SIZE = 1024  # KV keys of recent (operation, version, user, key), most recently used kept
+_KEY_MEMO_MAX_CHARS = 256  # ids longer than this together are keyed afresh (the memo's memory stays small)
+
+
+@functools.lru_cache(maxsize=_KEY_MEMO_SIZE)
+def _memo_record_key(operation: str, key: str, user_id: str | None, version: str | None) -> str:
+    """:func:`~dualcache._keys.record_key`, remembered: a pure function of its arguments, asked on every call."""
+    return record_key(operation, key, user_id=user_id, version=version)
+
+
 def _parse_provider(value: object, name: str) -> Provider:
     try:
         return Provider(value)  # type: ignore[arg-type]  # a wrong type is a ValueError too
@@ -91,24 +102,19 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _plain_messages(messages: object) -> list[dict[str, Any]] | None:
     """The copy :func:`_check_messages` returns, when ``messages`` has the common shape: a non-empty list of
-    dicts of ASCII strings only, each with a string role and a non-blank string content (exact JSON types,
-    nothing to escape, so the general walk would accept them); else ``None`` (the general checks decide)."""
+    ``{"role": str, "content": str}`` dicts, ASCII only, every content not blank (exact JSON types, nothing to
+    escape, so the general checks would accept them as they are); else ``None`` (the general checks decide)."""
     if type(messages) is not list or not messages:
         return None
-    out: list[dict[str, Any]] = []
     for m in messages:
-        if type(m) is not dict:
+        if type(m) is not dict or len(m) != 2:
             return None
-        content = m.get("content")
-        if type(content) is not str or type(m.get("role")) is not str or not content.strip():
+        role, content = m.get("role"), m.get("content")
+        if type(role) is not str or type(content) is not str or not content or content.isspace():
             return None
-        try:
-            if not ("".join(m) + "".join(m.values())).isascii():  # a key or value not a str: TypeError
-                return None
-        except TypeError:
+        if not (role.isascii() and content.isascii()):
             return None
-        out.append(dict(m))
-    return out
+    return [m.copy() for m in messages]
 
 
 def _check_messages(messages: object) -> list[dict[str, Any]]:
@@ -261,6 +267,8 @@ class JsonOperations(CacheEngine):
                 f"operation {op.value!r} caches per user (scope 'user'): pass user_id=, "
                 f"or set policies.{op.value}.scope to 'global'"
             )
+        if len(key) + (0 if user_id is None else len(user_id)) <= _KEY_MEMO_MAX_CHARS:
+            return _memo_record_key(op.value, key, user_id, policy.version)
         return record_key(op.value, key, user_id=user_id, version=policy.version)
 
     def _ready_calls(self, calls: Sequence[_Call]) -> list[_Call]:
