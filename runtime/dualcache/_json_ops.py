@@ -193,7 +193,7 @@ class JsonOperations(CacheEngine):
                 # registry, is another object: the record is checked again). Each caller gets its own decode.
                 if (memo[0] is raw or memo[0] == raw) and memo[1] == name and memo[2] is self.answer_schemas.get(name):
                     self._json_memo.move_to_end(key)
-                    fresh: dict[str, Any] = _PLAIN_DECODER.raw_decode(raw.decode("utf-8"))[0]
+                    fresh: dict[str, Any] = _PLAIN_DECODER.decode(raw.decode("utf-8"))  # JSON whitespace around too
                     return RecordStatus.HIT, fresh
                 self._json_memo_used -= self._json_memo.pop(key)[3]  # other bytes (or schema): judged anew
             status, value = judge_json_record(raw)

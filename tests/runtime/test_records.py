@@ -625,6 +625,16 @@ async def test_json_memo_refuses_a_tampered_record_after_a_valid_one(tampered: b
         assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 2
 
 
+async def test_json_memo_serves_a_record_with_whitespace_around_it() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    backend._data["spam:j"] = (b' \n{"isSpam": false, "reasons": ["ok"]}\r\n\t', None, None)  # a hand-written one
+    async with _cache(backend, cloud) as cache:
+        for _ in range(3):
+            assert await cache.detect_spam(job_id="j", messages=MSGS) == {"isSpam": False, "reasons": ["ok"]}
+        assert "spam:j" in cache._json_memo
+        assert cloud.requests == []
+
+
 async def test_json_memo_entry_dropped_on_forget() -> None:
     cloud, backend = FakeCloud(), MemoryKVBackend()
     async with _cache(backend, cloud, write_behind=False) as cache:
