@@ -64,6 +64,16 @@ _JSON_MEMO_OVERHEAD = 300  # an entry's tuple, its key, the bytes object's heade
 _PLAIN_DECODER = json.JSONDecoder()
 
 
+def _decode_checked(raw: bytes) -> dict[str, Any]:
+    """A fresh decode of a record that passed :func:`~dualcache._records.judge_json_record` before."""
+    text = raw.decode("utf-8")
+    if text[:1] == "{" and text[-1:] == "}":  # one object and nothing around it (what the cache writes)
+        value: dict[str, Any] = _PLAIN_DECODER.raw_decode(text)[0]
+        return value
+    whole: dict[str, Any] = _PLAIN_DECODER.decode(text)  # JSON whitespace around the object
+    return whole
+
+
 _KEY_MEMO_SIZE = 1024  # KV keys of recent (operation, version, user, key), most recently used kept
 _KEY_MEMO_MAX_CHARS = 256  # ids longer than this together are keyed afresh (the memo's memory stays small)
 
@@ -193,8 +203,7 @@ class JsonOperations(CacheEngine):
                 # registry, is another object: the record is checked again). Each caller gets its own decode.
                 if (memo[0] is raw or memo[0] == raw) and memo[1] == name and memo[2] is self.answer_schemas.get(name):
                     self._json_memo.move_to_end(key)
-                    fresh: dict[str, Any] = _PLAIN_DECODER.decode(raw.decode("utf-8"))  # JSON whitespace around too
-                    return RecordStatus.HIT, fresh
+                    return RecordStatus.HIT, _decode_checked(raw)
                 self._json_memo_used -= self._json_memo.pop(key)[3]  # other bytes (or schema): judged anew
             status, value = judge_json_record(raw)
         except Exception as exc:
