@@ -329,6 +329,8 @@ class AnswerSchemas:
 
     def get(self, operation: str) -> AnswerSchema | None:
         """The schema of ``operation``, or ``None``."""
+        if type(operation) is str:  # a plain name (every cached JSON hit asks): no attribute lookup
+            return self._schemas.get(operation)
         return self._schemas.get(str(getattr(operation, "value", operation)))
 
     def check(self, operation: str, answer: Any, *, backend: str) -> dict[str, Any]:

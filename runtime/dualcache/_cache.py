@@ -219,9 +219,12 @@ class DualCache(EmbedOperations, JsonOperations):
         decode_memo_bytes: Memory budget of the decode memo, in bytes (default 64 MiB, about 2,300
             768-d records; 0 turns it off). The memo keeps decoded embedding records keyed by their
             exact stored bytes: a hit on unchanged bytes skips decoding, and it never serves anything
-            KV did not return. Least recently used records leave first.
-        decode_memo_size: An optional cap on the number of memo entries on top of the byte budget
-            (``None``: bytes only; 0 turns the memo off).
+            KV did not return. Least recently used records leave first. The same budget bounds the JSON
+            memo beside it: the stored bytes of job analyses, spam verdicts and other JSON answers that
+            passed their answer schema, so a hit on unchanged bytes under the same schema is not checked
+            again (each caller still gets its own decoded copy).
+        decode_memo_size: An optional cap on the number of entries of each memo on top of the byte budget
+            (``None``: bytes only; 0 turns both memos off).
         write_behind: How the cache's own KV writes (new records of embeddings, analyses, spam verdicts)
             are made: ``True`` (default) queues them for background bulk writes with the default
             :class:`WriteBehindPolicy`, so no caller waits for a write; a policy sets the queue's bounds;
@@ -380,6 +383,9 @@ class DualCache(EmbedOperations, JsonOperations):
         self._memo_bytes = decode_memo_bytes if decode_memo_size != 0 else 0
         self._memo_entries = decode_memo_size
         self._memo_used = 0
+        self._json_memo: OrderedDict[str, tuple[bytes, str, Any, int]] = OrderedDict()
+        self._json_memo_used = 0
+        self._calls_memo = None
         self._closed = False
         if not isinstance(write_behind, WriteBehindPolicy | bool):
             raise ConfigError(f"write_behind must be a bool or a WriteBehindPolicy, got {type(write_behind).__name__}")

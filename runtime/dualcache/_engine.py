@@ -143,6 +143,10 @@ class CacheEngine:
     _rate_limiter: DataPlaneRateLimiter | None  # the data plane's rate limiting bindings, when a limit names one
     _telemetry: Telemetry | None  # OpenTelemetry hooks (dualcache._otel); None: off, one branch per hook
     _token_prices: Prices | None  # per-token prices (dualcache._pricing); None: the per-request PriceTable only
+    # The JSON memo: checked JSON records by KV key, (bytes, operation, answer schema, bytes charged); see
+    # JsonOperations._decode_json. Dropped on forget, as the decode memo.
+    _json_memo: OrderedDict[str, tuple[bytes, str, Any, int]]
+    _json_memo_used: int
 
     def _check_open(self) -> None:
         if self._closed:
@@ -597,6 +601,9 @@ class CacheEngine:
             memo = self._memo.pop(k, None)
             if memo is not None:
                 self._memo_used -= memo[2]
+            checked = self._json_memo.pop(k, None)
+            if checked is not None:
+                self._json_memo_used -= checked[3]
         if removed:
             logger.info("%s: forgot %d record(s) in %s", op.value, len(removed), store.binding or "KV")
         return len(removed)

@@ -10,13 +10,15 @@ stats and invalidation are the engine's (:class:`~dualcache._engine.CacheEngine`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, assert_never
 
-from dualcache._answers import AnswerSchemas
+from dualcache._answers import AnswerSchema, AnswerSchemas
 from dualcache._engine import CacheEngine, _check_id, _check_text
 from dualcache._exceptions import BackendError, BadResponseError, ConfigError, InvalidInputError
 from dualcache._gateway import Provider, UpstreamResult, parse_json_object
@@ -51,6 +53,38 @@ class _Call:
     params: Mapping[str, Any]
 
 
+_JsonMemoEntry = tuple[bytes, str, "AnswerSchema | None", int]
+"""A stored JSON record that passed its checks: (its exact bytes, the operation's name, the answer schema it
+was checked against, the bytes it is charged in the memo)."""
+
+_JSON_MEMO_OVERHEAD = 300  # an entry's tuple, its key, the bytes object's header and the OrderedDict's links
+
+# A record in the memo was judged already (bounded, UTF-8, nested at most RECORD_MAX_DEPTH, every number finite,
+# no NaN constant): decoding the same bytes again needs none of judge_json_record's hooks, and gives an equal,
+# independent object, as the decode of a hit without the memo does.
+_PLAIN_DECODER = json.JSONDecoder()
+
+
+def _decode_checked(raw: bytes) -> dict[str, Any]:
+    """A fresh decode of a record that passed :func:`~dualcache._records.judge_json_record` before."""
+    text = raw.decode("utf-8")
+    if text[:1] == "{" and text[-1:] == "}":  # one object and nothing around it (what the cache writes)
+        value: dict[str, Any] = _PLAIN_DECODER.raw_decode(text)[0]
+        return value
+    whole: dict[str, Any] = _PLAIN_DECODER.decode(text)  # JSON whitespace around the object
+    return whole
+
+
+_KEY_MEMO_SIZE = 1024  # KV keys of recent (operation, version, user, key), most recently used kept
+_KEY_MEMO_MAX_CHARS = 256  # ids longer than this together are keyed afresh (the memo's memory stays small)
+
+
+@functools.lru_cache(maxsize=_KEY_MEMO_SIZE)
+def _memo_record_key(operation: str, key: str, user_id: str | None, version: str | None) -> str:
+    """:func:`~dualcache._keys.record_key`, remembered: a pure function of its arguments, asked on every call."""
+    return record_key(operation, key, user_id=user_id, version=version)
+
+
 def _parse_provider(value: object, name: str) -> Provider:
     try:
         return Provider(value)  # type: ignore[arg-type]  # a wrong type is a ValueError too
@@ -58,6 +92,8 @@ def _parse_provider(value: object, name: str) -> Provider:
         valid = ", ".join(repr(p.value) for p in Provider)
         raise InvalidInputError(f"{name}={value!r:.80} is not a provider; valid: {valid}") from None
 
+
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 _RESERVED_PARAMS = frozenset({"response_format", "stream"})
 
@@ -75,7 +111,27 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
+def _plain_messages(messages: object) -> list[dict[str, Any]] | None:
+    """The copy :func:`_check_messages` returns, when ``messages`` has the common shape: a non-empty list of
+    ``{"role": str, "content": str}`` dicts, ASCII only, every content not blank (exact JSON types, nothing to
+    escape, so the general checks would accept them as they are); else ``None`` (the general checks decide)."""
+    if type(messages) is not list or not messages:
+        return None
+    for m in messages:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role, content = m.get("role"), m.get("content")
+        if type(role) is not str or type(content) is not str or not content or content.isspace():
+            return None
+        if not (role.isascii() and content.isascii()):
+            return None
+    return [m.copy() for m in messages]
+
+
 def _check_messages(messages: object) -> list[dict[str, Any]]:
+    plain = _plain_messages(messages)
+    if plain is not None:  # the common shape, on every call (hits included)
+        return plain
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes) or not messages:
         raise InvalidInputError(
             "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, got " + repr(messages)[:80]
@@ -150,6 +206,9 @@ class JsonOperations(CacheEngine):
     policies: Policies
     models: Models
     answer_schemas: AnswerSchemas
+    _memo_bytes: int  # the byte budget of each decode memo (0: off)
+    _memo_entries: int | None
+    _calls_memo: tuple[Models, dict[str, tuple[_Call, ...]]] | None  # see _builtin_calls
 
     # -- JSON operations ----------------------------------------------------------------------------
     #
@@ -158,16 +217,59 @@ class JsonOperations(CacheEngine):
     # one when a provider fails on every route), single-flight, the record written behind, stats and cost.
 
     def _decode_json(self, op: Operation, key: str, raw: bytes | None) -> tuple[RecordStatus, dict[str, Any] | None]:
+        name = op.value
         try:
+            if raw is not None and (memo := self._json_memo.get(key)) is not None:
+                # Checked before: the same bytes, operation and schema object (a schema registered since, or a new
+                # registry, is another object: the record is checked again). Each caller gets its own decode.
+                if (memo[0] is raw or memo[0] == raw) and memo[1] == name and memo[2] is self.answer_schemas.get(name):
+                    self._json_memo.move_to_end(key)
+                    return RecordStatus.HIT, _decode_checked(raw)
+                self._json_memo_used -= self._json_memo.pop(key)[3]  # other bytes (or schema): judged anew
             status, value = judge_json_record(raw)
         except Exception as exc:
             return self._undecodable(op, key, exc)
-        if value is not None and not self.answer_schemas.is_valid(op, value):
-            # A stored answer that fails the operation's schema (tampered, or written before the schema) is a
-            # miss: the fresh answer overwrites it.
-            logger.warning("%s: stored answer of %r does not fit its schema; treated as a miss", op.value, key)
-            return RecordStatus.CORRUPT, None
+        if value is not None:
+            schema = self.answer_schemas.get(name)
+            if not self.answer_schemas.is_valid(name, value):
+                # A stored answer that fails the operation's schema (tampered, or written before the schema) is a
+                # miss: the fresh answer overwrites it.
+                logger.warning("%s: stored answer of %r does not fit its schema; treated as a miss", name, key)
+                return RecordStatus.CORRUPT, None
+            if raw is not None:
+                self._remember_json(key, (raw, name, schema, len(raw) + len(key) + _JSON_MEMO_OVERHEAD))
         return status, value
+
+    def _remember_json(self, key: str, entry: _JsonMemoEntry) -> None:
+        """Keep a checked record in the JSON memo, within the decode memo's budget (bytes, and entries when
+        capped), least recently used first out; a record larger than the whole budget is not kept."""
+        if entry[3] > self._memo_bytes:
+            return
+        self._json_memo[key] = entry
+        self._json_memo_used += entry[3]
+        while self._json_memo_used > self._memo_bytes or (
+            self._memo_entries is not None and len(self._json_memo) > self._memo_entries
+        ):
+            self._json_memo_used -= self._json_memo.popitem(last=False)[1][3]
+
+    def _builtin_calls(self, op: Operation) -> tuple[_Call, ...]:
+        """The provider calls of a built-in chat operation (``job_analysis``, ``spam_detection``), in order.
+
+        Built once per :class:`~dualcache.Models` (frozen), not per call: a hit needs only its key, which the
+        models do not enter.
+        """
+        memo = self._calls_memo
+        if memo is None or memo[0] is not self.models:
+            m = self.models
+            built: dict[str, tuple[_Call, ...]] = {
+                Operation.JOB_ANALYSIS: (
+                    _Call(Provider.WORKERS_AI, m.job_analysis, _NO_PARAMS),
+                    _Call(Provider.OPENAI, m.job_analysis_fallback, MappingProxyType({"temperature": 0.3})),
+                ),
+                Operation.SPAM_DETECTION: (_Call(Provider.WORKERS_AI, m.spam_detection, _NO_PARAMS),),
+            }
+            memo = self._calls_memo = (m, built)
+        return memo[1][op]
 
     def _scoped_user(self, op: Operation, policy: OperationPolicy, user_id: object, *, strict: bool) -> str | None:
         """The user id that goes into ``op``'s keys: required by scope ``user``; with scope ``global``, refused
@@ -195,6 +297,8 @@ class JsonOperations(CacheEngine):
                 f"operation {op.value!r} caches per user (scope 'user'): pass user_id=, "
                 f"or set policies.{op.value}.scope to 'global'"
             )
+        if len(key) + (0 if user_id is None else len(user_id)) <= _KEY_MEMO_MAX_CHARS:
+            return _memo_record_key(op.value, key, user_id, policy.version)
         return record_key(op.value, key, user_id=user_id, version=policy.version)
 
     def _ready_calls(self, calls: Sequence[_Call]) -> list[_Call]:
@@ -213,6 +317,23 @@ class JsonOperations(CacheEngine):
             raise first
         return ready
 
+    def _check_reachable(self, calls: Sequence[_Call]) -> None:
+        """Raise, before any I/O, what :meth:`_ready_calls` raises when no provider of ``calls`` is configured.
+
+        Stops at the first configured provider: a hit needs no more, and an unconfigured fallback (no OpenAI
+        key) costs no exception on every hit; the miss path lists the ready calls (:meth:`_ready_calls`).
+        """
+        first: ConfigError | None = None
+        for call in calls:
+            try:
+                self._upstream.check_configured(call.provider)
+            except ConfigError as exc:
+                first = first or exc
+                continue
+            return
+        assert first is not None, "a JSON operation has at least one provider call"
+        raise first
+
     async def _run_json(
         self,
         op: Operation,
@@ -225,7 +346,7 @@ class JsonOperations(CacheEngine):
         refresh: bool = False,
     ) -> dict[str, Any]:
         """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
-        ready = self._ready_calls(calls)
+        self._check_reachable(calls)
         await self._admit(op, user_id)
         read: RecordStatus | None = RecordStatus.MISSING
         serve_key = key
@@ -243,6 +364,7 @@ class JsonOperations(CacheEngine):
             read, value = await self._read_hit(op, policy, flight_key, key, self._decode_json)
             if value is not None:
                 return value
+        ready = self._ready_calls(calls)
 
         async def fetch() -> tuple[dict[str, Any], Outcome]:
             for i, call in enumerate(ready):
@@ -429,10 +551,7 @@ class JsonOperations(CacheEngine):
         user = _check_id(user_id, "user_id")
         key = self._json_key(op, policy, _check_id(job_id, "job_id"), user)
         msgs = _check_messages(messages)
-        calls = [
-            _Call(Provider.WORKERS_AI, self.models.job_analysis, {}),
-            _Call(Provider.OPENAI, self.models.job_analysis_fallback, {"temperature": 0.3}),
-        ]
+        calls = self._builtin_calls(op)
         return await self._run_json(op, policy, key, calls, msgs, user_id=user, refresh=refresh)
 
     @traced(_describe_builtin(Operation.SPAM_DETECTION, "spam_detection", Provider.WORKERS_AI))
@@ -455,7 +574,7 @@ class JsonOperations(CacheEngine):
         policy = self.policies.for_operation(op)
         key = self._json_key(op, policy, _check_id(job_id, "job_id"), None)
         msgs = _check_messages(messages)
-        calls = [_Call(Provider.WORKERS_AI, self.models.spam_detection, {})]
+        calls = self._builtin_calls(op)
         return await self._run_json(op, policy, key, calls, msgs, user_id=None, refresh=refresh)
 
     @traced(_describe_builtin(Operation.APPLICATION_GENERATION, "application_generation", Provider.OPENAI))

@@ -473,3 +473,91 @@ def test_policies_override_adds_to_existing_policies_and_keeps_their_fields() ->
 def test_policies_custom_operation_stays_out_of_the_application_namespaces(namespace: str) -> None:
     with pytest.raises(ConfigError, match=rf"policies\.summarize_job\.kv_namespace='{namespace}': .*cache namespace"):
         Policies.with_overrides({"summarize_job": {**SUMMARIZE, "kv_namespace": namespace}})
+
+
+# -- the hit path's checks: cheap, and the same as before ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        pytest.param([{"role": "user", "content": "plain"}], id="one"),
+        pytest.param([{"content": "first", "role": "system"}, {"role": "user", "content": "x"}], id="order-kept"),
+        pytest.param([{"role": "user", "content": "caf\u00e9"}], id="non-ascii"),
+        pytest.param([{"role": "user", "content": "x", "name": "bob"}], id="extra-field"),
+        pytest.param(({"role": "user", "content": "x"},), id="tuple"),
+        pytest.param([{"role": "user", "content": [{"type": "text", "text": "x"}]}], id="parts"),
+    ],
+)
+def test_check_messages_returns_private_copies_of_valid_shapes(messages: Any) -> None:
+    from dualcache._json_ops import _check_messages
+
+    out = _check_messages(messages)
+    assert out == [dict(m) for m in messages]
+    assert [list(m) for m in out] == [list(m) for m in messages]  # field order kept (the request body's)
+    assert all(a is not b for a, b in zip(out, messages, strict=True))
+    out[0]["content"] = "changed"
+    assert messages[0]["content"] != "changed"
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        pytest.param([], r"messages must be a non-empty list", id="empty"),
+        pytest.param("hello", r"messages must be a non-empty list", id="str"),
+        pytest.param([{"role": "user", "content": "  \t"}], r"messages\[0\]\.content is empty", id="blank"),
+        pytest.param([{"role": "user", "content": ""}], r"messages\[0\]\.content is empty", id="empty-content"),
+        pytest.param([{"role": 1, "content": "x"}], r"messages\[0\] must be a dict with 'role' \(str\)", id="role"),
+        pytest.param([{"role": "user"}], r"messages\[0\] must be a dict with 'role'", id="no-content"),
+        pytest.param([{"role": "user", "content": "x"}, "y"], r"messages\[1\] must be a dict", id="not-dict"),
+        pytest.param([{"role": "user", "content": "\ud800"}], r"lone surrogate", id="surrogate"),
+        pytest.param([{"role": "user", "content": "x", "n": float("nan")}], r"NaN", id="nan"),
+    ],
+)
+async def test_analyze_job_refuses_bad_messages_before_any_io(messages: Any, match: str) -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    backend._data["analysis:u:j"] = (b'{"score":70}', None, None)  # a hit, were the messages accepted
+    async with DualCache.from_outputs(
+        OUTPUTS, api_token="t", kv=lambda ns: backend, transport=httpx.MockTransport(cloud)
+    ) as cache:
+        with pytest.raises(InvalidInputError, match=match):
+            await cache.analyze_job(user_id="u", job_id="j", messages=messages)
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 0
+    assert cloud.requests == []
+
+
+async def test_analyze_job_without_any_provider_fails_before_the_read(tmp_path: Any) -> None:
+    backend = MemoryKVBackend()
+    backend._data["analysis:u:j"] = (b'{"score":70}', None, None)
+    async with DualCache(kv=lambda ns: backend, data_dir=tmp_path) as cache:
+        with pytest.raises(ConfigError, match="Workers AI needs a Cloudflare account"):
+            await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 0
+
+
+async def test_analyze_job_hits_and_falls_back_with_one_provider_unconfigured() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    backend._data["analysis:u:j"] = (b'{"score":70}', None, None)
+    async with DualCache.from_outputs(
+        OUTPUTS, api_token="t", kv=lambda ns: backend, transport=httpx.MockTransport(cloud)
+    ) as cache:  # no OpenAI key: the fallback is not configured
+        for _ in range(3):
+            assert await cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == {"score": 70}
+        assert cloud.requests == []
+        assert (await cache.analyze_job(user_id="u", job_id="other", messages=MSGS))["score"] == 80
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 3
+
+
+@pytest.mark.parametrize(
+    ("user", "key"),
+    [("u", "j"), ("a:b", "50%"), ("\u00e9", "x" * 300), ("u" * 200, "k" * 56), ("u" * 200, "k" * 57)],
+)
+async def test_json_key_matches_record_key(user: str, key: str) -> None:
+    from dualcache._keys import record_key
+
+    async with DualCache.from_outputs(OUTPUTS, api_token="t", kv=lambda ns: MemoryKVBackend()) as cache:
+        for version in (None, "2"):
+            policy = cache.policies.for_operation(Operation.JOB_ANALYSIS).model_copy(update={"version": version})
+            for _ in range(2):  # computed, then remembered
+                got = cache._json_key(Operation.JOB_ANALYSIS, policy, key, user)
+                assert got == record_key("job_analysis", key, user_id=user, version=version)

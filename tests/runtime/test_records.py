@@ -15,6 +15,7 @@ from runtime_support import FakeCloud, fake_outputs
 
 import dualcache._records
 from dualcache import (
+    BadResponseError,
     ConfigError,
     DualCache,
     GatewayMode,
@@ -509,3 +510,136 @@ def test_records_doc_js_snippet_reads_what_python_writes(raw: bytes, expected: s
         # JSON prints the shortest float64 of each float32: exact in Python, equal to struct's reading.
         assert decoded == list(struct.unpack("<768f", base64.b64decode(json.loads(raw)["embedding_b64"])))
         assert decoded == to_float32(VECTOR)
+
+
+# -- the JSON memo: stored answers that passed their schema -----------------------------------------------
+
+MSGS = [{"role": "user", "content": "Analyze this job"}]
+
+
+def _analysis_calls(cloud: FakeCloud) -> int:
+    return sum(1 for r in cloud.requests if "/ai/run/" in r.url.path or "/workers-ai/" in r.url.path)
+
+
+async def test_json_memo_stays_within_its_byte_budget() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    async with _cache(backend, cloud, decode_memo_bytes=2_000, write_behind=False) as cache:
+        jobs = [f"job-{i}" for i in range(20)]
+        first = [await cache.analyze_job(user_id="u", job_id=j, messages=MSGS) for j in jobs]
+        assert [await cache.analyze_job(user_id="u", job_id=j, messages=MSGS) for j in jobs] == first
+        assert _analysis_calls(cloud) == 20  # every second call a hit
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 20
+        entries = list(cache._json_memo.values())
+        assert 0 < cache._json_memo_used == sum(e[3] for e in entries) <= 2_000
+        assert 1 < len(entries) < 20
+        expected = [cache.record_key("job_analysis", key=j, user_id="u") for j in jobs[-len(entries) :]]
+        assert list(cache._json_memo) == expected  # the most recently used
+
+
+async def test_json_memo_off_and_entry_cap() -> None:
+    for kwargs, entries in (({"decode_memo_bytes": 0}, 0), ({"decode_memo_size": 0}, 0), ({"decode_memo_size": 2}, 2)):
+        cloud, backend = FakeCloud(), MemoryKVBackend()
+        async with _cache(backend, cloud, write_behind=False, **kwargs) as cache:
+            for _ in range(2):
+                for j in ("a", "b", "c"):
+                    assert (await cache.detect_spam(job_id=j, messages=MSGS))["score"] == 80
+            assert len(cache._json_memo) == entries, kwargs
+            assert cache.stats.snapshot()["spam_detection"]["kv_hits"] == 3, kwargs
+
+
+async def test_json_memo_hands_every_caller_its_own_copy() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    stored = {"score": 70, "strengths": ["sql"], "analysis": {"fit": {"level": "good"}}}
+    key = "analysis:u:j"
+    backend._data[key] = (encode_json_record(stored), None, None)
+    async with _cache(backend, cloud) as cache:
+        one = await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)  # checked, memoized
+        two = await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)  # from the memo
+        assert one == two == stored and one is not two
+        assert key in cache._json_memo
+        one["strengths"].append("mutated")
+        one["analysis"]["fit"]["level"] = "mutated"
+        two["score"] = -1
+        del two["analysis"]
+        three = await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert three == stored
+        assert three["strengths"] is not one["strengths"]
+        assert cloud.requests == []
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 3
+
+
+async def test_json_memo_checks_again_under_another_schema() -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    from dualcache import AnswerSchemas
+
+    class Verdict(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        verdict: str
+
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    key = "analysis:u:j"
+    backend._data[key] = (encode_json_record({"score": 70}), None, None)
+    async with _cache(backend, cloud, write_behind=False) as cache:
+        assert await cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == {"score": 70}
+        assert key in cache._json_memo
+        cache.answer_schemas = AnswerSchemas({"job_analysis": Verdict})  # a new registry: the record is checked
+        with pytest.raises(BadResponseError, match="verdict"):  # the model's answer has no verdict either
+            await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert _analysis_calls(cloud) >= 1  # the stored record was refused: a miss, the provider was asked
+        assert json.loads(backend._data[key][0]) == {"score": 70}  # the failed answer was not stored
+
+        cache.answer_schemas = AnswerSchemas.builtin()
+        assert await cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == {"score": 70}
+        before = len(cloud.requests)
+        cache.answer_schemas.register("job_analysis", Verdict)  # the same registry, a schema registered since
+        with pytest.raises(BadResponseError, match="verdict"):
+            await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert len(cloud.requests) > before
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        pytest.param(b'{"score":"high"}', id="schema"),
+        pytest.param(b'{"score":NaN}', id="nan"),
+        pytest.param(b'{"score":70', id="truncated"),
+        pytest.param(b'{"score":70,"strengths":"\\ud800"}', id="lone-surrogate"),
+        pytest.param(b'{"score":700}', id="out-of-range"),
+    ],
+)
+async def test_json_memo_refuses_a_tampered_record_after_a_valid_one(tampered: bytes) -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    key = "analysis:u:j"
+    backend._data[key] = (encode_json_record({"score": 70}), None, None)
+    async with _cache(backend, cloud, write_behind=False) as cache:
+        for _ in range(2):
+            assert await cache.analyze_job(user_id="u", job_id="j", messages=MSGS) == {"score": 70}
+        assert key in cache._json_memo
+        backend._data[key] = (tampered, None, None)  # same key, other bytes
+        fresh = await cache.analyze_job(user_id="u", job_id="j", messages=MSGS)
+        assert fresh["score"] == 80  # the provider's answer, not the tampered record
+        assert _analysis_calls(cloud) == 1
+        assert json.loads(backend._data[key][0]) == fresh  # overwritten
+        assert key not in cache._json_memo or cache._json_memo[key][0] != tampered
+        assert cache.stats.snapshot()["job_analysis"]["kv_hits"] == 2
+
+
+async def test_json_memo_serves_a_record_with_whitespace_around_it() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    backend._data["spam:j"] = (b' \n{"isSpam": false, "reasons": ["ok"]}\r\n\t', None, None)  # a hand-written one
+    async with _cache(backend, cloud) as cache:
+        for _ in range(3):
+            assert await cache.detect_spam(job_id="j", messages=MSGS) == {"isSpam": False, "reasons": ["ok"]}
+        assert "spam:j" in cache._json_memo
+        assert cloud.requests == []
+
+
+async def test_json_memo_entry_dropped_on_forget() -> None:
+    cloud, backend = FakeCloud(), MemoryKVBackend()
+    async with _cache(backend, cloud, write_behind=False) as cache:
+        await cache.detect_spam(job_id="j", messages=MSGS)
+        await cache.detect_spam(job_id="j", messages=MSGS)
+        assert "spam:j" in cache._json_memo
+        assert await cache.forget("spam_detection", key="j") == 1
+        assert "spam:j" not in cache._json_memo and cache._json_memo_used == 0
