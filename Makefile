@@ -43,8 +43,9 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(PY) -m mypy --strict runtime/dualcache infra
 
+# One worker per core (pytest-xdist): on a 2-core machine the suite took 379 s in one process, 182 s in two.
 pytest: $(DEV_STAMP) $(NPM_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # Builds the wheel, installs it with the local extra into a fresh venv and uses it from outside the repo.
 wheel-check: | $(PY)
