@@ -121,10 +121,12 @@ class EmbedOperations(CacheEngine):
         data = result.data.get("data") if isinstance(result.data, dict) else None
         return check_vectors(data, count=expected, dims=dims)
 
+    def _embed_provider(self) -> Provider:
+        """The provider of the embeddings model, as :func:`embedding_request` chooses it (no body built)."""
+        return Provider.WORKERS_AI if self.models.embeddings.startswith("@cf/") else Provider.OPENAI
+
     def _describe_embed(self, *_: Any, **__: Any) -> tuple[str, str | None, str | None]:
-        model = self.models.embeddings  # a model not of Workers AI (no ``@cf/``) is OpenAI's
-        provider = Provider.WORKERS_AI if model.startswith("@cf/") else Provider.OPENAI
-        return Operation.EMBEDDINGS.value, model, provider.value
+        return Operation.EMBEDDINGS.value, self.models.embeddings, self._embed_provider().value
 
     @traced(_describe_embed)
     async def embed(self, text: str, *, user_id: str | None = None) -> list[float]:
@@ -149,9 +151,10 @@ class EmbedOperations(CacheEngine):
         _check_text(text)
         if user_id is not None:
             _check_id(user_id, "user_id")
-        self._upstream.check_configured(self._embed_request("")[0])
+        self._upstream.check_configured(self._embed_provider())
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        await self._admit(op, user_id)
+        if user_id is not None and self._user_limits:  # no coroutine on the hit path without limits
+            await self._admit(op, user_id)
         key = self._embed_key(text)
         flight_key = f"{op.value}\x00{key}"
         read: RecordStatus | None = RecordStatus.MISSING
@@ -213,9 +216,10 @@ class EmbedOperations(CacheEngine):
             _check_id(user_id, "user_id")
         if not texts:
             return []
-        self._upstream.check_configured(self._embed_request("")[0])
+        self._upstream.check_configured(self._embed_provider())
         op, policy = Operation.EMBEDDINGS, self.policies.embeddings
-        await self._admit(op, user_id, len(texts))
+        if user_id is not None and self._user_limits:
+            await self._admit(op, user_id, len(texts))
         fingerprint = self._embed_fingerprint()
         keys = [embed_key(t, fingerprint) for t in texts]
         distinct: dict[str, str] = dict(zip(keys, texts, strict=True))

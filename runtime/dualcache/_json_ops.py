@@ -347,7 +347,8 @@ class JsonOperations(CacheEngine):
     ) -> dict[str, Any]:
         """Serve one JSON operation (see the section comment); ``key`` is its full KV key."""
         self._check_reachable(calls)
-        await self._admit(op, user_id)
+        if user_id is not None and self._user_limits:  # no coroutine on the hit path without limits
+            await self._admit(op, user_id)
         read: RecordStatus | None = RecordStatus.MISSING
         serve_key = key
         upstream_policy = policy
@@ -624,7 +625,8 @@ class JsonOperations(CacheEngine):
             calls = [_Call(Provider.OPENAI, model, params)]
             return await self._run_json(op, policy, key, calls, msgs, user_id=user_id)
         payload: dict[str, Any] = {"model": model, "messages": msgs, **params}
-        await self._admit(op, user_id)
+        if user_id is not None and self._user_limits:  # no coroutine on the hit path without limits
+            await self._admit(op, user_id)
 
         async def compute() -> tuple[dict[str, Any] | str, Outcome]:
             return await self._openai_chat(op, payload, policy=policy, user_id=user_id)
